@@ -1,0 +1,427 @@
+//! A loaded, optimized classifier: resolves how to preprocess from the bundle metadata and
+//! user overrides, checks the model against it, and turns images into ranked labels.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use fast_image_resize::Resizer;
+use image::RgbImage;
+use tract_onnx::prelude::*;
+
+use crate::bundle::{default_short_side, BundleMeta, OutputKind};
+use crate::decode::{self, Limits};
+use crate::onnx_file::{Dim, OnnxFile};
+use crate::preprocess::{Channels, Layout, Preprocess, Resize};
+
+/// The tract release glimpse is built and validated with (pinned in Cargo.toml).
+pub const TRACT_VERSION: &str = "0.23.9";
+
+/// Settings given by the user that take precedence over what the model file says (or
+/// stand in for it when a third-party model has no glimpse metadata).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub labels: Option<Vec<String>>,
+    pub size: Option<(u32, u32)>,
+    /// `CenterCrop { short_side: 0 }` means "the default 87.5% crop".
+    pub resize: Option<Resize>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+    pub channels: Option<Channels>,
+    pub layout: Option<Layout>,
+    pub output: Option<OutputKind>,
+}
+
+/// One ranked class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked<'a> {
+    pub index: usize,
+    pub label: &'a str,
+    pub probability: f32,
+}
+
+/// Where the time of one classification went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub decode: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.decode + self.preprocess + self.inference
+    }
+}
+
+/// A model ready to classify images.
+pub struct Classifier {
+    plan: Arc<TypedRunnableModel>,
+    pub file: OnnxFile,
+    pub preprocess: Preprocess,
+    pub labels: Vec<String>,
+    /// `None`: the file does not say; decided per output (probabilities if they already
+    /// sum to one, logits otherwise).
+    pub output: Option<OutputKind>,
+}
+
+impl Classifier {
+    /// Reads, checks and optimizes the model at `path`.
+    pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<Self> {
+        let file = OnnxFile::read(path)?;
+        Self::new(file, overrides)
+    }
+
+    pub fn new(file: OnnxFile, overrides: &Overrides) -> Result<Self> {
+        ensure!(
+            file.inputs.len() == 1,
+            "expected a model with 1 input, got {}",
+            file.inputs.len()
+        );
+        ensure!(!file.outputs.is_empty(), "model has no outputs");
+        let input = &file.inputs[0];
+        if !matches!(input.elem_type.as_str(), "float" | "unknown") {
+            bail!(
+                "expected a float32 image input, got {} input {}",
+                input.elem_type,
+                input
+            );
+        }
+        let preprocess = resolve_preprocess(&file.meta, overrides, &input.dims)?;
+        let want = preprocess.shape(1);
+        if input.dims.len() == 4 {
+            for (axis, (d, w)) in input.dims.iter().zip(want).enumerate() {
+                if let Some(n) = d.fixed() {
+                    // Axis 0 is the batch: a fixed batch of 1 is what we feed.
+                    ensure!(
+                        n == w,
+                        "model input {} does not match the preprocessing: expected shape {:?} ({}), got {} on axis {axis}",
+                        input,
+                        want,
+                        preprocess,
+                        n
+                    );
+                }
+            }
+        } else if !input.dims.is_empty() {
+            bail!("expected a 4-D image input (NCHW or NHWC), got {input}");
+        }
+
+        let model = tract_onnx::onnx()
+            .model_for_proto_model(&file.proto)
+            .context("invalid ONNX graph")?;
+        // tract parses unknown ops into placeholders and only fails later with a generic
+        // message; name them up front.
+        let unsupported: Vec<String> = model
+            .nodes()
+            .iter()
+            .filter(|n| n.op.name().starts_with("Unimplemented"))
+            .map(|n| {
+                let op = file
+                    .graph()
+                    .node
+                    .iter()
+                    .find(|p| p.name == n.name)
+                    .map_or("?", |p| p.op_type.as_str());
+                format!("{op} (node {:?})", n.name)
+            })
+            .collect();
+        ensure!(
+            unsupported.is_empty(),
+            "unsupported ONNX op: {} is not implemented by tract {}",
+            unsupported.join(", "),
+            TRACT_VERSION
+        );
+        let typed = model
+            .with_input_fact(0, f32::fact(want).into())
+            .context("setting the input shape")?
+            .into_optimized()
+            .context("analysing the ONNX graph")?;
+        let out_shape: Vec<usize> = typed
+            .output_fact(0)?
+            .shape
+            .as_concrete()
+            .context("model output shape is not fixed for a batch of 1")?
+            .to_vec();
+        let classes: usize = out_shape.iter().product();
+        ensure!(classes >= 1, "model output is empty (shape {out_shape:?})");
+        let plan = typed
+            .into_runnable()
+            .context("preparing the model to run")?;
+
+        let labels = match overrides
+            .labels
+            .clone()
+            .or_else(|| file.meta.labels.clone())
+        {
+            Some(labels) => {
+                ensure!(
+                    labels.len() == classes,
+                    "label count does not match the model: the model outputs {classes} classes, got {} labels",
+                    labels.len()
+                );
+                labels
+            }
+            None => {
+                log::warn!("model has no labels; naming classes by index (pass --labels FILE)");
+                (0..classes).map(|i| format!("class {i}")).collect()
+            }
+        };
+        let output = overrides.output.or(file.meta.output);
+        Ok(Classifier {
+            plan,
+            file,
+            preprocess,
+            labels,
+            output,
+        })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Decodes, preprocesses and classifies encoded image bytes.
+    pub fn classify_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<(Vec<f32>, Timings)> {
+        let t0 = Instant::now();
+        let img = decode::decode(bytes, limits)?;
+        let decode = t0.elapsed();
+        let (probs, mut timings) = self.classify(&img)?;
+        timings.decode = decode;
+        Ok((probs, timings))
+    }
+
+    /// Classifies decoded pixels; returns one probability per class.
+    pub fn classify(&self, img: &RgbImage) -> Result<(Vec<f32>, Timings)> {
+        let t0 = Instant::now();
+        let input = self.tensor(img);
+        let t1 = Instant::now();
+        let probs = self.run(input)?;
+        let timings = Timings {
+            decode: Duration::ZERO,
+            preprocess: t1 - t0,
+            inference: t1.elapsed(),
+        };
+        Ok((probs, timings))
+    }
+
+    /// The model input for one image, preprocessed as the bundle says.
+    pub fn tensor(&self, img: &RgbImage) -> Tensor {
+        self.preprocess.to_tensor(&[img], &mut Resizer::new())
+    }
+
+    /// Runs the model on an already preprocessed input tensor of one image.
+    pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .context("running the model")?;
+        let raw: Vec<f32> = outputs[0]
+            .to_plain_array_view::<f32>()
+            .context("reading the model output")?
+            .iter()
+            .copied()
+            .collect();
+        Ok(self.to_probabilities(raw))
+    }
+
+    fn to_probabilities(&self, raw: Vec<f32>) -> Vec<f32> {
+        let kind = self.output.unwrap_or_else(|| {
+            let sum: f32 = raw.iter().sum();
+            if raw.iter().all(|p| (0.0..=1.0).contains(p)) && (sum - 1.0).abs() < 1e-3 {
+                OutputKind::Probabilities
+            } else {
+                OutputKind::Logits
+            }
+        });
+        match kind {
+            OutputKind::Probabilities => raw,
+            OutputKind::Logits => softmax(&raw),
+        }
+    }
+
+    /// The `k` most probable classes, best first.
+    pub fn top_k<'a>(&'a self, probs: &[f32], k: usize) -> Vec<Ranked<'a>> {
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        // NaN (a broken model) sorts last rather than panicking the comparison.
+        idx.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+        idx.truncate(k);
+        idx.into_iter()
+            .map(|i| Ranked {
+                index: i,
+                label: &self.labels[i],
+                probability: probs[i],
+            })
+            .collect()
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Reads a labels file: one label per line, blank trailing lines ignored.
+pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading labels {}", path.display()))?;
+    let labels: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    let end = labels
+        .iter()
+        .rposition(|l| !l.trim().is_empty())
+        .map_or(0, |i| i + 1);
+    ensure!(end > 0, "labels file {} is empty", path.display());
+    Ok(labels[..end].to_vec())
+}
+
+/// Combines overrides, metadata and what the input shape reveals into a full
+/// preprocessing definition; what had to be guessed is logged once.
+fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Result<Preprocess> {
+    let mut guessed = Vec::new();
+    let fixed = |i: usize| dims.get(i).and_then(Dim::fixed);
+    let shape_layout = match (fixed(1), fixed(3)) {
+        (Some(1 | 3), _) => Some(Layout::Nchw),
+        (_, Some(1 | 3)) => Some(Layout::Nhwc),
+        _ => None,
+    };
+    let layout = ov
+        .layout
+        .or(meta.layout)
+        .or(shape_layout)
+        .unwrap_or_else(|| {
+            guessed.push("layout NCHW".to_string());
+            Layout::Nchw
+        });
+    let (c_axis, h_axis, w_axis) = match layout {
+        Layout::Nchw => (1, 2, 3),
+        Layout::Nhwc => (3, 1, 2),
+    };
+    let channels = ov.channels.or(meta.channels).or(match fixed(c_axis) {
+        Some(1) => Some(Channels::Gray),
+        Some(3) => Some(Channels::Rgb),
+        _ => None,
+    });
+    let channels = channels.unwrap_or_else(|| {
+        guessed.push("RGB channels".to_string());
+        Channels::Rgb
+    });
+    let size = ov
+        .size
+        .or(meta.input_size)
+        .or(match (fixed(w_axis), fixed(h_axis)) {
+            (Some(w), Some(h)) => Some((w as u32, h as u32)),
+            _ => None,
+        });
+    let Some((width, height)) = size else {
+        bail!("the model's input size is not fixed and the model has no glimpse.input_size: pass --size WxH");
+    };
+    let resize = match ov.resize.or(meta.resize) {
+        Some(Resize::CenterCrop { short_side: 0 }) => Resize::CenterCrop {
+            short_side: default_short_side(width.max(height)),
+        },
+        Some(r) => r,
+        None => {
+            let r = Resize::CenterCrop {
+                short_side: default_short_side(width.max(height)),
+            };
+            guessed.push(format!("resize {r}"));
+            r
+        }
+    };
+    let (mean, std) = match (
+        ov.mean.clone().or(meta.mean.clone()),
+        ov.std.clone().or(meta.std.clone()),
+    ) {
+        (Some(m), Some(s)) => (m, s),
+        (m, s) => {
+            // torchvision's ImageNet statistics are by far the most common for exported
+            // classifiers; a grey model gets plain 0–1 scaling.
+            let (dm, ds) = match channels {
+                Channels::Gray => (vec![0.0], vec![255.0]),
+                _ => (vec![123.675, 116.28, 103.53], vec![58.395, 57.12, 57.375]),
+            };
+            guessed.push(format!(
+                "normalization (x - {:?}) / {:?}",
+                m.as_ref().unwrap_or(&dm),
+                s.as_ref().unwrap_or(&ds)
+            ));
+            (m.unwrap_or(dm), s.unwrap_or(ds))
+        }
+    };
+    let p = Preprocess {
+        width,
+        height,
+        resize,
+        mean,
+        std,
+        channels,
+        layout,
+    };
+    p.validate()
+        .map_err(|e| anyhow::anyhow!("invalid preprocessing: {e}"))?;
+    if !guessed.is_empty() {
+        log::warn!(
+            "model lacks glimpse metadata for its preprocessing; assuming {} (override with --resize, --mean, --std, --channels, --layout)",
+            guessed.join(", ")
+        );
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalized() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+    }
+
+    #[test]
+    fn resolves_from_input_shape_when_metadata_is_missing() {
+        let dims = [
+            Dim::Named("N".into()),
+            Dim::Fixed(224),
+            Dim::Fixed(224),
+            Dim::Fixed(3),
+        ];
+        let p = resolve_preprocess(&BundleMeta::default(), &Overrides::default(), &dims).unwrap();
+        assert_eq!(
+            (p.layout, p.channels, p.width, p.height),
+            (Layout::Nhwc, Channels::Rgb, 224, 224)
+        );
+        assert_eq!(p.resize, Resize::CenterCrop { short_side: 256 });
+        let dims = [
+            Dim::Fixed(1),
+            Dim::Fixed(1),
+            Dim::Named("h".into()),
+            Dim::Named("w".into()),
+        ];
+        let err =
+            resolve_preprocess(&BundleMeta::default(), &Overrides::default(), &dims).unwrap_err();
+        assert!(err.to_string().contains("--size"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_metadata() {
+        let meta = BundleMeta {
+            input_size: Some((96, 96)),
+            channels: Some(Channels::Rgb),
+            ..Default::default()
+        };
+        let ov = Overrides {
+            size: Some((64, 32)),
+            channels: Some(Channels::Bgr),
+            ..Default::default()
+        };
+        let p = resolve_preprocess(&meta, &ov, &[]).unwrap();
+        assert_eq!((p.width, p.height, p.channels), (64, 32, Channels::Bgr));
+    }
+}

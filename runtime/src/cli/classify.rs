@@ -1,0 +1,209 @@
+//! `glimpse classify`: inputs (files, folders, stdin) → ranked labels, one failure never
+//! stopping the run.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use glimpse_runtime::decode::{DecodeError, EXTENSIONS};
+use glimpse_runtime::Limits;
+
+use super::output::{Format, Record, Writer};
+use super::ModelArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Image files, folders (searched recursively) or `-` for one image on stdin.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How many labels to show per image.
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: u32,
+    /// Report the image as unknown when the best probability is below this (0-1).
+    #[arg(short, long, default_value_t = 0.0, value_parser = parse_probability)]
+    threshold: f32,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = Limits::default().max_pixels, help_heading = "Limits")]
+    max_pixels: u64,
+    /// Refuse files larger than this many bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes, help_heading = "Limits")]
+    max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// A readable table.
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// CSV, one row per (image, rank).
+    Csv,
+}
+
+/// One thing to classify.
+enum Input {
+    Stdin,
+    File(PathBuf),
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let (path, file) = args.model.read()?;
+    let classifier = args.model.classifier_for(&path, file)?;
+    let limits = Limits {
+        max_pixels: args.max_pixels,
+        max_bytes: args.max_bytes,
+        ..Limits::default()
+    };
+    let format = match args.format {
+        FormatArg::Table => Format::Table,
+        FormatArg::Json => Format::Json,
+        FormatArg::Csv => Format::Csv,
+    };
+    let mut out = Writer::new(std::io::stdout().lock(), format).context("writing output")?;
+    let mut failures = 0usize;
+    let mut report = |name: &str, err: &anyhow::Error| {
+        failures += 1;
+        eprintln!("{name}: {err:#}");
+    };
+
+    for input in collect_inputs(&args.inputs, &mut report) {
+        let name = match &input {
+            Input::Stdin => "-".to_string(),
+            Input::File(p) => p.display().to_string(),
+        };
+        let result = read_input(&input, &limits)
+            .and_then(|bytes| classifier.classify_bytes(&bytes, &limits));
+        match result {
+            Ok((probs, timings)) => {
+                let top = classifier.top_k(&probs, args.top_k as usize);
+                let record = Record {
+                    path: &name,
+                    top: &top,
+                    threshold: args.threshold,
+                    timings,
+                };
+                out.write(&record).context("writing output")?;
+            }
+            Err(err) => report(&name, &err),
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Expands folders into their image files (sorted, so runs are reproducible); a path that
+/// cannot be walked is reported and skipped.
+fn collect_inputs(paths: &[PathBuf], report: &mut impl FnMut(&str, &anyhow::Error)) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    let mut stdin_taken = false;
+    for path in paths {
+        if path.as_os_str() == "-" {
+            if stdin_taken {
+                report("-", &anyhow::anyhow!("stdin can be given only once"));
+            } else {
+                stdin_taken = true;
+                inputs.push(Input::Stdin);
+            }
+        } else if path.is_dir() {
+            let before = inputs.len();
+            let walk = walkdir::WalkDir::new(path)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| {
+                    e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
+                });
+            for entry in walk {
+                match entry {
+                    Ok(e) if e.file_type().is_file() && has_image_extension(e.path()) => {
+                        inputs.push(Input::File(e.into_path()))
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        let at = err.path().unwrap_or(path).display().to_string();
+                        report(&at, &anyhow::anyhow!(lower(&err.to_string())));
+                    }
+                }
+            }
+            if inputs.len() == before {
+                log::warn!(
+                    "{}: no image files ({}) in this folder",
+                    path.display(),
+                    EXTENSIONS.join(", ")
+                );
+            }
+        } else {
+            // Named files are taken whatever their extension: the content decides.
+            inputs.push(Input::File(path.clone()));
+        }
+    }
+    inputs
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Reads the encoded bytes, refusing oversized inputs before reading them whole.
+fn read_input(input: &Input, limits: &Limits) -> Result<Vec<u8>> {
+    let too_large = |size| DecodeError::FileTooLarge {
+        size,
+        limit: limits.max_bytes,
+    };
+    match input {
+        Input::Stdin => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .lock()
+                .take(limits.max_bytes + 1)
+                .read_to_end(&mut bytes)
+                .context("reading stdin")?;
+            if bytes.len() as u64 > limits.max_bytes {
+                bail!(too_large(bytes.len() as u64));
+            }
+            Ok(bytes)
+        }
+        Input::File(path) => {
+            let file =
+                std::fs::File::open(path).map_err(|e| anyhow::anyhow!(lower(&e.to_string())))?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                bail!("is a directory");
+            }
+            if size > limits.max_bytes {
+                bail!(too_large(size));
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.take(limits.max_bytes + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| anyhow::anyhow!(lower(&e.to_string())))?;
+            Ok(bytes)
+        }
+    }
+}
+
+fn parse_probability(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a probability between 0 and 1, got {s:?}")),
+    }
+}
+
+/// OS error messages start with a capital ("No such file or directory"); ours do not.
+fn lower(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,49 @@
+//! Command-line interface: argument definitions and dispatch to one module per subcommand.
+
+mod classify;
+mod info;
+mod model_args;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use model_args::ModelArgs;
+
+/// Classify images with a self-describing ONNX model, on the CPU.
+///
+/// Exit status: 0 when every input was classified, 2 when anything failed (each failure
+/// is reported as `path: reason` on stderr while the other inputs are still processed).
+#[derive(Debug, Parser)]
+#[command(name = "glimpse", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify image files, folders (recursively) or `-` (an image on stdin).
+    Classify(classify::Args),
+    /// Show a model's inputs, outputs, metadata, preprocessing, labels and ops.
+    Info(info::Args),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Info(args) => info::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

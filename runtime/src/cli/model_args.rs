@@ -1,0 +1,125 @@
+//! Options shared by every subcommand that loads a model: which model, and overrides for
+//! models that do not describe themselves.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use glimpse_runtime::preprocess::{parse_floats, parse_size};
+use glimpse_runtime::{
+    classifier::read_labels, Channels, Classifier, Layout, OnnxFile, OutputKind, Overrides, Resize,
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// ONNX model (default: $GLIMPSE_MODEL, else the shipped EfficientNet-Lite0 ImageNet model).
+    #[arg(short, long, value_name = "MODEL.onnx")]
+    pub model: Option<PathBuf>,
+    /// Labels file, one per line (overrides the labels in the model).
+    #[arg(long, value_name = "FILE", help_heading = "Model overrides")]
+    pub labels: Option<PathBuf>,
+    /// Model input size, WxH.
+    #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Model overrides")]
+    pub size: Option<(u32, u32)>,
+    /// How images are fitted to the input: stretch, center-crop[:SHORT_SIDE], letterbox.
+    #[arg(long, value_name = "MODE", value_parser = parse_resize, help_heading = "Model overrides")]
+    pub resize: Option<Resize>,
+    /// Per-channel mean in 0-255 units, e.g. 127,127,127.
+    #[arg(long, value_parser = parse_list, help_heading = "Model overrides")]
+    pub mean: Option<List>,
+    /// Per-channel std in 0-255 units, e.g. 128,128,128.
+    #[arg(long, value_parser = parse_list, help_heading = "Model overrides")]
+    pub std: Option<List>,
+    /// Channel order of the input.
+    #[arg(long, value_parser = |s: &str| s.parse::<Channels>(), help_heading = "Model overrides")]
+    pub channels: Option<Channels>,
+    /// Memory layout of the input.
+    #[arg(long, value_parser = |s: &str| s.parse::<Layout>(), help_heading = "Model overrides")]
+    pub layout: Option<Layout>,
+    /// What the model outputs (default: as the model says, else detected).
+    #[arg(long, value_enum, help_heading = "Model overrides")]
+    pub outputs: Option<OutputArg>,
+}
+
+/// A comma-separated list of numbers given as one argument (a newtype, so clap does not
+/// take `Vec` to mean a repeated option).
+#[derive(Debug, Clone)]
+pub struct List(pub Vec<f32>);
+
+fn parse_list(s: &str) -> Result<List, String> {
+    parse_floats(s).map(List)
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    Logits,
+    Probabilities,
+}
+
+impl ModelArgs {
+    /// The model path: as given, or the first default location that exists.
+    pub fn path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let candidates = glimpse_runtime::default_model_candidates();
+        match candidates.iter().find(|p| p.is_file()) {
+            Some(p) => Ok(p.clone()),
+            None => bail!(
+                "no --model given and the default model was not found; looked in: {}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    pub fn overrides(&self) -> Result<Overrides> {
+        Ok(Overrides {
+            labels: self.labels.as_deref().map(read_labels).transpose()?,
+            size: self.size,
+            resize: self.resize,
+            mean: self.mean.clone().map(|l| l.0),
+            std: self.std.clone().map(|l| l.0),
+            channels: self.channels,
+            layout: self.layout,
+            output: self.outputs.map(|o| match o {
+                OutputArg::Logits => OutputKind::Logits,
+                OutputArg::Probabilities => OutputKind::Probabilities,
+            }),
+        })
+    }
+
+    /// Reads the model file (without building a runnable plan).
+    pub fn read(&self) -> Result<(PathBuf, OnnxFile)> {
+        let path = self.path()?;
+        let file =
+            OnnxFile::read(&path).with_context(|| format!("loading model {}", path.display()))?;
+        Ok((path, file))
+    }
+
+    pub fn classifier_for(&self, path: &std::path::Path, file: OnnxFile) -> Result<Classifier> {
+        Classifier::new(file, &self.overrides()?)
+            .with_context(|| format!("loading model {}", path.display()))
+    }
+}
+
+fn parse_resize(s: &str) -> Result<Resize, String> {
+    let (mode, arg) = s.split_once(':').map_or((s, None), |(m, a)| (m, Some(a)));
+    match (mode, arg) {
+        ("stretch", None) => Ok(Resize::Stretch),
+        ("letterbox", None) => Ok(Resize::Letterbox { fill: [0, 0, 0] }),
+        ("center-crop", None) => Ok(Resize::CenterCrop { short_side: 0 }),
+        ("center-crop", Some(n)) => match n.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Resize::CenterCrop { short_side: n }),
+            _ => Err(format!(
+                "expected center-crop:SHORT_SIDE with a positive integer, got {s:?}"
+            )),
+        },
+        _ => Err(format!(
+            "expected stretch, center-crop[:SHORT_SIDE] or letterbox, got {s:?}"
+        )),
+    }
+}

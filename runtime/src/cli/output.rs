@@ -1,0 +1,142 @@
+//! Result writers for `glimpse classify`: a readable table, JSON lines and CSV.
+
+use std::io::Write;
+
+use glimpse_runtime::{Ranked, Timings};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// The result for one input.
+pub struct Record<'a> {
+    pub path: &'a str,
+    pub top: &'a [Ranked<'a>],
+    pub threshold: f32,
+    pub timings: Timings,
+}
+
+impl Record<'_> {
+    /// The accepted label: the best one, unless it is below the threshold.
+    fn label(&self) -> Option<&str> {
+        self.top
+            .first()
+            .filter(|r| r.probability >= self.threshold)
+            .map(|r| r.label)
+    }
+}
+
+pub enum Writer<W: Write> {
+    Table(W),
+    Json(W),
+    Csv(csv::Writer<W>),
+}
+
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    path: &'a str,
+    /// `null` when the best probability is below the threshold.
+    label: Option<&'a str>,
+    top: Vec<JsonRanked<'a>>,
+    latency_ms: f64,
+    decode_ms: f64,
+    preprocess_ms: f64,
+    inference_ms: f64,
+}
+
+#[derive(Serialize)]
+struct JsonRanked<'a> {
+    label: &'a str,
+    index: usize,
+    probability: f32,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(out: W, format: Format) -> std::io::Result<Self> {
+        Ok(match format {
+            Format::Table => Writer::Table(out),
+            Format::Json => Writer::Json(out),
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record([
+                    "path",
+                    "predicted",
+                    "rank",
+                    "index",
+                    "label",
+                    "probability",
+                    "latency_ms",
+                ])?;
+                Writer::Csv(w)
+            }
+        })
+    }
+
+    pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
+        match self {
+            Writer::Table(out) => {
+                let verdict = match r.label() {
+                    Some(_) => String::new(),
+                    None => format!("  unknown (best below {:.0}%)", r.threshold * 100.0),
+                };
+                writeln!(
+                    out,
+                    "{}  ({:.1} ms){verdict}",
+                    r.path,
+                    ms(r.timings.total())
+                )?;
+                for t in r.top {
+                    writeln!(out, "  {:>6.2}%  {}", t.probability * 100.0, t.label)?;
+                }
+                out.flush()
+            }
+            Writer::Json(out) => {
+                let rec = JsonRecord {
+                    path: r.path,
+                    label: r.label(),
+                    top: r
+                        .top
+                        .iter()
+                        .map(|t| JsonRanked {
+                            label: t.label,
+                            index: t.index,
+                            probability: t.probability,
+                        })
+                        .collect(),
+                    latency_ms: ms(r.timings.total()),
+                    decode_ms: ms(r.timings.decode),
+                    preprocess_ms: ms(r.timings.preprocess),
+                    inference_ms: ms(r.timings.inference),
+                };
+                serde_json::to_writer(&mut *out, &rec)?;
+                // Flush per line so a consumer reading a pipe sees each result as it comes.
+                writeln!(out)?;
+                out.flush()
+            }
+            Writer::Csv(w) => {
+                let predicted = r.label().unwrap_or("unknown");
+                let latency = format!("{:.3}", ms(r.timings.total()));
+                for (rank, t) in r.top.iter().enumerate() {
+                    w.write_record([
+                        r.path,
+                        predicted,
+                        &(rank + 1).to_string(),
+                        &t.index.to_string(),
+                        t.label,
+                        &format!("{:.6}", t.probability),
+                        &latency,
+                    ])?;
+                }
+                w.flush()
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Image decoding with hard limits: bytes in, upright RGB8 pixels out, or an error that
+//! says what is wrong with the file.
+//!
+//! Every input is hostile until decoded: the declared dimensions are checked against the
+//! limits *before* any pixel buffer is allocated, so a 100k × 100k PNG of a few hundred
+//! bytes (a decompression bomb) is refused instead of exhausting memory.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+/// Formats glimpse decodes (the `image` crate features the runtime is built with).
+pub const SUPPORTED: &[ImageFormat] = &[
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::Bmp,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+];
+
+/// File extensions picked up when walking a folder.
+pub const EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "bmp", "webp", "gif"];
+
+/// Bounds on what one input may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded file accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest decoded image accepted, in pixels (width × height).
+    pub max_pixels: u64,
+    /// Largest accepted width or height.
+    pub max_side: u32,
+}
+
+impl Default for Limits {
+    /// 64 MiB files, 40 megapixels (a 7,700 × 5,200 photo; 120 MB as RGB8) and 20,000
+    /// pixels on a side: larger than any camera frame, small enough for a 1 GB board.
+    fn default() -> Self {
+        Limits {
+            max_bytes: 64 << 20,
+            max_pixels: 40_000_000,
+            max_side: 20_000,
+        }
+    }
+}
+
+/// Why an input could not be turned into pixels.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty file")]
+    Empty,
+    #[error("file too large: {size} bytes (limit {limit} bytes)")]
+    FileTooLarge { size: u64, limit: u64 },
+    #[error("not an image: {hint}unrecognized format (expected JPEG, PNG, BMP, WebP or GIF)")]
+    NotAnImage { hint: &'static str },
+    #[error("unsupported image format {0:?} (expected JPEG, PNG, BMP, WebP or GIF)")]
+    Unsupported(ImageFormat),
+    #[error("image too large: {width}x{height} pixels (limit {max_pixels} pixels and {max_side} per side)")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+        max_side: u32,
+    },
+    #[error("corrupt or truncated {format}: {reason}")]
+    Corrupt {
+        format: &'static str,
+        reason: String,
+    },
+    #[error("reading input: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DecodeError {
+    /// Whether the input was refused for its size (HTTP 413) rather than its content.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::FileTooLarge { .. } | DecodeError::TooLarge { .. }
+        )
+    }
+}
+
+/// Decodes an encoded image (first frame of an animation), applies its EXIF orientation
+/// and returns RGB8 pixels. Alpha is dropped.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(DecodeError::FileTooLarge {
+            size: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    let format = match reader.format() {
+        Some(f) if SUPPORTED.contains(&f) => f,
+        Some(f) => return Err(DecodeError::Unsupported(f)),
+        None => return Err(DecodeError::NotAnImage { hint: sniff(bytes) }),
+    };
+    let name = format_name(format);
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
+        format: name,
+        reason: lowercase_first(&e.to_string()),
+    };
+
+    // The decoders' own allocation cap is a second line of defence behind our pixel check.
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(64 << 20));
+    reader.limits(decoder_limits);
+
+    let too_large = |(width, height): (u32, u32)| DecodeError::TooLarge {
+        width,
+        height,
+        max_pixels: limits.max_pixels,
+        max_side: limits.max_side,
+    };
+    let mut decoder = match reader.into_decoder() {
+        Ok(d) => d,
+        // A header over the side limit is refused by the decoder itself; report the size.
+        Err(image::ImageError::Limits(_)) => {
+            let dims = ImageReader::with_format(Cursor::new(bytes), format)
+                .into_dimensions()
+                .unwrap_or((0, 0));
+            return Err(too_large(dims));
+        }
+        Err(e) => return Err(corrupt(e)),
+    };
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(DecodeError::Corrupt {
+            format: name,
+            reason: format!("image has no pixels ({w}x{h})"),
+        });
+    }
+    if w > limits.max_side || h > limits.max_side || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
+        return Err(too_large((w, h)));
+    }
+    // A broken EXIF block must not make a good photo undecodable: fall back to upright.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(bytes)?;
+    }
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large((w, h)),
+        e => corrupt(e),
+    })?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// A JPEG cut short still decodes (libjpeg and zune fill the missing rows with grey),
+/// which would classify a half-grey picture as if it were whole. A complete baseline or
+/// progressive JPEG ends with the EOI marker `FF D9`, possibly followed by padding.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    // Cameras and editors sometimes append a few KB (thumbnails, vendor trailers) after EOI.
+    let tail = &bytes[bytes.len().saturating_sub(64 << 10)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(DecodeError::Corrupt {
+            format: "JPEG",
+            reason: "no end-of-image marker (the file is cut short)".into(),
+        })
+    }
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Gif => "GIF",
+        _ => "image",
+    }
+}
+
+/// A hint for the most common non-image inputs, so the message says what the file is.
+fn sniff(bytes: &[u8]) -> &'static str {
+    let head = &bytes[..bytes.len().min(512)];
+    if head.starts_with(b"%PDF") {
+        "a PDF document, "
+    } else if head.starts_with(b"PK\x03\x04") {
+        "a ZIP archive, "
+    } else if std::str::from_utf8(head)
+        .is_ok_and(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()))
+    {
+        "looks like text, "
+    } else {
+        ""
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn gradient() -> RgbImage {
+        RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128]))
+    }
+
+    #[test]
+    fn decodes_every_supported_format() {
+        for format in [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Bmp,
+            ImageFormat::WebP,
+            ImageFormat::Gif,
+        ] {
+            let img = decode(&encode(&gradient(), format), &Limits::default())
+                .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(img.dimensions(), (64, 48), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_inputs_with_reasons() {
+        let limits = Limits::default();
+        assert!(matches!(decode(b"", &limits), Err(DecodeError::Empty)));
+        let text = decode(b"hello, this is not a picture\n", &limits).unwrap_err();
+        assert!(text.to_string().contains("looks like text"), "{text}");
+        let jpeg = encode(&gradient(), ImageFormat::Jpeg);
+        let cut = decode(&jpeg[..jpeg.len() / 2], &limits).unwrap_err();
+        assert!(
+            matches!(cut, DecodeError::Corrupt { format: "JPEG", .. }),
+            "{cut}"
+        );
+        let png = encode(&gradient(), ImageFormat::Png);
+        let cut = decode(&png[..png.len() / 2], &limits).unwrap_err();
+        assert!(
+            matches!(cut, DecodeError::Corrupt { format: "PNG", .. }),
+            "{cut}"
+        );
+        let small = Limits {
+            max_bytes: 100,
+            ..limits
+        };
+        assert!(decode(&png, &small).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn applies_exif_orientation() {
+        // A JPEG 64 wide x 48 high tagged "rotate 90 CW" (orientation 6) is shown 48 x 64.
+        let jpeg = encode(&gradient(), ImageFormat::Jpeg);
+        let exif: &[u8] = &[
+            b'E', b'x', b'i', b'f', 0, 0, // header
+            b'I', b'I', 42, 0, 8, 0, 0, 0, // TIFF little-endian, IFD at 8
+            1, 0, // one entry
+            0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, // Orientation (SHORT) = 6
+            0, 0, 0, 0, // no next IFD
+        ];
+        let mut tagged = jpeg[..2].to_vec(); // SOI
+        tagged.extend_from_slice(&[0xFF, 0xE1]);
+        tagged.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+        tagged.extend_from_slice(exif);
+        tagged.extend_from_slice(&jpeg[2..]);
+        let img = decode(&tagged, &Limits::default()).unwrap();
+        assert_eq!(img.dimensions(), (48, 64));
+    }
+}

@@ -1,0 +1,42 @@
+//! glimpse-runtime: classify images on the CPU with self-describing ONNX model bundles.
+//!
+//! The pipeline is `decode` (bytes → upright RGB8, with limits) → `preprocess` (RGB8 →
+//! input tensor, as the bundle metadata in `bundle` says) → `classifier` (tract plan →
+//! probabilities → ranked labels). The trainer depends on this crate for the same
+//! preprocessing and inference, never the other way round.
+
+pub mod bundle;
+pub mod classifier;
+pub mod decode;
+pub mod fsutil;
+pub mod onnx_file;
+pub mod preprocess;
+
+pub use bundle::{BundleMeta, OutputKind};
+pub use classifier::{Classifier, Overrides, Ranked, Timings};
+pub use decode::{decode, DecodeError, Limits};
+pub use onnx_file::OnnxFile;
+pub use preprocess::{Channels, Layout, Preprocess, Resize};
+
+/// File name of the model glimpse uses when no `--model` is given.
+pub const DEFAULT_MODEL: &str = "efficientnet-lite0.onnx";
+
+/// Where to look for the default model, in order: `$GLIMPSE_MODEL`, next to the
+/// executable, the installed share directory, and this source tree's `models/`.
+pub fn default_model_candidates() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("GLIMPSE_MODEL") {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        out.push(dir.join(DEFAULT_MODEL));
+        out.push(dir.join("../share/glimpse/models").join(DEFAULT_MODEL));
+    }
+    out.push(PathBuf::from("/usr/share/glimpse/models").join(DEFAULT_MODEL));
+    out.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).join(DEFAULT_MODEL));
+    out
+}

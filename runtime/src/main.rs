@@ -1,0 +1,21 @@
+//! `glimpse`: classify images with an ONNX model on the CPU.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("glimpse: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

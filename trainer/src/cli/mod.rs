@@ -1,0 +1,38 @@
+//! Command-line interface of `glimpse-train`: one module per subcommand.
+
+mod import;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Train, import and export image classifiers as ONNX bundles glimpse runs on the board.
+#[derive(Debug, Parser)]
+#[command(name = "glimpse-train", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Import a pretrained network from another framework's checkpoint.
+    Import(import::Args),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Import(args) => import::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}
