@@ -210,19 +210,22 @@ impl Classifier {
         self.preprocess.to_tensor(&[img], &mut Resizer::new())
     }
 
-    /// Runs the model on an already preprocessed input tensor of one image.
+    /// Runs the model on an already preprocessed input tensor of one image; returns one
+    /// probability per class.
     pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
+        Ok(self.to_probabilities(self.run_raw(input)?))
+    }
+
+    /// The model's raw output (logits or probabilities, as the model gives them).
+    pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
         let outputs = self
             .plan
             .run(tvec!(input.into()))
             .context("running the model")?;
-        let raw: Vec<f32> = outputs[0]
+        let view = outputs[0]
             .to_plain_array_view::<f32>()
-            .context("reading the model output")?
-            .iter()
-            .copied()
-            .collect();
-        Ok(self.to_probabilities(raw))
+            .context("reading the model output")?;
+        Ok(view.iter().copied().collect())
     }
 
     fn to_probabilities(&self, raw: Vec<f32>) -> Vec<f32> {

@@ -14,7 +14,8 @@ use image::RgbImage;
 use tract_onnx::prelude::{tract_ndarray, Tensor};
 
 /// How an image of arbitrary shape is fitted to the model's input size.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Resize {
     /// Scale each axis independently (aspect ratio is not kept).
     Stretch,
@@ -26,7 +27,8 @@ pub enum Resize {
 }
 
 /// Channel order of the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Channels {
     Rgb,
     Bgr,
@@ -35,14 +37,15 @@ pub enum Channels {
 }
 
 /// Memory layout of the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nchw,
     Nhwc,
 }
 
 /// Everything needed to turn a decoded RGB image into the model's input tensor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
     pub width: u32,
     pub height: u32,
@@ -197,6 +200,16 @@ impl Preprocess {
             .expect("buffer length matches the shape by construction")
             .into()
     }
+}
+
+/// Resizes `img` to exactly `w` x `h` with the same antialiased bilinear filter as
+/// [`Preprocess::fit`].
+pub fn resize(img: &RgbImage, w: u32, h: u32, resizer: &mut Resizer) -> RgbImage {
+    let (sw, sh) = img.dimensions();
+    let src = ImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage buffer always matches its dimensions");
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resize_into(resizer, &src, w, h, &opts)
 }
 
 fn resize_into(

@@ -119,3 +119,39 @@ pub fn onnxruntime_dylib() -> Option<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
         })
 }
+
+/// Debian `dataset-fashion-mnist`'s IDX files.
+pub fn fashion_mnist() -> Option<PathBuf> {
+    let dir = std::env::var_os("GLIMPSE_FASHION_MNIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into());
+    existing(dir.join("t10k-labels-idx1-ubyte.gz")).map(|_| dir)
+}
+
+/// The Fashion-MNIST class names in label order (`models/fashion-mnist.classes.txt`).
+pub fn fashion_mnist_classes() -> PathBuf {
+    root().join("models/fashion-mnist.classes.txt")
+}
+
+/// Runs `model` on ONNX Runtime (the wheel's `libonnxruntime.so`) for one input tensor and
+/// returns its first output; `None` when ONNX Runtime is not installed.
+pub fn onnxruntime_run(model: &Path, shape: &[usize], input: Vec<f32>) -> Option<Vec<f32>> {
+    let dylib = onnxruntime_dylib()?;
+    static INIT: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
+    let env = INIT.get_or_init(|| {
+        ort::init_from(&dylib)
+            .expect("load libonnxruntime.so")
+            .build()
+            .expect("ORT environment")
+    });
+    let mut session = ort::session::Session::builder(env)
+        .unwrap()
+        .commit_from_file(model)
+        .expect("ONNX Runtime loads the model");
+    let tensor = ort::value::Tensor::from_array((shape.to_vec(), input)).unwrap();
+    let outputs = session
+        .run(ort::inputs![tensor])
+        .expect("ONNX Runtime runs the model");
+    let (_, out) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    Some(out.to_vec())
+}

@@ -1,8 +1,18 @@
 //! glimpse-trainer: build image classifiers and write them as self-describing ONNX bundles
 //! that `glimpse-runtime` runs unchanged.
 //!
-//! Stages live one per module: `import` brings in pretrained networks (EfficientNet-Lite0
-//! from a PyTorch checkpoint), `onnx` writes standard ONNX graphs with the bundle metadata.
+//! Stages live one per module, in pipeline order: `data` (datasets and splits), `augment`,
+//! `model` (architectures), `training` (the loop, checkpoints), `export` (ONNX bundle and
+//! parity check), `eval` (metrics and reports, through the runtime), with `import` for
+//! pretrained networks and `onnx` for writing standard ONNX graphs.
 
+pub mod augment;
+pub mod data;
+pub mod eval;
+pub mod export;
 pub mod import;
+pub mod model;
 pub mod onnx;
+pub mod plot;
+pub mod progress;
+pub mod training;

@@ -33,7 +33,8 @@ impl Record<'_> {
 pub enum Writer<W: Write> {
     Table(W),
     Json(W),
-    Csv(csv::Writer<W>),
+    // Boxed: the CSV writer carries its own buffer, much larger than a bare stream.
+    Csv(Box<csv::Writer<W>>),
 }
 
 #[derive(Serialize)]
@@ -75,7 +76,7 @@ impl<W: Write> Writer<W> {
                     "probability",
                     "latency_ms",
                 ])?;
-                Writer::Csv(w)
+                Writer::Csv(Box::new(w))
             }
         })
     }

@@ -1,6 +1,9 @@
 //! Command-line interface of `glimpse-train`: one module per subcommand.
 
+mod data_args;
+mod eval;
 mod import;
+mod train;
 
 use std::process::ExitCode;
 
@@ -17,12 +20,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a classifier on a dataset and export it as a checked ONNX bundle.
+    Train(train::Args),
+    /// Evaluate an ONNX bundle on a dataset through the runtime and write a report.
+    Eval(eval::Args),
     /// Import a pretrained network from another framework's checkpoint.
     Import(import::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Import(args) => import::run(args),
     }
 }

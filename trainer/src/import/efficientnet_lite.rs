@@ -12,7 +12,7 @@ use glimpse_runtime::{BundleMeta, Channels, Layout, OutputKind, Preprocess, Resi
 use tract_onnx::pb;
 
 use super::checkpoint::Checkpoint;
-use crate::onnx::{self, same_padding, GraphBuilder, Weights};
+use crate::onnx::{self, same_padding, ConvOpts, GraphBuilder, Weights};
 
 /// Batch-norm epsilon of the TF EfficientNet checkpoints.
 const BN_EPS: f32 = 1e-3;
@@ -71,22 +71,30 @@ fn conv_bn(
     Ok((w, bias))
 }
 
-/// A convolution with SAME padding on a square feature map of side `n`; returns the
-/// output name and side.
-#[allow(clippy::too_many_arguments)]
+/// A convolution (weights and folded bias) with SAME padding on a square feature map of
+/// side `n`; returns the output name and side.
 fn same_conv(
     g: &mut GraphBuilder,
     name: &str,
     x: &str,
-    w: &Weights,
-    b: &[f32],
+    (w, b): &(Weights, Vec<f32>),
     stride: usize,
     group: usize,
     n: usize,
 ) -> (String, usize) {
     let (before, after, out) = same_padding(n, w.shape[2], stride);
     (
-        g.conv(name, x, w, b, stride, [before, before, after, after], group),
+        g.conv(
+            name,
+            x,
+            w,
+            b,
+            ConvOpts {
+                stride,
+                pads: [before, before, after, after],
+                group,
+            },
+        ),
         out,
     )
 }
@@ -103,8 +111,8 @@ pub fn build(ck: &Checkpoint, labels: Vec<String>) -> Result<pb::ModelProto> {
     let mut g = GraphBuilder::default();
 
     // Stem: [N,3,224,224] -> [N,32,112,112]
-    let (w, b) = conv_bn(ck, "_conv_stem", "_bn0", [STEM, 3, 3, 3])?;
-    let (x, mut n) = same_conv(&mut g, "stem.conv", "input", &w, &b, 2, 1, INPUT);
+    let wb = conv_bn(ck, "_conv_stem", "_bn0", [STEM, 3, 3, 3])?;
+    let (x, mut n) = same_conv(&mut g, "stem.conv", "input", &wb, 2, 1, INPUT);
     let mut x = g.relu6("stem.relu6", &x);
 
     let mut c_in = STEM;
@@ -117,17 +125,17 @@ pub fn build(ck: &Checkpoint, labels: Vec<String>) -> Result<pb::ModelProto> {
             let hidden = c_in * expand;
             // Expansion (1x1): [N,c_in,n,n] -> [N,hidden,n,n]; absent when expand == 1.
             if expand != 1 {
-                let (w, b) = conv_bn(
+                let wb = conv_bn(
                     ck,
                     &format!("{p}._expand_conv"),
                     &format!("{p}._bn0"),
                     [hidden, c_in, 1, 1],
                 )?;
-                let (y, _) = same_conv(&mut g, &format!("{p}.expand"), &x, &w, &b, 1, 1, n);
+                let (y, _) = same_conv(&mut g, &format!("{p}.expand"), &x, &wb, 1, 1, n);
                 x = g.relu6(&format!("{p}.expand.relu6"), &y);
             }
             // Depthwise (kxk, stride): [N,hidden,n,n] -> [N,hidden,n/s,n/s]
-            let (w, b) = conv_bn(
+            let wb = conv_bn(
                 ck,
                 &format!("{p}._depthwise_conv"),
                 &format!("{p}._bn1"),
@@ -137,21 +145,20 @@ pub fn build(ck: &Checkpoint, labels: Vec<String>) -> Result<pb::ModelProto> {
                 &mut g,
                 &format!("{p}.depthwise"),
                 &x,
-                &w,
-                &b,
+                &wb,
                 stride,
                 hidden,
                 n,
             );
             x = g.relu6(&format!("{p}.depthwise.relu6"), &y);
             // Projection (1x1, linear): [N,hidden,..] -> [N,c_out,..]
-            let (w, b) = conv_bn(
+            let wb = conv_bn(
                 ck,
                 &format!("{p}._project_conv"),
                 &format!("{p}._bn2"),
                 [c_out, hidden, 1, 1],
             )?;
-            (x, _) = same_conv(&mut g, &format!("{p}.project"), &x, &w, &b, 1, 1, n_out);
+            (x, _) = same_conv(&mut g, &format!("{p}.project"), &x, &wb, 1, 1, n_out);
             if stride == 1 && c_in == c_out {
                 x = g.add(&format!("{p}.residual"), &x, &block_in);
             }
@@ -167,8 +174,8 @@ pub fn build(ck: &Checkpoint, labels: Vec<String>) -> Result<pb::ModelProto> {
     );
 
     // Head: [N,320,7,7] -> [N,1280,7,7] -> [N,1280] -> [N,classes]
-    let (w, b) = conv_bn(ck, "_conv_head", "_bn1", [HEAD, c_in, 1, 1])?;
-    let (y, _) = same_conv(&mut g, "head.conv", &x, &w, &b, 1, 1, n);
+    let wb = conv_bn(ck, "_conv_head", "_bn1", [HEAD, c_in, 1, 1])?;
+    let (y, _) = same_conv(&mut g, "head.conv", &x, &wb, 1, 1, n);
     let y = g.relu6("head.relu6", &y);
     let pooled = g.global_pool("head.pool", &y);
     let fc_w = ck.get("_fc.weight", &[classes, HEAD])?;

@@ -133,19 +133,18 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
     }
 }
 
+/// Stride, padding (`[top, left, bottom, right]`) and group count of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvOpts {
+    pub stride: usize,
+    pub pads: [usize; 4],
+    pub group: usize,
+}
+
 /// Layer helpers: the handful of ops glimpse's graphs are made of.
 impl GraphBuilder {
-    /// 2-D convolution with bias; `pads` is `[top, left, bottom, right]`.
-    pub fn conv(
-        &mut self,
-        name: &str,
-        x: &str,
-        w: &Weights,
-        b: &[f32],
-        stride: usize,
-        pads: [usize; 4],
-        group: usize,
-    ) -> String {
+    /// 2-D convolution with bias.
+    pub fn conv(&mut self, name: &str, x: &str, w: &Weights, b: &[f32], opts: ConvOpts) -> String {
         let (k_h, k_w) = (w.shape[2], w.shape[3]);
         let wn = self.weights(&format!("{name}.weight"), w);
         let bn = self.weights(
@@ -158,10 +157,10 @@ impl GraphBuilder {
             &[x, &wn, &bn],
             vec![
                 attr_ints("kernel_shape", &[k_h as i64, k_w as i64]),
-                attr_ints("strides", &[stride as i64, stride as i64]),
-                attr_ints("pads", &pads.map(|p| p as i64)),
+                attr_ints("strides", &[opts.stride as i64, opts.stride as i64]),
+                attr_ints("pads", &opts.pads.map(|p| p as i64)),
                 attr_ints("dilations", &[1, 1]),
-                attr_int("group", group as i64),
+                attr_int("group", opts.group as i64),
             ],
         )
     }

@@ -2,7 +2,7 @@
 
 mod builder;
 
-pub use builder::{attr_int, attr_ints, same_padding, GraphBuilder, Weights};
+pub use builder::{attr_int, attr_ints, same_padding, ConvOpts, GraphBuilder, Weights};
 
 use std::path::Path;
 

@@ -1,0 +1,112 @@
+//! `glimpse-train eval`: score an exported ONNX bundle on a dataset through the runtime, as
+//! the board will run it, and write the report next to the model.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use glimpse_runtime::{Classifier, Overrides};
+use glimpse_trainer::data::{self, Example, LoadOptions};
+use glimpse_trainer::eval::{self, Report, ReportPaths};
+
+use super::data_args::DataArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX bundle to evaluate.
+    model: PathBuf,
+    /// The dataset (same formats as `train --data`).
+    data: PathBuf,
+    /// Which part of the dataset to score.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    split: Split,
+    /// (`--class-names` defaults to the model's labels.)
+    #[command(flatten)]
+    data_args: DataArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Split {
+    Train,
+    Val,
+    Test,
+    /// Every image of the dataset.
+    All,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let classifier = Classifier::load(&args.model, &Overrides::default())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let opts = LoadOptions {
+        flag_below: 0,
+        ..args
+            .data_args
+            .load_options(Some(classifier.labels.clone()))?
+    };
+    let ds = data::load(&args.data, &opts)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    // The dataset's classes are matched to the model's labels by name.
+    let map: Vec<usize> = ds
+        .classes
+        .iter()
+        .map(|c| {
+            classifier
+                .labels
+                .iter()
+                .position(|l| l == c)
+                .with_context(|| {
+                    format!(
+                        "dataset class {c:?} is not one of the model's {} labels",
+                        classifier.labels.len()
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    let examples: Vec<Example> = match args.split {
+        Split::Train => ds.train.clone(),
+        Split::Val => ds.val.clone(),
+        Split::Test => ds.test.clone(),
+        Split::All => [ds.train.clone(), ds.val.clone(), ds.test.clone()].concat(),
+    };
+    if examples.is_empty() {
+        bail!(
+            "the {:?} split of {} is empty",
+            args.split,
+            args.data.display()
+        );
+    }
+    let examples: Vec<Example> = examples
+        .into_iter()
+        .map(|e| Example {
+            label: map[e.label],
+            ..e
+        })
+        .collect();
+    let metrics = eval::evaluate(&classifier, &examples, &classifier.labels)?;
+
+    // A report written at the end of training keeps its training section.
+    let paths = ReportPaths::next_to(&args.model);
+    let training = std::fs::read(&paths.json)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Report>(&b).ok())
+        .and_then(|r| r.training);
+    let report = Report {
+        model: args.model.display().to_string(),
+        data: args.data.display().to_string(),
+        split: format!("{:?} split; {}", args.split, ds.report.split).to_lowercase(),
+        metrics,
+        skipped: ds.report.skipped.clone(),
+        small_classes: Vec::new(),
+        training,
+    };
+    eval::write_report(&report, &paths)?;
+    print!("{}", eval::markdown(&report));
+    println!(
+        "\nwrote {}, {}, {}",
+        paths.json.display(),
+        paths.markdown.display(),
+        paths.confusion_png.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,561 @@
+//! The training loop: seeded shuffling and augmentation, AdamW or SGD with a cosine or step
+//! schedule, validation every epoch, early stopping, and a checkpoint after every epoch
+//! that `--resume` continues from after a crash or a kill.
+//!
+//! Reproducibility: the data order, the augmentation of every image and the dropout masks
+//! are all derived from `(seed, epoch, index)`, so the same seed and data give the same
+//! model, and a resumed run continues exactly where the interrupted one was.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
+use fast_image_resize::Resizer;
+use glimpse_runtime::Preprocess;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augment;
+use crate::data::Example;
+use crate::model::{Classifier, ModelConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    Adamw,
+    /// SGD with Nesterov momentum.
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Cosine decay to 1% of the learning rate, after the warm-up.
+    Cosine,
+    /// Divide by 10 at 1/2 and 3/4 of the epochs.
+    Step,
+    Constant,
+}
+
+/// Everything that determines a training run; saved next to the model and in checkpoints.
+#[derive(Config, Debug)]
+pub struct TrainingConfig {
+    pub model: ModelConfig,
+    pub preprocess: Preprocess,
+    pub augment: Augment,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    #[config(default = 10)]
+    pub epochs: usize,
+    #[config(default = 64)]
+    pub batch_size: usize,
+    #[config(default = 1e-3)]
+    pub lr: f64,
+    #[config(default = 1e-4)]
+    pub weight_decay: f64,
+    #[config(default = 0.9)]
+    pub momentum: f64,
+    #[config(default = 0)]
+    pub warmup_epochs: usize,
+    pub label_smoothing: Option<f32>,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: Option<usize>,
+    #[config(default = 42)]
+    pub seed: u64,
+}
+
+/// What one epoch achieved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// The state a checkpoint holds besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    epochs_done: usize,
+    history: Vec<EpochStats>,
+    best_epoch: usize,
+    best_val_loss: f64,
+    stale_epochs: usize,
+    config: String,
+}
+
+pub struct Outcome {
+    /// The inference copy of the best model (lowest validation loss).
+    pub model: Classifier,
+    pub history: Vec<EpochStats>,
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    pub seconds: f64,
+}
+
+const MAGIC: &[u8; 12] = b"GLIMPSECKPT1";
+
+/// The checkpoint file of a run writing `out`: `<out>.ckpt/checkpoint.bin`.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut dir = out.as_os_str().to_owned();
+    dir.push(".ckpt");
+    PathBuf::from(dir).join("checkpoint.bin")
+}
+
+fn optimizer(cfg: &TrainingConfig) -> ModuleOptimizer {
+    match cfg.optimizer {
+        Optimizer::Adamw => AdamWConfig::new()
+            .with_weight_decay(cfg.weight_decay as f32)
+            .with_epsilon(1e-8)
+            .init(),
+        Optimizer::Sgd => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(cfg.momentum)
+                    .with_dampening(0.0)
+                    .with_nesterov(true),
+            ))
+            .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
+            .init(),
+    }
+}
+
+/// Learning rate at `step` of `total` (warm-up is linear from 0).
+pub fn learning_rate(cfg: &TrainingConfig, step: usize, steps_per_epoch: usize) -> f64 {
+    let total = (cfg.epochs * steps_per_epoch).max(1);
+    let warmup = cfg.warmup_epochs * steps_per_epoch;
+    if step < warmup {
+        return cfg.lr * (step + 1) as f64 / warmup as f64;
+    }
+    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    match cfg.schedule {
+        Schedule::Constant => cfg.lr,
+        Schedule::Cosine => {
+            let min = cfg.lr * 0.01;
+            min + 0.5 * (cfg.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+        Schedule::Step => {
+            cfg.lr
+                * if p < 0.5 {
+                    1.0
+                } else if p < 0.75 {
+                    0.1
+                } else {
+                    0.01
+                }
+        }
+    }
+}
+
+fn to_bytes(model: &Classifier) -> Result<Vec<u8>> {
+    // valid() first: it syncs the batch-norm running statistics into the record.
+    Ok(model
+        .valid()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .to_vec())
+}
+
+fn from_bytes(fresh: Classifier, bytes: Vec<u8>) -> Result<Classifier> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    fresh
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("checkpoint does not match the model: {e:?}"))
+}
+
+fn write_checkpoint(
+    path: &Path,
+    progress: &Progress,
+    model: &[u8],
+    optim: &[u8],
+    best: &[u8],
+) -> Result<()> {
+    let meta = serde_json::to_vec(progress).expect("progress serializes");
+    let mut buf =
+        Vec::with_capacity(MAGIC.len() + 32 + meta.len() + model.len() + optim.len() + best.len());
+    buf.extend_from_slice(MAGIC);
+    for part in [&meta[..], model, optim, best] {
+        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        buf.extend_from_slice(part);
+    }
+    glimpse_runtime::fsutil::atomic_write(path, &buf)
+}
+
+/// What a checkpoint file holds: progress, current model and optimizer, best model.
+struct Checkpoint {
+    progress: Progress,
+    model: Vec<u8>,
+    optim: Vec<u8>,
+    best: Vec<u8>,
+}
+
+fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let buf =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bad = || {
+        anyhow::anyhow!(
+            "{}: not a glimpse checkpoint (or a damaged one)",
+            path.display()
+        )
+    };
+    if !buf.starts_with(MAGIC) {
+        return Err(bad());
+    }
+    let mut at = MAGIC.len();
+    let mut parts = Vec::new();
+    for _ in 0..4 {
+        let len_bytes: [u8; 8] = buf
+            .get(at..at + 8)
+            .ok_or_else(bad)?
+            .try_into()
+            .expect("8 bytes");
+        let len = u64::from_le_bytes(len_bytes) as usize;
+        at += 8;
+        parts.push(
+            buf.get(at..at.checked_add(len).ok_or_else(bad)?)
+                .ok_or_else(bad)?
+                .to_vec(),
+        );
+        at += len;
+    }
+    let progress: Progress = serde_json::from_slice(&parts[0]).map_err(|_| bad())?;
+    let best = parts.pop().expect("4 parts");
+    let optim = parts.pop().expect("3 parts");
+    let model = parts.pop().expect("2 parts");
+    Ok(Checkpoint {
+        progress,
+        model,
+        optim,
+        best,
+    })
+}
+
+/// The preprocessed, non-augmented input of every example (`C*H*W` floats each).
+pub fn preprocess_all(examples: &[Example], pp: &Preprocess) -> Vec<Vec<f32>> {
+    let per: usize = pp.shape(1)[1..].iter().product();
+    examples
+        .par_iter()
+        .map_init(Resizer::new, |resizer, e| {
+            let mut out = vec![0f32; per];
+            pp.normalize_into(&pp.fit(&e.image, resizer), &mut out);
+            out
+        })
+        .collect()
+}
+
+/// Mean and standard deviation of each input channel over (up to 2,000 of) the training
+/// images, in 0–255 units: the normalization a model trained here uses.
+pub fn channel_stats(examples: &[Example], pp: &Preprocess) -> (Vec<f32>, Vec<f32>) {
+    let c = pp.channels.count();
+    let raw = Preprocess {
+        mean: vec![0.0; c],
+        std: vec![1.0; c],
+        layout: glimpse_runtime::Layout::Nchw,
+        ..pp.clone()
+    };
+    let step = (examples.len() / 2000).max(1);
+    let sample: Vec<Example> = examples.iter().step_by(step).cloned().collect();
+    let tensors = preprocess_all(&sample, &raw);
+    let hw = (pp.width * pp.height) as usize;
+    let (mut sum, mut sq) = (vec![0f64; c], vec![0f64; c]);
+    for t in &tensors {
+        for ch in 0..c {
+            for v in &t[ch * hw..(ch + 1) * hw] {
+                sum[ch] += *v as f64;
+                sq[ch] += (*v as f64) * (*v as f64);
+            }
+        }
+    }
+    let n = (tensors.len() * hw).max(1) as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| ((q / n - (*m as f64).powi(2)).max(1.0)).sqrt() as f32)
+        .collect();
+    (mean, std)
+}
+
+/// Validation loss (plain cross-entropy) and accuracy of the inference copy of `model`.
+fn validate(
+    model: &Classifier,
+    inputs: &[Vec<f32>],
+    labels: &[usize],
+    pp: &Preprocess,
+    batch: usize,
+) -> (f64, f64) {
+    if inputs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let device = Device::flex();
+    let eval = model.valid();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (mut loss, mut correct) = (0f64, 0usize);
+    for (xs, ys) in inputs.chunks(batch).zip(labels.chunks(batch)) {
+        let n = xs.len();
+        let x = Tensor::<4>::from_data(TensorData::new(xs.concat(), pp.shape(n)), &device);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new(ys.iter().map(|l| *l as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let logits = eval.forward(x);
+        let l: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
+        loss += l as f64 * n as f64;
+        let pred: Vec<i64> = logits
+            .argmax(1)
+            .squeeze_dim::<1>(1)
+            .try_into_vec_as::<i64>()
+            .expect("int argmax");
+        correct += pred
+            .iter()
+            .zip(ys)
+            .filter(|(p, y)| **p as usize == **y)
+            .count();
+    }
+    (
+        loss / inputs.len() as f64,
+        correct as f64 / inputs.len() as f64,
+    )
+}
+
+/// A per-image seed: independent streams for every (run, epoch, image).
+fn image_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    // SplitMix64 finalizer over the combined key.
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Trains on `train`, validating on `val`; checkpoints to `checkpoint` after every epoch and,
+/// with `resume`, continues from it.
+pub fn train(
+    cfg: &TrainingConfig,
+    train: &[Example],
+    val: &[Example],
+    checkpoint: &Path,
+    resume: bool,
+) -> Result<Outcome> {
+    ensure!(!train.is_empty(), "no training images");
+    ensure!(
+        cfg.batch_size >= 2,
+        "batch size must be at least 2 (batch norm needs a batch), got {}",
+        cfg.batch_size
+    );
+    let config_json = burn::config::config_to_json(cfg);
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let mut model = cfg.model.init(&device);
+    let mut optim = optimizer(cfg);
+    let mut progress = Progress {
+        epochs_done: 0,
+        history: Vec::new(),
+        best_epoch: 0,
+        best_val_loss: f64::INFINITY,
+        stale_epochs: 0,
+        config: config_json.clone(),
+    };
+    let mut best_bytes = Vec::new();
+    if resume {
+        ensure!(
+            checkpoint.is_file(),
+            "--resume: no checkpoint at {}",
+            checkpoint.display()
+        );
+        let Checkpoint {
+            progress: p,
+            model: m,
+            optim: o,
+            best: b,
+        } = read_checkpoint(checkpoint)?;
+        if p.config != config_json {
+            bail!(
+                "--resume: the checkpoint {} was made with other settings; run with the same options (its configuration is in the checkpoint) or start afresh without --resume",
+                checkpoint.display()
+            );
+        }
+        // The model first: the optimizer state is keyed by the model's parameter ids.
+        model = from_bytes(model, m)?;
+        optim = optim
+            .from_bytes(Bytes::from_bytes_vec(o))
+            .map_err(|e| anyhow::anyhow!("checkpoint optimizer state: {e:?}"))?;
+        best_bytes = b;
+        log::info!("resuming after epoch {} of {}", p.epochs_done, cfg.epochs);
+        progress = p;
+    }
+
+    let pp = &cfg.preprocess;
+    let val_inputs = preprocess_all(val, pp);
+    let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing(cfg.label_smoothing)
+        .init(&device);
+    let per: usize = pp.shape(1)[1..].iter().product();
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let started = Instant::now();
+    let mut stopped_early = false;
+
+    for epoch in progress.epochs_done..cfg.epochs {
+        if let Some(patience) = cfg.patience {
+            if progress.stale_epochs >= patience {
+                stopped_early = true;
+                break;
+            }
+        }
+        let t0 = Instant::now();
+        // Dropout draws from the backend's global generator: reseed it per epoch so a
+        // resumed run draws what the uninterrupted run would have.
+        device.seed(image_seed(cfg.seed, epoch, usize::MAX));
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
+            cfg.seed, epoch, 0,
+        )));
+        let bar = crate::progress::bar(
+            steps_per_epoch as u64,
+            &format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        );
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+            let n = idx.len();
+            if n < 2 {
+                continue; // batch norm cannot train on a single image
+            }
+            let mut data = vec![0f32; per * n];
+            data.par_chunks_mut(per).zip(idx.par_iter()).for_each_init(
+                Resizer::new,
+                |resizer, (out, &i)| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(image_seed(cfg.seed, epoch, i + 1));
+                    let view = cfg.augment.apply(&train[i].image, pp, &mut rng, resizer);
+                    pp.normalize_into(&view, out);
+                },
+            );
+            let labels: Vec<i64> = idx.iter().map(|&i| train[i].label as i64).collect();
+            let x = Tensor::<4>::from_data(TensorData::new(data, pp.shape(n)), &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
+            let logits = model.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y.clone());
+            let l: f32 = loss.clone().into_scalar();
+            ensure!(
+                l.is_finite(),
+                "training diverged at epoch {} (loss {l}); lower --lr",
+                epoch + 1
+            );
+            let c: i64 = logits
+                .argmax(1)
+                .squeeze_dim::<1>(1)
+                .equal(y)
+                .int()
+                .sum()
+                .into_scalar();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = learning_rate(cfg, epoch * steps_per_epoch + b, steps_per_epoch);
+            model = optim.step(lr, model, grads);
+            loss_sum += l as f64 * n as f64;
+            correct += c as usize;
+            seen += n;
+            bar.inc(1);
+            bar.set_prefix(format!(
+                "loss {:.4} acc {:.2}%",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let train_secs = t0.elapsed().as_secs_f64();
+        let (val_loss, val_accuracy) = validate(&model, &val_inputs, &val_labels, pp, 256);
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_second: seen as f64 / train_secs.max(1e-9),
+        };
+        log::info!(
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
+            stats.epoch,
+            cfg.epochs,
+            stats.train_loss,
+            stats.train_accuracy * 100.0,
+            stats.val_loss,
+            stats.val_accuracy * 100.0,
+            stats.images_per_second,
+            stats.seconds
+        );
+        // Without validation data every epoch counts as the best so far.
+        let improved = val_loss.is_nan() || val_loss < progress.best_val_loss - 1e-6;
+        let model_bytes = to_bytes(&model)?;
+        if improved {
+            progress.best_val_loss = if val_loss.is_nan() {
+                f64::INFINITY
+            } else {
+                val_loss
+            };
+            progress.best_epoch = epoch + 1;
+            progress.stale_epochs = 0;
+            best_bytes = model_bytes.clone();
+        } else {
+            progress.stale_epochs += 1;
+        }
+        progress.history.push(stats);
+        progress.epochs_done = epoch + 1;
+        let optim_bytes = optim
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .to_vec();
+        write_checkpoint(
+            checkpoint,
+            &progress,
+            &model_bytes,
+            &optim_bytes,
+            &best_bytes,
+        )?;
+    }
+    ensure!(
+        !best_bytes.is_empty(),
+        "no epoch was trained (is --epochs 0?)"
+    );
+    let best = from_bytes(cfg.model.init(&Device::flex()), best_bytes)?;
+    Ok(Outcome {
+        model: best.valid(),
+        history: progress.history,
+        best_epoch: progress.best_epoch,
+        stopped_early,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_seeds_differ_per_image_and_epoch() {
+        let a = image_seed(1, 0, 1);
+        assert_ne!(a, image_seed(1, 0, 2));
+        assert_ne!(a, image_seed(1, 1, 1));
+        assert_ne!(a, image_seed(2, 0, 1));
+        assert_eq!(a, image_seed(1, 0, 1));
+    }
+}

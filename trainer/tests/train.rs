@@ -1,0 +1,574 @@
+//! `glimpse-train train` and `eval` end to end on real data (Debian's Fashion-MNIST): a
+//! short run learns, the export agrees with tract and ONNX Runtime, `glimpse classify` runs
+//! the bundle, runs are reproducible, a killed run resumes, and bad datasets are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use glimpse_e2e::{
+    bin, fashion_mnist, fashion_mnist_classes, onnxruntime_run, skip, stderr, stdout,
+};
+use glimpse_runtime::{Classifier, Overrides};
+use serde_json::Value;
+
+fn train_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse-train"));
+    c.args(args);
+    c
+}
+
+fn train(args: &[&str]) -> Output {
+    train_cmd(args).output().unwrap()
+}
+
+fn data() -> Option<PathBuf> {
+    let d = fashion_mnist();
+    if d.is_none() {
+        skip(
+            &format!(
+                "{}::{}",
+                module_path!(),
+                std::thread::current().name().unwrap_or("?")
+            ),
+            "Debian package dataset-fashion-mnist is not installed",
+        );
+    }
+    d
+}
+
+fn report(model: &Path) -> Value {
+    let p = model.with_file_name(format!(
+        "{}.report.json",
+        model.file_stem().unwrap().to_string_lossy()
+    ));
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+/// Writes test image `index` of Fashion-MNIST as a PNG (what a user would classify).
+fn fashion_png(dir: &Path, index: usize) -> (PathBuf, usize) {
+    let fm = fashion_mnist().unwrap();
+    let (dims, px) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let (_, labels) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let n = dims[1] * dims[2];
+    let img = image::GrayImage::from_raw(
+        dims[2] as u32,
+        dims[1] as u32,
+        px[index * n..(index + 1) * n].to_vec(),
+    )
+    .unwrap();
+    let path = dir.join(format!("fashion-{index}.png"));
+    img.save(&path).unwrap();
+    (path, labels[index] as usize)
+}
+
+const QUICK: &[&str] = &[
+    "--limit-per-class",
+    "100",
+    "--epochs",
+    "3",
+    "--width",
+    "0.5",
+    "--batch-size",
+    "32",
+];
+
+#[test]
+fn short_run_learns_exports_and_classifies() {
+    let Some(fm) = data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fm.onnx");
+    let classes = fashion_mnist_classes();
+    let mut args = vec![
+        "train",
+        "--data",
+        fm.to_str().unwrap(),
+        "--class-names",
+        classes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    let o = train(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    println!("{}", stdout(&o));
+
+    for suffix in [
+        "onnx",
+        "report.json",
+        "report.md",
+        "confusion.png",
+        "curves.png",
+        "config.json",
+    ] {
+        assert!(
+            dir.path().join(format!("fm.{suffix}")).is_file(),
+            "fm.{suffix} written"
+        );
+    }
+    assert!(
+        !dir.path().join("fm.onnx.ckpt").exists(),
+        "checkpoints removed after a successful run"
+    );
+    let r = report(&out);
+    let acc = r["metrics"]["accuracy"].as_f64().unwrap();
+    // 1,000 training images, 3 epochs: well above the 10% of chance. The margin: at least
+    // 6x chance.
+    assert!(acc >= 0.60, "test accuracy {acc} after a short run");
+    assert_eq!(
+        r["metrics"]["images"], 10_000,
+        "the full Fashion-MNIST test set"
+    );
+    assert_eq!(r["metrics"]["per_class"].as_array().unwrap().len(), 10);
+    let parity = r["training"]["export_parity"]["max_abs_logit_diff"]
+        .as_f64()
+        .unwrap();
+    assert!(parity < 1e-3, "export parity {parity}");
+    assert_eq!(r["training"]["history"].as_array().unwrap().len(), 3);
+    let md = std::fs::read_to_string(dir.path().join("fm.report.md")).unwrap();
+    assert!(
+        md.contains("| Ankle boot |") && md.contains("Confusion matrix"),
+        "{md}"
+    );
+    let png = image::open(dir.path().join("fm.confusion.png")).unwrap();
+    assert!(png.width() > 300);
+
+    // The bundle on the runtime CLI, as a user would run it.
+    let (photo, truth) = fashion_png(dir.path(), 0);
+    let o = Command::new(bin("glimpse"))
+        .args([
+            "classify",
+            "--model",
+            out.to_str().unwrap(),
+            "-f",
+            "json",
+            photo.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rec: Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    let names: Vec<String> = std::fs::read_to_string(&classes)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(
+        names.contains(&rec["label"].as_str().unwrap().to_string()),
+        "{rec}"
+    );
+    println!(
+        "{}: true class {}, predicted {}",
+        photo.display(),
+        names[truth],
+        rec["label"]
+    );
+
+    // The same file on ONNX Runtime: same top-1, probabilities within 1e-4.
+    let classifier = Classifier::load(&out, &Overrides::default()).unwrap();
+    let img =
+        glimpse_runtime::decode(&std::fs::read(&photo).unwrap(), &Default::default()).unwrap();
+    let input = classifier.tensor(&img);
+    let shape = input.shape().to_vec();
+    let data: Vec<f32> = input
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let ours = classifier.run(input).unwrap();
+    match onnxruntime_run(&out, &shape, data) {
+        Some(logits) => {
+            let theirs = glimpse_runtime::classifier::softmax(&logits);
+            let diff = ours
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-4, "tract vs ONNX Runtime: {diff}");
+        }
+        None => skip(
+            "short_run_learns_exports_and_classifies (ONNX Runtime part)",
+            "libonnxruntime.so is not unpacked",
+        ),
+    }
+
+    // eval scores the same test set to the same accuracy and keeps the training section.
+    let o = train(&["eval", out.to_str().unwrap(), fm.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accuracy (top-1)"));
+    let again = report(&out);
+    assert_eq!(again["metrics"]["accuracy"].as_f64().unwrap(), acc);
+    assert!(again["training"]["history"].is_array());
+}
+
+#[test]
+fn same_seed_same_model() {
+    let Some(fm) = data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let classes = fashion_mnist_classes();
+    let run = |name: &str, seed: &str| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let out = sub.join("m.onnx");
+        let o = train(&[
+            "train",
+            "--data",
+            fm.to_str().unwrap(),
+            "--class-names",
+            classes.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--limit-per-class",
+            "30",
+            "--epochs",
+            "1",
+            "--width",
+            "0.25",
+            "--batch-size",
+            "16",
+            "--seed",
+            seed,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(out).unwrap()
+    };
+    let (a, b, c) = (run("a", "5"), run("b", "5"), run("c", "6"));
+    assert!(a == b, "same seed and data must give the same model");
+    assert!(a != c, "another seed gives another model");
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint() {
+    let Some(fm) = data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.onnx");
+    let classes = fashion_mnist_classes();
+    let args = [
+        "train",
+        "--data",
+        fm.to_str().unwrap(),
+        "--class-names",
+        classes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--limit-per-class",
+        "100",
+        "--epochs",
+        "4",
+        "--width",
+        "0.25",
+        "--batch-size",
+        "32",
+        "--seed",
+        "3",
+    ];
+    let mut child = train_cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = dir.path().join("r.onnx.ckpt/checkpoint.bin");
+    let start = Instant::now();
+    while !ckpt.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it could be interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(!out.exists(), "no model from an interrupted run");
+
+    let mut resumed = args.to_vec();
+    resumed.extend(["--resume", "--keep-checkpoint"]);
+    let o = train(&resumed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming after epoch"),
+        "{}",
+        stderr(&o)
+    );
+    let r = report(&out);
+    let epochs: Vec<u64> = r["training"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        epochs,
+        vec![1, 2, 3, 4],
+        "the resumed run completes the schedule"
+    );
+    assert!(r["metrics"]["accuracy"].as_f64().unwrap() > 0.5);
+
+    // Other settings with --resume are refused rather than silently mixed.
+    let mut other: Vec<&str> = resumed
+        .iter()
+        .map(|a| if *a == "4" { "5" } else { a })
+        .collect();
+    let o = train(&other);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("was made with other settings"),
+        "{}",
+        stderr(&o)
+    );
+    // A damaged checkpoint is named as such.
+    std::fs::write(&ckpt, b"GLIMPSECKPT1 damaged").unwrap();
+    other = resumed.clone();
+    let o = train(&other);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not a glimpse checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Writes `n` Fashion-MNIST training images of `label` as PNGs into `dir/<class>/`.
+fn class_folder(root: &Path, class: &str, label: u8, n: usize) {
+    let fm = fashion_mnist().unwrap();
+    let (dims, px) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let (_, labels) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let per = dims[1] * dims[2];
+    std::fs::create_dir_all(root.join(class)).unwrap();
+    for (k, i) in labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l == label)
+        .map(|(i, _)| i)
+        .take(n)
+        .enumerate()
+    {
+        let img = image::GrayImage::from_raw(28, 28, px[i * per..(i + 1) * per].to_vec()).unwrap();
+        img.save(root.join(class).join(format!("{k}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn folder_datasets_and_bad_inputs() {
+    if data().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("photos");
+    let out = tmp.path().join("f.onnx");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--width",
+            "0.25",
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+
+    std::fs::create_dir_all(&root).unwrap();
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("expected one sub-folder per class, found none"),
+        "{}",
+        stderr(&o)
+    );
+
+    class_folder(&root, "trouser", 1, 30);
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least 2 classes"), "{}", stderr(&o));
+
+    class_folder(&root, "bag", 8, 30);
+    std::fs::write(root.join("bag/broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    std::fs::write(root.join("bag/notes.jpg"), b"not a photo").unwrap();
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("skipped 2 unreadable files")
+            && err.contains("broken.png")
+            && err.contains("notes.jpg"),
+        "{err}"
+    );
+    let r = report(&out);
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 2);
+    // 30 images a class, ~24 after the split: trained, and not flagged.
+    assert!(
+        r["small_classes"].as_array().unwrap().is_empty(),
+        "{}",
+        r["small_classes"]
+    );
+    assert_eq!(r["metrics"]["per_class"].as_array().unwrap().len(), 2);
+    assert!(!out.with_extension("onnx.ckpt").exists());
+
+    class_folder(&root, "sandal", 5, 3);
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("too few in: sandal (3)"),
+        "{}",
+        stderr(&o)
+    );
+    // Above the refusal limit but below 20: trained and flagged.
+    class_folder(&root, "sandal", 5, 12);
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("class \"sandal\" has only 10 training images"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(report(&out)["small_classes"][0][0], "sandal");
+    assert!(std::fs::read_to_string(tmp.path().join("f.report.md"))
+        .unwrap()
+        .contains("sandal: 10 images"));
+
+    // The MobileNet-style network on the same folder, at a photo-like input size.
+    std::fs::remove_dir_all(root.join("sandal")).unwrap();
+    let o = run(&["--arch", "mobilenet", "--input-size", "64x64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        report(&out)["training"]["export_parity"]["max_abs_logit_diff"]
+            .as_f64()
+            .unwrap()
+            < 1e-3
+    );
+
+    // A CSV of path,label with a missing file.
+    let csv = tmp.path().join("list.csv");
+    let mut rows = String::from("path,label\n");
+    for class in ["trouser", "bag"] {
+        for k in 0..20 {
+            rows += &format!("photos/{class}/{k}.png,{class}\n");
+        }
+    }
+    rows += "photos/bag/missing.png,bag\n";
+    std::fs::write(&csv, rows).unwrap();
+    let o = train(&[
+        "train",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--width",
+        "0.25",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing.png"), "{}", stderr(&o));
+}
+
+#[test]
+fn idx_label_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 2 images of 2x2 but 3 labels.
+    std::fs::write(
+        d.join("train-images-idx3-ubyte"),
+        [
+            0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 3, 0, 1, 1],
+    )
+    .unwrap();
+    let out = d.join("x.onnx");
+    let o = train(&[
+        "train",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("has 3 labels for 2 images"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+/// The shipped `models/fashion-mnist.onnx` meets its model card: at least 92% on the full
+/// 10k test set through the runtime, the same figure its report states, and the same
+/// answers on ONNX Runtime.
+#[test]
+fn shipped_fashion_mnist_model_meets_its_card() {
+    let Some(fm) = data() else { return };
+    let shipped = glimpse_e2e::root().join("models/fashion-mnist.onnx");
+    let card: Value = serde_json::from_slice(
+        &std::fs::read(shipped.with_file_name("fashion-mnist.report.json")).unwrap(),
+    )
+    .unwrap();
+    // Evaluate a copy: tests never write into the repository.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("fashion-mnist.onnx");
+    std::fs::copy(&shipped, &copy).unwrap();
+    let o = train(&["eval", copy.to_str().unwrap(), fm.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let acc = report(&copy)["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.92, "shipped model: test accuracy {acc} < 92%");
+    assert_eq!(
+        acc,
+        card["metrics"]["accuracy"].as_f64().unwrap(),
+        "the committed report states what the model does"
+    );
+
+    let classifier = Classifier::load(&shipped, &Overrides::default()).unwrap();
+    for i in [0, 1, 2, 3, 4, 5, 6, 7] {
+        let (png, _) = fashion_png(dir.path(), i);
+        let img =
+            glimpse_runtime::decode(&std::fs::read(&png).unwrap(), &Default::default()).unwrap();
+        let input = classifier.tensor(&img);
+        let shape = input.shape().to_vec();
+        let data: Vec<f32> = input
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let ours = classifier.run(input).unwrap();
+        let Some(logits) = onnxruntime_run(&shipped, &shape, data) else {
+            skip(
+                "shipped_fashion_mnist_model_meets_its_card (ONNX Runtime part)",
+                "libonnxruntime.so is not unpacked",
+            );
+            return;
+        };
+        let theirs = glimpse_runtime::classifier::softmax(&logits);
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-4,
+            "image {i}: tract vs ONNX Runtime differ by {diff}"
+        );
+    }
+}
