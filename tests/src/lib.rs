@@ -155,3 +155,44 @@ pub fn onnxruntime_run(model: &Path, shape: &[usize], input: Vec<f32>) -> Option
     let (_, out) = outputs[0].try_extract_tensor::<f32>().unwrap();
     Some(out.to_vec())
 }
+
+/// The probabilities tract (through `classifier`) and ONNX Runtime give for the photo at
+/// `photo`, from the same preprocessed input tensor, so only the graph execution differs.
+/// `None` when ONNX Runtime is not installed.
+pub fn tract_and_onnxruntime(
+    classifier: &glimpse_runtime::Classifier,
+    model: &Path,
+    photo: &Path,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let bytes = std::fs::read(photo).unwrap_or_else(|e| panic!("{}: {e}", photo.display()));
+    let img = glimpse_runtime::decode(&bytes, &glimpse_runtime::Limits::default())
+        .expect("a decodable photo");
+    let input = classifier.tensor(&img);
+    let shape = input.shape().to_vec();
+    let data: Vec<f32> = input
+        .to_plain_array_view::<f32>()
+        .expect("f32 input")
+        .iter()
+        .copied()
+        .collect();
+    let logits = onnxruntime_run(model, &shape, data)?;
+    let ours = classifier.run(input).expect("tract runs the model");
+    Some((ours, glimpse_runtime::classifier::softmax(&logits)))
+}
+
+/// Largest absolute difference between two probability vectors, and whether their top-1
+/// classes agree.
+pub fn compare(a: &[f32], b: &[f32]) -> (f32, bool) {
+    let argmax = |p: &[f32]| {
+        p.iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, _)| i)
+    };
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    (diff, argmax(a) == argmax(b))
+}

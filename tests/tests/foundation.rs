@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use glimpse_e2e::*;
-use glimpse_runtime::{decode, Classifier, Limits, Overrides};
+use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
 
 /// Real photos and the ImageNet classes a person would accept among the top-5. Where
@@ -109,58 +109,20 @@ fn agrees_with_onnx_runtime() {
     let Some((darknet, skimage)) = photo_dirs("agrees_with_onnx_runtime") else {
         return;
     };
-    let Some(dylib) = onnxruntime_dylib() else {
+    if onnxruntime_dylib().is_none() {
         skip(
             "agrees_with_onnx_runtime",
             "libonnxruntime.so from the onnxruntime wheel is not unpacked",
         );
         return;
-    };
+    }
     let model = shipped_model();
     let classifier = Classifier::load(&model, &Overrides::default()).unwrap();
-    let env = ort::init_from(&dylib).unwrap().build().unwrap();
-    let mut session = ort::session::Session::builder(&env)
-        .unwrap()
-        .commit_from_file(&model)
-        .unwrap();
-
     let mut worst = 0f32;
     for (path, _) in photo_paths(&darknet, &skimage) {
-        let img = decode(&std::fs::read(&path).unwrap(), &Limits::default()).unwrap();
-        // The same input tensor goes to both runtimes: only the graph execution differs.
-        let input = classifier.tensor(&img);
-        let shape: Vec<usize> = input.shape().to_vec();
-        let data: Vec<f32> = input
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
-        let ours = classifier.run(input).unwrap();
-
-        let tensor = ort::value::Tensor::from_array((shape, data)).unwrap();
-        let outputs = session.run(ort::inputs![tensor]).unwrap();
-        let (_, logits) = outputs[0].try_extract_tensor::<f32>().unwrap();
-        let theirs = glimpse_runtime::classifier::softmax(logits);
-
-        let argmax = |p: &[f32]| {
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap()
-                .0
-        };
-        assert_eq!(
-            argmax(&ours),
-            argmax(&theirs),
-            "{}: top-1 differs",
-            path.display()
-        );
-        let diff = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let (ours, theirs) = tract_and_onnxruntime(&classifier, &model, &path).unwrap();
+        let (diff, same_top1) = compare(&ours, &theirs);
+        assert!(same_top1, "{}: top-1 differs", path.display());
         println!("{}: max |p_tract - p_ort| = {diff:.2e}", path.display());
         worst = worst.max(diff);
     }

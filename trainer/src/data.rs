@@ -169,14 +169,7 @@ fn load_folder(root: &Path, opts: &LoadOptions) -> Result<Dataset> {
     let mut report = LoadReport::default();
     let Some(train_dir) = train_dir else {
         let (classes, files) = list_class_folders(root)?;
-        let all = decode_all(files, opts, &mut report);
-        let (train, val, test) = stratified_split(
-            all,
-            classes.len(),
-            opts.val_fraction,
-            opts.test_fraction,
-            opts.seed,
-        );
+        let (train, val, test) = decode_and_split(files, classes.len(), opts, &mut report);
         report.split = format!(
             "one folder per class, split {:.0}/{:.0}/{:.0} (train/val/test) by seed {}",
             (1.0 - opts.val_fraction - opts.test_fraction) * 100.0,
@@ -322,17 +315,30 @@ fn load_csv(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
         .map(|(p, l)| (p.clone(), index[l.as_str()]))
         .collect();
     let mut report = LoadReport::default();
-    let all = decode_all(files, opts, &mut report);
-    let (train, val, test) = stratified_split(
-        all,
-        classes.len(),
-        opts.val_fraction,
-        opts.test_fraction,
-        opts.seed,
-    );
+    let (train, val, test) = decode_and_split(files, classes.len(), opts, &mut report);
     report.split = format!("CSV rows split by seed {}", opts.seed);
     finish(Format::Csv, classes, train, val, test, report, opts)
 }
+
+/// Decodes the files of an unsplit dataset and splits them by the options.
+fn decode_and_split(
+    files: Vec<(PathBuf, usize)>,
+    classes: usize,
+    opts: &LoadOptions,
+    report: &mut LoadReport,
+) -> Splits {
+    let all = decode_all(files, opts, report);
+    stratified_split(
+        all,
+        classes,
+        opts.val_fraction,
+        opts.test_fraction,
+        opts.seed,
+    )
+}
+
+/// Train, validation and test examples.
+pub type Splits = (Vec<Example>, Vec<Example>, Vec<Example>);
 
 /// Decodes files in parallel; unreadable ones are recorded as skipped, never fatal.
 fn decode_all(
@@ -553,7 +559,7 @@ pub fn stratified_split(
     val: f64,
     test: f64,
     seed: u64,
-) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+) -> Splits {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); classes];
     for e in all {

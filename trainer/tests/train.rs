@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::{
-    bin, fashion_mnist, fashion_mnist_classes, onnxruntime_run, skip, stderr, stdout,
+    bin, compare, fashion_mnist, fashion_mnist_classes, skip, stderr, stdout, tract_and_onnxruntime,
 };
 use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
@@ -169,26 +169,13 @@ fn short_run_learns_exports_and_classifies() {
 
     // The same file on ONNX Runtime: same top-1, probabilities within 1e-4.
     let classifier = Classifier::load(&out, &Overrides::default()).unwrap();
-    let img =
-        glimpse_runtime::decode(&std::fs::read(&photo).unwrap(), &Default::default()).unwrap();
-    let input = classifier.tensor(&img);
-    let shape = input.shape().to_vec();
-    let data: Vec<f32> = input
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let ours = classifier.run(input).unwrap();
-    match onnxruntime_run(&out, &shape, data) {
-        Some(logits) => {
-            let theirs = glimpse_runtime::classifier::softmax(&logits);
-            let diff = ours
-                .iter()
-                .zip(&theirs)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-4, "tract vs ONNX Runtime: {diff}");
+    match tract_and_onnxruntime(&classifier, &out, &photo) {
+        Some((ours, theirs)) => {
+            let (diff, same_top1) = compare(&ours, &theirs);
+            assert!(
+                diff < 1e-4 && same_top1,
+                "tract vs ONNX Runtime: {diff}, same top-1: {same_top1}"
+            );
         }
         None => skip(
             "short_run_learns_exports_and_classifies (ONNX Runtime part)",
@@ -540,35 +527,19 @@ fn shipped_fashion_mnist_model_meets_its_card() {
     );
 
     let classifier = Classifier::load(&shipped, &Overrides::default()).unwrap();
-    for i in [0, 1, 2, 3, 4, 5, 6, 7] {
+    for i in 0..8 {
         let (png, _) = fashion_png(dir.path(), i);
-        let img =
-            glimpse_runtime::decode(&std::fs::read(&png).unwrap(), &Default::default()).unwrap();
-        let input = classifier.tensor(&img);
-        let shape = input.shape().to_vec();
-        let data: Vec<f32> = input
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
-        let ours = classifier.run(input).unwrap();
-        let Some(logits) = onnxruntime_run(&shipped, &shape, data) else {
+        let Some((ours, theirs)) = tract_and_onnxruntime(&classifier, &shipped, &png) else {
             skip(
                 "shipped_fashion_mnist_model_meets_its_card (ONNX Runtime part)",
                 "libonnxruntime.so is not unpacked",
             );
             return;
         };
-        let theirs = glimpse_runtime::classifier::softmax(&logits);
-        let diff = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let (diff, same_top1) = compare(&ours, &theirs);
         assert!(
-            diff < 1e-4,
-            "image {i}: tract vs ONNX Runtime differ by {diff}"
+            diff < 1e-4 && same_top1,
+            "image {i}: tract vs ONNX Runtime differ by {diff}, same top-1: {same_top1}"
         );
     }
 }
