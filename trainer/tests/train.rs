@@ -128,6 +128,20 @@ fn short_run_learns_exports_and_classifies() {
         .unwrap();
     assert!(parity < 1e-3, "export parity {parity}");
     assert_eq!(r["training"]["history"].as_array().unwrap().len(), 3);
+    let info = Command::new(bin("glimpse"))
+        .args(["info", "--format", "json", "--model", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(
+        info["source"]
+            .as_str()
+            .unwrap()
+            .contains("--arch small-cnn --epochs 3"),
+        "{}",
+        info["source"]
+    );
+    assert_eq!(info["labels"][9], "Ankle boot");
     let md = std::fs::read_to_string(dir.path().join("fm.report.md")).unwrap();
     assert!(
         md.contains("| Ankle boot |") && md.contains("Confusion matrix"),

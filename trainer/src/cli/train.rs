@@ -252,10 +252,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let source = format!(
-        "glimpse-train {} train --data {} --arch {:?} --epochs {} --seed {} (best epoch {} of {}); config in {}",
+        "glimpse-train {} train --data {} --arch {} --epochs {} --seed {} (best epoch {} of {}); config in {}",
         env!("CARGO_PKG_VERSION"),
         args.data.display(),
-        args.arch,
+        // The CLI spelling, so the line can be run again.
+        clap::ValueEnum::to_possible_value(&args.arch).map_or_else(String::new, |v| v.get_name().to_string()),
         cfg.epochs,
         cfg.seed,
         outcome.best_epoch,
