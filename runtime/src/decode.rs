@@ -21,6 +21,13 @@ pub const SUPPORTED: &[ImageFormat] = &[
 /// File extensions picked up when walking a folder.
 pub const EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "bmp", "webp", "gif"];
 
+/// Whether `path` ends in one of [`EXTENSIONS`] (case-insensitive): what folder walks pick up.
+pub fn has_image_extension(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// Bounds on what one input may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

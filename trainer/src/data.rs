@@ -254,11 +254,7 @@ fn list_class_folders(dir: &Path) -> Result<ClassFiles> {
         let walk = walkdir::WalkDir::new(dir.join(class)).sort_by_file_name();
         for entry in walk.into_iter().filter_map(|e| e.ok()) {
             let p = entry.path();
-            let is_image = p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                glimpse_runtime::decode::EXTENSIONS
-                    .iter()
-                    .any(|x| x.eq_ignore_ascii_case(e))
-            });
+            let is_image = glimpse_runtime::decode::has_image_extension(p);
             if entry.file_type().is_file()
                 && is_image
                 && !entry.file_name().to_string_lossy().starts_with('.')

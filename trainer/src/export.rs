@@ -10,7 +10,6 @@ use burn::prelude::*;
 use glimpse_runtime::{
     BundleMeta, Classifier as RuntimeClassifier, OnnxFile, OutputKind, Overrides, Preprocess,
 };
-use prost::Message;
 use tract_onnx::pb;
 
 use crate::model::{Classifier, ConvBn, Layer};
@@ -191,11 +190,6 @@ pub fn check_parity(
             max_abs_logit_diff: worst,
         },
     ))
-}
-
-/// Serializes the bundle; the runtime checks happen in [`check_parity`].
-pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
-    model.encode_to_vec()
 }
 
 /// The metadata of a model trained here.

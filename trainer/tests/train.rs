@@ -46,22 +46,44 @@ fn report(model: &Path) -> Value {
         .unwrap()
 }
 
+/// The start of every Fashion-MNIST training command here:
+/// `train --data <IDX folder> --class-names <names> --out <out>`.
+fn fashion_args<'a>(fm: &'a Path, classes: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--data",
+        fm.to_str().unwrap(),
+        "--class-names",
+        classes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+}
+
+/// The Fashion-MNIST test set as `(28x28 grey images, labels)`, read and decompressed once
+/// per test process.
+fn fashion_test_set() -> &'static (Vec<image::GrayImage>, Vec<u8>) {
+    static SET: std::sync::OnceLock<(Vec<image::GrayImage>, Vec<u8>)> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let fm = fashion_mnist().unwrap();
+        let (dims, px) =
+            glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
+        let (_, labels) =
+            glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+        let (h, w) = (dims[1], dims[2]);
+        let images = px
+            .chunks_exact(h * w)
+            .map(|p| image::GrayImage::from_raw(w as u32, h as u32, p.to_vec()).unwrap())
+            .collect();
+        (images, labels)
+    })
+}
+
 /// Writes test image `index` of Fashion-MNIST as a PNG (what a user would classify).
 fn fashion_png(dir: &Path, index: usize) -> (PathBuf, usize) {
-    let fm = fashion_mnist().unwrap();
-    let (dims, px) =
-        glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
-    let (_, labels) =
-        glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
-    let n = dims[1] * dims[2];
-    let img = image::GrayImage::from_raw(
-        dims[2] as u32,
-        dims[1] as u32,
-        px[index * n..(index + 1) * n].to_vec(),
-    )
-    .unwrap();
+    let (images, labels) = fashion_test_set();
     let path = dir.join(format!("fashion-{index}.png"));
-    img.save(&path).unwrap();
+    images[index].save(&path).unwrap();
     (path, labels[index] as usize)
 }
 
@@ -82,15 +104,7 @@ fn short_run_learns_exports_and_classifies() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fm.onnx");
     let classes = fashion_mnist_classes();
-    let mut args = vec![
-        "train",
-        "--data",
-        fm.to_str().unwrap(),
-        "--class-names",
-        classes.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = fashion_args(&fm, &classes, &out);
     args.extend_from_slice(QUICK);
     let o = train(&args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -215,14 +229,8 @@ fn same_seed_same_model() {
         let sub = dir.path().join(name);
         std::fs::create_dir_all(&sub).unwrap();
         let out = sub.join("m.onnx");
-        let o = train(&[
-            "train",
-            "--data",
-            fm.to_str().unwrap(),
-            "--class-names",
-            classes.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
+        let mut args = fashion_args(&fm, &classes, &out);
+        args.extend([
             "--limit-per-class",
             "30",
             "--epochs",
@@ -234,6 +242,7 @@ fn same_seed_same_model() {
             "--seed",
             seed,
         ]);
+        let o = train(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read(out).unwrap()
     };
@@ -248,14 +257,8 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.onnx");
     let classes = fashion_mnist_classes();
-    let args = [
-        "train",
-        "--data",
-        fm.to_str().unwrap(),
-        "--class-names",
-        classes.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
+    let mut args = fashion_args(&fm, &classes, &out);
+    args.extend([
         "--limit-per-class",
         "100",
         "--epochs",
@@ -266,7 +269,7 @@ fn a_killed_run_resumes_from_its_checkpoint() {
         "32",
         "--seed",
         "3",
-    ];
+    ]);
     let mut child = train_cmd(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -336,24 +339,16 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     );
 }
 
-/// Writes `n` Fashion-MNIST training images of `label` as PNGs into `dir/<class>/`.
+/// Writes the first `n` Fashion-MNIST test images of `label` as PNGs into `root/<class>/`.
 fn class_folder(root: &Path, class: &str, label: u8, n: usize) {
-    let fm = fashion_mnist().unwrap();
-    let (dims, px) =
-        glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
-    let (_, labels) =
-        glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
-    let per = dims[1] * dims[2];
+    let (images, labels) = fashion_test_set();
     std::fs::create_dir_all(root.join(class)).unwrap();
-    for (k, i) in labels
+    let of_class = images
         .iter()
-        .enumerate()
+        .zip(labels)
         .filter(|(_, l)| **l == label)
-        .map(|(i, _)| i)
-        .take(n)
-        .enumerate()
-    {
-        let img = image::GrayImage::from_raw(28, 28, px[i * per..(i + 1) * per].to_vec()).unwrap();
+        .take(n);
+    for (k, (img, _)) in of_class.enumerate() {
         img.save(root.join(class).join(format!("{k}.png"))).unwrap();
     }
 }

@@ -2,12 +2,12 @@
 //! stopping the run.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use glimpse_runtime::decode::{DecodeError, EXTENSIONS};
+use glimpse_runtime::decode::{has_image_extension, DecodeError, EXTENSIONS};
 use glimpse_runtime::Limits;
 
 use super::output::{Format, Record, Writer};
@@ -147,12 +147,6 @@ fn collect_inputs(paths: &[PathBuf], report: &mut impl FnMut(&str, &anyhow::Erro
         }
     }
     inputs
-}
-
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Reads the encoded bytes, refusing oversized inputs before reading them whole.

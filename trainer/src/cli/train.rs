@@ -265,7 +265,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     let meta = export::bundle_meta(&pp, ds.classes.clone(), &name, source);
     let proto = export::to_onnx(&outcome.model, &pp, &meta, ds.classes.len());
-    let bytes = export::encode(&proto);
+    let bytes = prost::Message::encode_to_vec(&proto);
     let probe: Vec<_> = if ds.val.is_empty() {
         &ds.train
     } else {

@@ -4,11 +4,7 @@ mod builder;
 
 pub use builder::{attr_int, attr_ints, same_padding, ConvOpts, GraphBuilder, Weights};
 
-use std::path::Path;
-
-use anyhow::Result;
 use glimpse_runtime::BundleMeta;
-use prost::Message;
 use tract_onnx::pb;
 
 /// The ONNX IR version written (IR 8 goes with opset 13..=17 and every runtime since 2021).
@@ -35,9 +31,4 @@ pub fn model(graph: pb::GraphProto, meta: &BundleMeta, doc: &str) -> pb::ModelPr
             .collect(),
         ..Default::default()
     }
-}
-
-/// Serializes `model` to `path` atomically.
-pub fn save(model: &pb::ModelProto, path: &Path) -> Result<()> {
-    glimpse_runtime::fsutil::atomic_write(path, &model.encode_to_vec())
 }
