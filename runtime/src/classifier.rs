@@ -285,7 +285,7 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
 
 /// Combines overrides, metadata and what the input shape reveals into a full
 /// preprocessing definition; what had to be guessed is logged once.
-fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Result<Preprocess> {
+pub fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Result<Preprocess> {
     let mut guessed = Vec::new();
     let fixed = |i: usize| dims.get(i).and_then(Dim::fixed);
     let shape_layout = match (fixed(1), fixed(3)) {

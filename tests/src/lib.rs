@@ -47,6 +47,25 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `glimpse classify --model MODEL -f json PHOTO`, as a user runs it: the first JSON
+/// record (label, probability, top-k). Panics with glimpse's stderr if it fails.
+pub fn classify_json(model: &Path, photo: &Path) -> serde_json::Value {
+    let o = Command::new(bin("glimpse"))
+        .args(["classify", "--model"])
+        .arg(model)
+        .args(["-f", "json"])
+        .arg(photo)
+        .output()
+        .expect("glimpse starts");
+    assert!(o.status.success(), "glimpse classify: {}", stderr(&o));
+    let line = stdout(&o)
+        .lines()
+        .next()
+        .map(str::to_string)
+        .unwrap_or_default();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON record ({e}): {line}"))
+}
+
 /// The model we ship.
 pub fn shipped_model() -> PathBuf {
     root().join("models/efficientnet-lite0.onnx")

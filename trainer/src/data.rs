@@ -41,6 +41,7 @@ pub enum Format {
     Idx,
 }
 
+#[derive(Clone)]
 pub struct Dataset {
     pub format: Format,
     pub classes: Vec<String>,
@@ -62,7 +63,9 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Decoded photos are stored with their short side at most this (memory bound).
     pub max_short_side: u32,
-    /// Use at most this many training images per class (a seeded, stratified subset).
+    /// Use at most this many training images per class (a seeded, stratified subset);
+    /// validation is cut in proportion (`val_fraction`), so a few-shot run does not select
+    /// its model on thousands of held-out labels a few-shot user would not have.
     pub limit_per_class: Option<usize>,
     /// Classes with fewer training images than this are flagged (a warning and a note in
     /// the report).
@@ -533,9 +536,16 @@ fn finish(
     report: LoadReport,
     opts: &LoadOptions,
 ) -> Result<Dataset> {
-    let train = match opts.limit_per_class {
-        Some(n) => limit_per_class(train, classes.len(), n, opts.seed),
-        None => train,
+    let (train, val) = match opts.limit_per_class {
+        Some(n) => {
+            let f = opts.val_fraction.clamp(0.0, 0.9);
+            let n_val = ((n as f64 * f / (1.0 - f)).round() as usize).max(1);
+            (
+                limit_per_class(train, classes.len(), n, opts.seed),
+                limit_per_class(val, classes.len(), n_val, opts.seed),
+            )
+        }
+        None => (train, val),
     };
     Ok(Dataset {
         format,

@@ -47,7 +47,7 @@ fn fold(cb: &ConvBn) -> (Weights, Vec<f32>) {
 
 /// burn's `Linear` stores `[in, out]`; ONNX Gemm with `transB=1` (PyTorch's layout) wants
 /// `[out, in]`.
-fn linear_weights(l: &burn::nn::Linear) -> (Weights, Vec<f32>) {
+pub fn linear_weights(l: &burn::nn::Linear) -> (Weights, Vec<f32>) {
     let (shape, w) = values(l.weight.val());
     let (d_in, d_out) = (shape[0], shape[1]);
     let mut t = vec![0f32; w.len()];
@@ -157,39 +157,51 @@ pub fn check_parity(
         .context("the exported model does not load in the runtime")?;
     let device = Device::flex();
     let shape = pp.shape(1);
+    let pairs = inputs
+        .iter()
+        .map(|input| {
+            let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape), &device);
+            let ours = model
+                .forward(x)
+                .try_into_vec_as::<f32>()
+                .expect("float logits");
+            Ok((ours, runtime.run_raw(input_tensor(shape, input.clone()))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let parity = parity(&pairs, "export parity check")?;
+    Ok((runtime, parity))
+}
+
+/// Compares `(reference logits, the file's logits)` per image: the largest difference,
+/// or an error when they differ in length or by more than `PARITY_TOLERANCE`.
+pub fn parity(pairs: &[(Vec<f32>, Vec<f32>)], what: &str) -> Result<Parity> {
     let mut worst = 0f32;
-    for input in inputs {
-        let x = Tensor::<4>::from_data(TensorData::new(input.clone(), shape), &device);
-        let ours = model
-            .forward(x)
-            .try_into_vec_as::<f32>()
-            .expect("float logits");
-        let tensor: tract_onnx::prelude::Tensor =
-            tract_onnx::prelude::tract_ndarray::Array4::from_shape_vec(shape, input.clone())
-                .expect("shape matches")
-                .into();
-        let theirs = runtime.run_raw(tensor)?;
+    for (ours, theirs) in pairs {
         ensure!(
             ours.len() == theirs.len(),
-            "burn gives {} logits, the ONNX file {}",
+            "{what}: expected {} logits from the ONNX file, got {}",
             ours.len(),
             theirs.len()
         );
-        for (a, b) in ours.iter().zip(&theirs) {
+        for (a, b) in ours.iter().zip(theirs) {
             worst = worst.max((a - b).abs());
         }
     }
     ensure!(
         worst <= PARITY_TOLERANCE,
-        "export parity check failed: the ONNX file's logits differ from the trained model's by up to {worst:e} (limit {PARITY_TOLERANCE:e})"
+        "{what} failed: the ONNX file's logits differ from the trained model's by up to {worst:e} (limit {PARITY_TOLERANCE:e})"
     );
-    Ok((
-        runtime,
-        Parity {
-            images: inputs.len(),
-            max_abs_logit_diff: worst,
-        },
-    ))
+    Ok(Parity {
+        images: pairs.len(),
+        max_abs_logit_diff: worst,
+    })
+}
+
+/// A `[1, C, H, W]` (or NHWC) model input from preprocessed values.
+pub fn input_tensor(shape: [usize; 4], values: Vec<f32>) -> tract_onnx::prelude::Tensor {
+    tract_onnx::prelude::tract_ndarray::Array4::from_shape_vec(shape, values)
+        .expect("values match the preprocessing shape")
+        .into()
 }
 
 /// The metadata of a model trained here.

@@ -4,7 +4,9 @@
 //! Stages live one per module, in pipeline order: `data` (datasets and splits), `augment`,
 //! `model` (architectures), `training` (the loop, checkpoints), `export` (ONNX bundle and
 //! parity check), `eval` (metrics and reports, through the runtime), with `import` for
-//! pretrained networks and `onnx` for writing standard ONNX graphs.
+//! pretrained networks, `transfer` for heads trained on a frozen pretrained backbone and
+//! grafted onto it, `quantize` for int8 bundles, and `onnx` for writing standard ONNX
+//! graphs.
 
 pub mod augment;
 pub mod data;
@@ -15,4 +17,6 @@ pub mod model;
 pub mod onnx;
 pub mod plot;
 pub mod progress;
+pub mod quantize;
 pub mod training;
+pub mod transfer;

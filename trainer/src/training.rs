@@ -53,6 +53,12 @@ pub struct TrainingConfig {
     pub model: ModelConfig,
     pub preprocess: Preprocess,
     pub augment: Augment,
+    pub optim: OptimConfig,
+}
+
+/// How weights are optimized: shared by training from scratch and head training.
+#[derive(Config, Debug)]
+pub struct OptimConfig {
     pub optimizer: Optimizer,
     pub schedule: Schedule,
     #[config(default = 10)]
@@ -70,8 +76,57 @@ pub struct TrainingConfig {
     pub label_smoothing: Option<f32>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
+    /// Seeds initialization, data order, augmentation and dropout.
     #[config(default = 42)]
     pub seed: u64,
+}
+
+impl OptimConfig {
+    /// The optimizer of a run: AdamW, or SGD with Nesterov momentum.
+    pub fn optimizer(&self) -> ModuleOptimizer {
+        match self.optimizer {
+            Optimizer::Adamw => AdamWConfig::new()
+                .with_weight_decay(self.weight_decay as f32)
+                .with_epsilon(1e-8)
+                .init(),
+            Optimizer::Sgd => SgdConfig::new()
+                .with_momentum(Some(
+                    MomentumConfig::new()
+                        .with_momentum(self.momentum)
+                        .with_dampening(0.0)
+                        .with_nesterov(true),
+                ))
+                .with_weight_decay(Some(WeightDecayConfig::new(self.weight_decay as f32)))
+                .init(),
+        }
+    }
+
+    /// The learning rate at `step` (warm-up is linear from 0).
+    pub fn learning_rate(&self, step: usize, steps_per_epoch: usize) -> f64 {
+        let total = (self.epochs * steps_per_epoch).max(1);
+        let warmup = self.warmup_epochs * steps_per_epoch;
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let min = self.lr * 0.01;
+                min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+            Schedule::Step => {
+                self.lr
+                    * if p < 0.5 {
+                        1.0
+                    } else if p < 0.75 {
+                        0.1
+                    } else {
+                        0.01
+                    }
+            }
+        }
+    }
 }
 
 /// What one epoch achieved.
@@ -114,51 +169,6 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     let mut dir = out.as_os_str().to_owned();
     dir.push(".ckpt");
     PathBuf::from(dir).join("checkpoint.bin")
-}
-
-fn optimizer(cfg: &TrainingConfig) -> ModuleOptimizer {
-    match cfg.optimizer {
-        Optimizer::Adamw => AdamWConfig::new()
-            .with_weight_decay(cfg.weight_decay as f32)
-            .with_epsilon(1e-8)
-            .init(),
-        Optimizer::Sgd => SgdConfig::new()
-            .with_momentum(Some(
-                MomentumConfig::new()
-                    .with_momentum(cfg.momentum)
-                    .with_dampening(0.0)
-                    .with_nesterov(true),
-            ))
-            .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
-            .init(),
-    }
-}
-
-/// Learning rate at `step` of `total` (warm-up is linear from 0).
-pub fn learning_rate(cfg: &TrainingConfig, step: usize, steps_per_epoch: usize) -> f64 {
-    let total = (cfg.epochs * steps_per_epoch).max(1);
-    let warmup = cfg.warmup_epochs * steps_per_epoch;
-    if step < warmup {
-        return cfg.lr * (step + 1) as f64 / warmup as f64;
-    }
-    let p = (step - warmup) as f64 / (total - warmup).max(1) as f64;
-    match cfg.schedule {
-        Schedule::Constant => cfg.lr,
-        Schedule::Cosine => {
-            let min = cfg.lr * 0.01;
-            min + 0.5 * (cfg.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
-        }
-        Schedule::Step => {
-            cfg.lr
-                * if p < 0.5 {
-                    1.0
-                } else if p < 0.75 {
-                    0.1
-                } else {
-                    0.01
-                }
-        }
-    }
 }
 
 fn to_bytes(model: &Classifier) -> Result<Vec<u8>> {
@@ -334,8 +344,20 @@ fn validate(
     )
 }
 
+/// How many rows of `logits` (`[N, classes]`) have their maximum at the label in `y`.
+pub fn count_correct(logits: Tensor<2>, y: Tensor<1, Int>) -> usize {
+    let c: i64 = logits
+        .argmax(1)
+        .squeeze_dim::<1>(1)
+        .equal(y)
+        .int()
+        .sum()
+        .into_scalar();
+    c as usize
+}
+
 /// A per-image seed: independent streams for every (run, epoch, image).
-fn image_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+pub fn image_seed(seed: u64, epoch: usize, index: usize) -> u64 {
     // SplitMix64 finalizer over the combined key.
     let mut z = seed
         ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -356,15 +378,15 @@ pub fn train(
 ) -> Result<Outcome> {
     ensure!(!train.is_empty(), "no training images");
     ensure!(
-        cfg.batch_size >= 2,
+        cfg.optim.batch_size >= 2,
         "batch size must be at least 2 (batch norm needs a batch), got {}",
-        cfg.batch_size
+        cfg.optim.batch_size
     );
     let config_json = burn::config::config_to_json(cfg);
     let device = Device::flex().autodiff();
-    device.seed(cfg.seed);
+    device.seed(cfg.optim.seed);
     let mut model = cfg.model.init(&device);
-    let mut optim = optimizer(cfg);
+    let mut optim = cfg.optim.optimizer();
     let mut progress = Progress {
         epochs_done: 0,
         history: Vec::new(),
@@ -398,7 +420,11 @@ pub fn train(
             .from_bytes(Bytes::from_bytes_vec(o))
             .map_err(|e| anyhow::anyhow!("checkpoint optimizer state: {e:?}"))?;
         best_bytes = b;
-        log::info!("resuming after epoch {} of {}", p.epochs_done, cfg.epochs);
+        log::info!(
+            "resuming after epoch {} of {}",
+            p.epochs_done,
+            cfg.optim.epochs
+        );
         progress = p;
     }
 
@@ -406,15 +432,15 @@ pub fn train(
     let val_inputs = preprocess_all(val, pp);
     let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
     let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing(cfg.label_smoothing)
+        .with_smoothing(cfg.optim.label_smoothing)
         .init(&device);
     let per: usize = pp.shape(1)[1..].iter().product();
-    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = train.len().div_ceil(cfg.optim.batch_size);
     let started = Instant::now();
     let mut stopped_early = false;
 
-    for epoch in progress.epochs_done..cfg.epochs {
-        if let Some(patience) = cfg.patience {
+    for epoch in progress.epochs_done..cfg.optim.epochs {
+        if let Some(patience) = cfg.optim.patience {
             if progress.stale_epochs >= patience {
                 stopped_early = true;
                 break;
@@ -423,18 +449,20 @@ pub fn train(
         let t0 = Instant::now();
         // Dropout draws from the backend's global generator: reseed it per epoch so a
         // resumed run draws what the uninterrupted run would have.
-        device.seed(image_seed(cfg.seed, epoch, usize::MAX));
+        device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
-            cfg.seed, epoch, 0,
+            cfg.optim.seed,
+            epoch,
+            0,
         )));
         let bar = crate::progress::bar(
             steps_per_epoch as u64,
-            &format!("epoch {}/{}", epoch + 1, cfg.epochs),
+            &format!("epoch {}/{}", epoch + 1, cfg.optim.epochs),
         );
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        let mut lr = cfg.lr;
-        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let mut lr = cfg.optim.lr;
+        for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
             let n = idx.len();
             if n < 2 {
                 continue; // batch norm cannot train on a single image
@@ -443,7 +471,8 @@ pub fn train(
             data.par_chunks_mut(per).zip(idx.par_iter()).for_each_init(
                 Resizer::new,
                 |resizer, (out, &i)| {
-                    let mut rng = ChaCha8Rng::seed_from_u64(image_seed(cfg.seed, epoch, i + 1));
+                    let mut rng =
+                        ChaCha8Rng::seed_from_u64(image_seed(cfg.optim.seed, epoch, i + 1));
                     let view = cfg.augment.apply(&train[i].image, pp, &mut rng, resizer);
                     pp.normalize_into(&view, out);
                 },
@@ -459,18 +488,14 @@ pub fn train(
                 "training diverged at epoch {} (loss {l}); lower --lr",
                 epoch + 1
             );
-            let c: i64 = logits
-                .argmax(1)
-                .squeeze_dim::<1>(1)
-                .equal(y)
-                .int()
-                .sum()
-                .into_scalar();
+            let c = count_correct(logits, y);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = learning_rate(cfg, epoch * steps_per_epoch + b, steps_per_epoch);
+            lr = cfg
+                .optim
+                .learning_rate(epoch * steps_per_epoch + b, steps_per_epoch);
             model = optim.step(lr, model, grads);
             loss_sum += l as f64 * n as f64;
-            correct += c as usize;
+            correct += c;
             seen += n;
             bar.inc(1);
             bar.set_prefix(format!(
@@ -495,7 +520,7 @@ pub fn train(
         log::info!(
             "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
             stats.epoch,
-            cfg.epochs,
+            cfg.optim.epochs,
             stats.train_loss,
             stats.train_accuracy * 100.0,
             stats.val_loss,

@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::{
-    bin, compare, fashion_mnist, fashion_mnist_classes, skip, stderr, stdout, tract_and_onnxruntime,
+    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, skip, stderr, stdout,
+    tract_and_onnxruntime,
 };
 use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
@@ -106,11 +107,14 @@ fn short_run_learns_exports_and_classifies() {
     let classes = fashion_mnist_classes();
     let mut args = fashion_args(&fm, &classes, &out);
     args.extend_from_slice(QUICK);
+    args.push("--quantize");
     let o = train(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     println!("{}", stdout(&o));
 
     for suffix in [
+        "int8.onnx",
+        "int8.quantize.json",
         "onnx",
         "report.json",
         "report.md",
@@ -166,19 +170,7 @@ fn short_run_learns_exports_and_classifies() {
 
     // The bundle on the runtime CLI, as a user would run it.
     let (photo, truth) = fashion_png(dir.path(), 0);
-    let o = Command::new(bin("glimpse"))
-        .args([
-            "classify",
-            "--model",
-            out.to_str().unwrap(),
-            "-f",
-            "json",
-            photo.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rec: Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    let rec = classify_json(&out, &photo);
     let names: Vec<String> = std::fs::read_to_string(&classes)
         .unwrap()
         .lines()

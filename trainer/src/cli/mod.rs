@@ -3,6 +3,7 @@
 mod data_args;
 mod eval;
 mod import;
+mod quantize;
 mod train;
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ enum Command {
     Eval(eval::Args),
     /// Import a pretrained network from another framework's checkpoint.
     Import(import::Args),
+    /// Quantize an ONNX bundle to int8, calibrated on real images and gated on held-out
+    /// ones.
+    Quantize(quantize::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -33,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Import(args) => import::run(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }
 

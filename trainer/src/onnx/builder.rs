@@ -50,6 +50,22 @@ pub fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
 }
 
 impl GraphBuilder {
+    /// Continues an existing graph: new nodes run after its nodes, new weights sit next to
+    /// its own (used to graft a new classifier head onto a pretrained backbone).
+    pub fn continuing(graph: &pb::GraphProto) -> Self {
+        GraphBuilder {
+            nodes: graph.node.clone(),
+            initializers: graph.initializer.clone(),
+            next_id: graph.node.len(),
+        }
+    }
+
+    /// The nodes and initializers built so far, for a graph whose inputs and outputs the
+    /// caller declares.
+    pub fn into_parts(self) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+        (self.nodes, self.initializers)
+    }
+
     /// Adds a float initializer, stored as little-endian raw data.
     pub fn weights(&mut self, name: &str, w: &Weights) -> String {
         let raw: Vec<u8> = w.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -109,7 +125,8 @@ impl GraphBuilder {
     }
 }
 
-fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
+/// A float tensor's type declaration; `None` dims are the symbolic batch.
+pub fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| pb::tensor_shape_proto::Dimension {

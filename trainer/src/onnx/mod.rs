@@ -1,8 +1,10 @@
 //! Writing standard ONNX with the protobuf types `tract_onnx::pb` exposes.
 
 mod builder;
+mod tensor;
 
-pub use builder::{attr_int, attr_ints, same_padding, ConvOpts, GraphBuilder, Weights};
+pub use builder::{attr_int, attr_ints, same_padding, value_info, ConvOpts, GraphBuilder, Weights};
+pub use tensor::{f32_tensor, floats, i32_tensor, i8_tensor, u8_tensor};
 
 use glimpse_runtime::BundleMeta;
 use tract_onnx::pb;

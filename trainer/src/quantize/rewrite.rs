@@ -1,0 +1,487 @@
+//! The graph rewrites, on the ONNX protobuf itself so that the result is standard ONNX any
+//! runtime loads:
+//!
+//! - weight-only: every `Conv` / `Gemm` / `MatMul` weight becomes an int8 initializer with
+//!   a `DequantizeLinear` in front (4x smaller file, float compute);
+//! - static: every `Conv` (with the `Relu` or `Clip(0, ·)` after it folded in, the range
+//!   saturation doing the clamp) becomes a `QLinearConv` on uint8 activations and int8
+//!   weights with an int32 bias; `QuantizeLinear` / `DequantizeLinear` appear only where a
+//!   tensor passes between integer and float ops (the input, residual adds, pooling, the
+//!   final `Gemm`, whose weights are stored int8 as in weight-only).
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{ensure, Context, Result};
+use tract_onnx::pb;
+
+use super::weights::{activation_params, quantize_symmetric};
+use crate::onnx::{attr_int, f32_tensor, floats, i32_tensor, i8_tensor, u8_tensor};
+
+fn initializer<'a>(graph: &'a pb::GraphProto, name: &str) -> Option<&'a pb::TensorProto> {
+    graph.initializer.iter().find(|t| t.name == name)
+}
+
+fn dims(t: &pb::TensorProto) -> Vec<usize> {
+    t.dims.iter().map(|d| *d as usize).collect()
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// Drops initializers no node uses any more.
+fn prune(graph: &mut pb::GraphProto) {
+    let used: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    graph.initializer.retain(|t| used.contains(&t.name));
+}
+
+/// Int8 weights, scale and zero point initializers for `w`, quantized along `axis`;
+/// returns their names.
+fn int8_weights(
+    out: &mut Vec<pb::TensorProto>,
+    name: &str,
+    w: &pb::TensorProto,
+    axis: Option<usize>,
+) -> Result<(String, String, String, Vec<f32>)> {
+    let shape = dims(w);
+    let q = quantize_symmetric(&floats(w)?, &shape, axis);
+    let (qn, sn, zn) = (
+        format!("{name}.int8"),
+        format!("{name}.scale"),
+        format!("{name}.zero_point"),
+    );
+    out.push(i8_tensor(&qn, &shape, &q.q));
+    let param_dims: &[usize] = if axis.is_some() {
+        &[q.scales.len()]
+    } else {
+        &[]
+    };
+    out.push(f32_tensor(&sn, param_dims, &q.scales));
+    out.push(i8_tensor(&zn, param_dims, &vec![0; q.scales.len()]));
+    Ok((qn, sn, zn, q.scales))
+}
+
+/// Which weight input of `n` to quantize, and along which axis its output channels lie.
+fn weight_of(n: &pb::NodeProto) -> Option<(usize, usize)> {
+    let trans_b = n.attribute.iter().any(|a| a.name == "transB" && a.i == 1);
+    match n.op_type.as_str() {
+        "Conv" => Some((1, 0)),
+        "Gemm" => Some((1, if trans_b { 0 } else { 1 })),
+        "MatMul" => Some((1, 1)),
+        _ => None,
+    }
+}
+
+/// Weight-only int8 for the nodes whose op is in `ops`.
+pub fn weight_only(
+    graph: &pb::GraphProto,
+    ops: &[&str],
+    per_channel: bool,
+) -> Result<pb::GraphProto> {
+    let mut g = graph.clone();
+    let mut dq_nodes = Vec::new();
+    let mut new_inits = Vec::new();
+    let mut done = HashSet::new();
+    for n in &graph.node {
+        if !ops.contains(&n.op_type.as_str()) {
+            continue;
+        }
+        let Some((slot, axis)) = weight_of(n) else {
+            continue;
+        };
+
+        let Some(w_name) = n.input.get(slot) else {
+            continue;
+        };
+        let Some(w) = initializer(graph, w_name) else {
+            continue;
+        };
+        if w.data_type != pb::tensor_proto::DataType::Float as i32
+            || dims(w).len() < 2
+            || !done.insert(w_name.clone())
+        {
+            continue;
+        }
+        let axis = per_channel.then_some(axis);
+        let (qn, sn, zn, _) = int8_weights(&mut new_inits, w_name, w, axis)?;
+        // The dequantized tensor takes the float weight's name: the node is unchanged.
+        dq_nodes.push(node(
+            "DequantizeLinear",
+            &format!("{w_name}.dequantize"),
+            &[&qn, &sn, &zn],
+            w_name,
+            axis.map(|a| vec![attr_int("axis", a as i64)])
+                .unwrap_or_default(),
+        ));
+    }
+    g.initializer.retain(|t| !done.contains(&t.name));
+    g.initializer.extend(new_inits);
+    dq_nodes.extend(g.node);
+    g.node = dq_nodes;
+    prune(&mut g);
+    Ok(g)
+}
+
+/// The inputs whose per-channel means bias correction needs: the data input of every
+/// `Conv` and `Gemm` with constant weights and bias.
+pub fn bias_correction_inputs(graph: &pb::GraphProto) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in &graph.node {
+        let constant = |slot: usize| {
+            n.input
+                .get(slot)
+                .is_some_and(|w| initializer(graph, w).is_some())
+        };
+        if matches!(n.op_type.as_str(), "Conv" | "Gemm")
+            && constant(1)
+            && constant(2)
+            && !out.contains(&n.input[0])
+        {
+            out.push(n.input[0].clone());
+        }
+    }
+    out
+}
+
+/// Bias correction (Nagel et al., "Data-Free Quantization", 2019): rounding the weights
+/// shifts each output channel's mean by `ΔW · E[x]`; subtracting that from the float bias
+/// cancels the shift, which matters most in depthwise layers whose few weights per channel
+/// see large, mostly positive (post-ReLU) inputs. `means` holds `E[x]` per input channel.
+pub fn bias_correct(
+    graph: &pb::GraphProto,
+    means: &HashMap<String, Vec<f32>>,
+    per_channel: bool,
+) -> Result<pb::GraphProto> {
+    let mut g = graph.clone();
+    let mut bias_users: HashMap<&str, usize> = HashMap::new();
+    for n in &graph.node {
+        if let Some(b) = n.input.get(2) {
+            *bias_users.entry(b.as_str()).or_default() += 1;
+        }
+    }
+    for n in &graph.node {
+        let (Some((_, axis)), Some(mu)) = (weight_of(n), means.get(&n.input[0])) else {
+            continue;
+        };
+        if !matches!(n.op_type.as_str(), "Conv" | "Gemm")
+            || n.attribute
+                .iter()
+                .any(|a| (a.name == "alpha" || a.name == "beta") && a.f != 1.0)
+        {
+            continue;
+        }
+        let (Some(w), Some(b_name)) = (initializer(graph, &n.input[1]), n.input.get(2)) else {
+            continue;
+        };
+        if bias_users.get(b_name.as_str()) != Some(&1) {
+            continue;
+        }
+        let Some(b_pos) = g.initializer.iter().position(|t| &t.name == b_name) else {
+            continue;
+        };
+        let shape = dims(w);
+        let wf = floats(w)?;
+        let q = quantize_symmetric(&wf, &shape, per_channel.then_some(axis));
+        let scale = |c: usize| q.scales[if q.scales.len() == 1 { 0 } else { c }];
+        let mut bias = floats(&g.initializer[b_pos])?;
+        match n.op_type.as_str() {
+            "Conv" => {
+                // W: [O, I/g, kh, kw]; output o reads input channels of its group.
+                let (o_n, i_g) = (shape[0], shape[1]);
+                let k: usize = shape[2..].iter().product();
+                let group = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name == "group")
+                    .map_or(1, |a| a.i.max(1) as usize);
+                ensure!(
+                    mu.len() == i_g * group && bias.len() == o_n,
+                    "conv {:?}: expected {} input channels and {} biases",
+                    n.name,
+                    i_g * group,
+                    o_n
+                );
+                let per_group = o_n / group;
+                for (o, b) in bias.iter_mut().enumerate() {
+                    let base = (o / per_group) * i_g;
+                    let mut shift = 0f64;
+                    for i in 0..i_g {
+                        for j in 0..k {
+                            let at = (o * i_g + i) * k + j;
+                            let dw = q.q[at] as f32 * scale(o) - wf[at];
+                            shift += (dw * mu[base + i]) as f64;
+                        }
+                    }
+                    *b -= shift as f32;
+                }
+            }
+            _ => {
+                // Gemm: W is [out, in] (transB = 1, axis 0) or [in, out] (axis 1).
+                let (d_out, d_in) = if axis == 0 {
+                    (shape[0], shape[1])
+                } else {
+                    (shape[1], shape[0])
+                };
+                ensure!(
+                    mu.len() == d_in && bias.len() == d_out,
+                    "gemm {:?}: expected {d_in} inputs and {d_out} biases",
+                    n.name
+                );
+                for (o, b) in bias.iter_mut().enumerate() {
+                    let mut shift = 0f64;
+                    for (i, m) in mu.iter().enumerate() {
+                        let at = if axis == 0 {
+                            o * d_in + i
+                        } else {
+                            i * d_out + o
+                        };
+                        let dw = q.q[at] as f32 * scale(o) - wf[at];
+                        shift += (dw * m) as f64;
+                    }
+                    *b -= shift as f32;
+                }
+            }
+        }
+        let dims_b = dims(&g.initializer[b_pos]);
+        g.initializer[b_pos] = f32_tensor(b_name, &dims_b, &bias);
+    }
+    Ok(g)
+}
+
+/// One convolution of the static plan.
+#[derive(Debug, Clone)]
+struct ConvPlan {
+    /// Index of the `Conv` node.
+    conv: usize,
+    /// Index of the activation folded into it.
+    activation: Option<usize>,
+    /// Its float input and its (post-activation) float output.
+    x: String,
+    y: String,
+    /// Upper clamp of a folded `Clip`.
+    clip_max: Option<f32>,
+}
+
+/// The convolutions a static rewrite turns into `QLinearConv`, and the tensors whose ranges
+/// calibration must measure.
+#[derive(Debug, Clone)]
+pub struct StaticPlan {
+    convs: Vec<ConvPlan>,
+    pub tensors: Vec<String>,
+}
+
+fn scalar(graph: &pb::GraphProto, name: Option<&String>) -> Option<f32> {
+    let t = initializer(graph, name?)?;
+    floats(t).ok()?.first().copied()
+}
+
+pub fn static_plan(graph: &pb::GraphProto) -> StaticPlan {
+    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        for input in &n.input {
+            consumers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let mut convs = Vec::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let weight_const = n
+            .input
+            .get(1)
+            .is_some_and(|w| initializer(graph, w).is_some());
+        let plain = n
+            .attribute
+            .iter()
+            .all(|a| a.name != "auto_pad" || a.s.is_empty() || a.s == b"NOTSET");
+        if n.op_type != "Conv" || !weight_const || !plain || n.input[0].is_empty() {
+            continue;
+        }
+        let y = &n.output[0];
+        let mut plan = ConvPlan {
+            conv: i,
+            activation: None,
+            x: n.input[0].clone(),
+            y: y.clone(),
+            clip_max: None,
+        };
+        if let [only] = consumers.get(y.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+            let act = &graph.node[*only];
+            let fold = !outputs.contains(y.as_str())
+                && match act.op_type.as_str() {
+                    "Relu" => true,
+                    "Clip" => {
+                        let min = scalar(graph, act.input.get(1)).unwrap_or(f32::NEG_INFINITY);
+                        if min == 0.0 {
+                            plan.clip_max = scalar(graph, act.input.get(2));
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+            if fold {
+                plan.activation = Some(*only);
+                plan.y = act.output[0].clone();
+            }
+        }
+        convs.push(plan);
+    }
+    let mut tensors: Vec<String> = Vec::new();
+    for c in &convs {
+        for t in [&c.x, &c.y] {
+            if !tensors.contains(t) {
+                tensors.push(t.clone());
+            }
+        }
+    }
+    StaticPlan { convs, tensors }
+}
+
+/// The static int8 graph; `ranges` holds the calibrated range of every `plan.tensors`.
+pub fn static_int8(
+    graph: &pb::GraphProto,
+    plan: &StaticPlan,
+    ranges: &HashMap<String, (f32, f32)>,
+    per_channel: bool,
+) -> Result<pb::GraphProto> {
+    let mut g = graph.clone();
+    let by_conv: HashMap<usize, &ConvPlan> = plan.convs.iter().map(|c| (c.conv, c)).collect();
+    let folded: HashSet<usize> = plan.convs.iter().filter_map(|c| c.activation).collect();
+    // Tensors read as uint8 by a QLinearConv; any other reader needs the float tensor.
+    let int_readers: HashSet<(usize, &str)> =
+        plan.convs.iter().map(|c| (c.conv, c.x.as_str())).collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let needs_float = |t: &str| {
+        outputs.contains(t)
+            || graph.node.iter().enumerate().any(|(i, n)| {
+                !folded.contains(&i)
+                    && n.input.iter().any(|inp| inp == t)
+                    && !int_readers.contains(&(i, t))
+            })
+    };
+    // Per tensor: the names of its scale and zero point, and the scale.
+    let mut params: HashMap<String, (String, String, f32)> = HashMap::new();
+    let mut inits = Vec::new();
+    let mut qparams = |t: &str,
+                       clip: Option<f32>,
+                       inits: &mut Vec<pb::TensorProto>|
+     -> Result<(String, String, f32)> {
+        if let Some(p) = params.get(t) {
+            return Ok(p.clone());
+        }
+        let &(lo, mut hi) = ranges
+            .get(t)
+            .with_context(|| format!("no calibrated range for tensor {t:?}"))?;
+        if let Some(c) = clip {
+            hi = hi.min(c);
+        }
+        let (scale, zp) = activation_params(lo, hi);
+        let names = (format!("{t}.q_scale"), format!("{t}.q_zero_point"), scale);
+        inits.push(f32_tensor(&names.0, &[], &[scale]));
+        inits.push(u8_tensor(&names.1, &[], &[zp]));
+        params.insert(t.to_string(), names.clone());
+        Ok(names)
+    };
+    let mut quantized: HashMap<String, String> = HashMap::new();
+    let mut nodes = Vec::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        if folded.contains(&i) {
+            continue;
+        }
+        let Some(c) = by_conv.get(&i) else {
+            nodes.push(n.clone());
+            continue;
+        };
+        // uint8 input: from the producing QLinearConv, or quantized here.
+        let (xs, xz, x_scale) = qparams(&c.x, None, &mut inits)?;
+        let xq = match quantized.get(&c.x) {
+            Some(q) => q.clone(),
+            None => {
+                let q = format!("{}.uint8", c.x);
+                nodes.push(node(
+                    "QuantizeLinear",
+                    &format!("{}.quantize", c.x),
+                    &[&c.x, &xs, &xz],
+                    &q,
+                    vec![],
+                ));
+                quantized.insert(c.x.clone(), q.clone());
+                q
+            }
+        };
+        let (ys, yz, _) = qparams(&c.y, c.clip_max, &mut inits)?;
+        let w = initializer(graph, &n.input[1]).expect("planned convs have constant weights");
+        let (wq, wsn, wz, wscales) =
+            int8_weights(&mut inits, &n.input[1], w, per_channel.then_some(0))?;
+        let mut inputs = vec![
+            xq.clone(),
+            xs.clone(),
+            xz,
+            wq,
+            wsn,
+            wz,
+            ys.clone(),
+            yz.clone(),
+        ];
+        if let Some(b_name) = n.input.get(2).filter(|b| !b.is_empty()) {
+            let b = floats(
+                initializer(graph, b_name)
+                    .with_context(|| format!("conv bias {b_name:?} is not a constant"))?,
+            )?;
+            let bq: Vec<i32> = b
+                .iter()
+                .enumerate()
+                .map(|(o, v)| {
+                    let s = x_scale * wscales[if wscales.len() == 1 { 0 } else { o }];
+                    (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32
+                })
+                .collect();
+            let bn = format!("{b_name}.int32");
+            inits.push(i32_tensor(&bn, &[bq.len()], &bq));
+            inputs.push(bn);
+        }
+        let yq = format!("{}.uint8", c.y);
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        nodes.push(pb::NodeProto {
+            op_type: "QLinearConv".into(),
+            name: format!("{}.qlinear", n.name),
+            input: refs.iter().map(|s| s.to_string()).collect(),
+            output: vec![yq.clone()],
+            attribute: n.attribute.clone(),
+            ..Default::default()
+        });
+        quantized.insert(c.y.clone(), yq.clone());
+        if needs_float(&c.y) {
+            nodes.push(node(
+                "DequantizeLinear",
+                &format!("{}.dequantize", c.y),
+                &[&yq, &ys, &yz],
+                &c.y,
+                vec![],
+            ));
+        }
+    }
+    g.node = nodes;
+    g.initializer.extend(inits);
+    prune(&mut g);
+    ensure!(!g.node.is_empty(), "the rewritten graph is empty");
+    Ok(g)
+}

@@ -1,0 +1,253 @@
+//! The classification head trained on frozen backbone features: linear, or one hidden
+//! layer with ReLU, with dropout and optional label smoothing. Training runs on cached
+//! feature vectors, so an epoch over a few thousand images takes well under a second and
+//! needs no checkpoint: the expensive part (extraction) is what the cache keeps.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use glimpse_runtime::Preprocess;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::augment::Augment;
+use crate::training::{count_correct, image_seed, EpochStats, OptimConfig};
+
+#[derive(Config, Debug)]
+pub struct HeadConfig {
+    /// Feature vector length (the backbone's).
+    pub features: usize,
+    pub classes: usize,
+    /// Width of the hidden layer; `None`: a linear head.
+    pub hidden: Option<usize>,
+    #[config(default = 0.2)]
+    pub dropout: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Head {
+    pub dropout: Dropout,
+    pub hidden: Option<Linear>,
+    pub out: Linear,
+}
+
+impl HeadConfig {
+    pub fn init(&self, device: &Device) -> Head {
+        let (hidden, d) = match self.hidden {
+            Some(h) => (Some(LinearConfig::new(self.features, h).init(device)), h),
+            None => (None, self.features),
+        };
+        Head {
+            dropout: DropoutConfig::new(self.dropout).init(),
+            hidden,
+            out: LinearConfig::new(d, self.classes).init(device),
+        }
+    }
+}
+
+impl Head {
+    /// `[N, features]` -> `[N, classes]` logits.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut x = self.dropout.forward(x);
+        if let Some(h) = &self.hidden {
+            x = self.dropout.forward(Relu::new().forward(h.forward(x)));
+        }
+        self.out.forward(x)
+    }
+
+    /// Logits of one batch of feature vectors (inference copy).
+    pub fn logits(&self, features: &[&[f32]]) -> Vec<Vec<f32>> {
+        if features.is_empty() {
+            return Vec::new();
+        }
+        let dim = features[0].len();
+        let x = Tensor::<2>::from_data(
+            TensorData::new(features.concat(), [features.len(), dim]),
+            &Device::flex(),
+        );
+        let flat = self
+            .forward(x)
+            .try_into_vec_as::<f32>()
+            .expect("float logits");
+        let k = flat.len() / features.len();
+        flat.chunks(k).map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// Everything that determines a transfer-learning run; saved next to the model.
+#[derive(Config, Debug)]
+pub struct HeadTrainingConfig {
+    pub head: HeadConfig,
+    /// The backbone: its name and the sha256 of its file.
+    pub backbone: String,
+    pub backbone_sha256: String,
+    pub preprocess: Preprocess,
+    /// Augmented views of each training image added to the plain one (0: none).
+    #[config(default = 0)]
+    pub feature_views: usize,
+    pub augment: Augment,
+    pub optim: OptimConfig,
+}
+
+/// What head training produced.
+pub struct HeadOutcome {
+    /// The inference copy of the best head (lowest validation loss).
+    pub model: Head,
+    pub history: Vec<EpochStats>,
+    pub best_epoch: usize,
+    pub stopped_early: bool,
+    pub seconds: f64,
+}
+
+fn batch(features: &[Vec<f32>], idx: &[usize], device: &Device) -> Tensor<2> {
+    let dim = features[0].len();
+    let mut data = Vec::with_capacity(idx.len() * dim);
+    for &i in idx {
+        data.extend_from_slice(&features[i]);
+    }
+    Tensor::from_data(TensorData::new(data, [idx.len(), dim]), device)
+}
+
+fn labels(labels: &[usize], idx: &[usize], device: &Device) -> Tensor<1, Int> {
+    let ys: Vec<i64> = idx.iter().map(|&i| labels[i] as i64).collect();
+    Tensor::from_data(TensorData::new(ys, [idx.len()]), device)
+}
+
+/// Validation loss (plain cross-entropy) and accuracy of an inference copy.
+fn validate(head: &Head, features: &[Vec<f32>], ys: &[usize]) -> (f64, f64) {
+    if features.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let device = Device::flex();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (mut loss, mut correct) = (0f64, 0usize);
+    let all: Vec<usize> = (0..features.len()).collect();
+    for idx in all.chunks(1024) {
+        let logits = head.forward(batch(features, idx, &device));
+        let y = labels(ys, idx, &device);
+        let l: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
+        loss += l as f64 * idx.len() as f64;
+        correct += count_correct(logits, y);
+    }
+    (
+        loss / features.len() as f64,
+        correct as f64 / features.len() as f64,
+    )
+}
+
+/// Trains the head on `(features, label)` pairs, keeping the epoch with the best
+/// validation loss (every epoch counts as best when there is no validation data).
+pub fn train(
+    cfg: &HeadTrainingConfig,
+    train: (&[Vec<f32>], &[usize]),
+    val: (&[Vec<f32>], &[usize]),
+) -> Result<HeadOutcome> {
+    let (xs, ys) = train;
+    ensure!(!xs.is_empty(), "no training features");
+    ensure!(xs.len() == ys.len(), "features and labels differ in number");
+    ensure!(
+        xs.iter().all(|x| x.len() == cfg.head.features),
+        "expected feature vectors of length {}",
+        cfg.head.features
+    );
+    let device = Device::flex().autodiff();
+    device.seed(cfg.optim.seed);
+    let mut model = cfg.head.init(&device);
+    let mut optim = cfg.optim.optimizer();
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing(cfg.optim.label_smoothing)
+        .init(&device);
+    let steps_per_epoch = xs.len().div_ceil(cfg.optim.batch_size);
+    let started = Instant::now();
+    let (mut history, mut best, mut best_epoch, mut best_loss, mut stale) =
+        (Vec::new(), None, 0, f64::INFINITY, 0);
+    let mut stopped_early = false;
+    let bar = crate::progress::bar(cfg.optim.epochs as u64, "training head");
+    for epoch in 0..cfg.optim.epochs {
+        if cfg.optim.patience.is_some_and(|p| stale >= p) {
+            stopped_early = true;
+            break;
+        }
+        let t0 = Instant::now();
+        device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
+        let mut order: Vec<usize> = (0..xs.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
+            cfg.optim.seed,
+            epoch,
+            0,
+        )));
+        let (mut loss_sum, mut correct, mut lr) = (0f64, 0usize, cfg.optim.lr);
+        for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
+            let logits = model.forward(batch(xs, idx, &device));
+            let y = labels(ys, idx, &device);
+            let loss = loss_fn.forward(logits.clone(), y.clone());
+            let l: f32 = loss.clone().into_scalar();
+            ensure!(
+                l.is_finite(),
+                "head training diverged at epoch {} (loss {l}); lower --lr",
+                epoch + 1
+            );
+            let c = count_correct(logits, y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = cfg
+                .optim
+                .learning_rate(epoch * steps_per_epoch + b, steps_per_epoch);
+            model = optim.step(lr, model, grads);
+            loss_sum += l as f64 * idx.len() as f64;
+            correct += c;
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        let current = model.valid();
+        let (val_loss, val_accuracy) = validate(&current, val.0, val.1);
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / xs.len() as f64,
+            train_accuracy: correct as f64 / xs.len() as f64,
+            val_loss,
+            val_accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_second: xs.len() as f64 / train_secs.max(1e-9),
+        };
+        log::info!(
+            "head epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%",
+            stats.epoch,
+            cfg.optim.epochs,
+            stats.train_loss,
+            stats.train_accuracy * 100.0,
+            stats.val_loss,
+            stats.val_accuracy * 100.0
+        );
+        if val_loss.is_nan() || val_loss < best_loss - 1e-6 {
+            best_loss = if val_loss.is_nan() {
+                f64::INFINITY
+            } else {
+                val_loss
+            };
+            best_epoch = epoch + 1;
+            best = Some(current);
+            stale = 0;
+        } else {
+            stale += 1;
+        }
+        history.push(stats);
+        bar.inc(1);
+        bar.set_prefix(format!("val acc {:.2}%", val_accuracy * 100.0));
+    }
+    bar.finish_and_clear();
+    let Some(model) = best else {
+        anyhow::bail!("no epoch was trained (is --epochs 0?)");
+    };
+    Ok(HeadOutcome {
+        model,
+        history,
+        best_epoch,
+        stopped_early,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

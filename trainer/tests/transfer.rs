@@ -1,0 +1,282 @@
+//! Transfer learning end to end on real images (Fashion-MNIST clothes written as PNG class
+//! folders, as a user's photos would be): features from the shipped EfficientNet-Lite0,
+//! a head trained on them, one grafted bundle that `glimpse` runs with the new labels and
+//! ONNX Runtime agrees with, and a second run that takes every feature from the cache.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use glimpse_e2e::{
+    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, shipped_model, skip, stderr,
+    stdout, tract_and_onnxruntime,
+};
+use glimpse_runtime::{Classifier, Overrides};
+use serde_json::Value;
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Class names usable as folder names ("T-shirt/top" -> "T-shirt-top").
+fn class_names() -> Vec<String> {
+    std::fs::read_to_string(fashion_mnist_classes())
+        .unwrap()
+        .lines()
+        .map(|l| l.replace('/', "-"))
+        .collect()
+}
+
+/// Writes the first `per_class` images of each class of the Fashion-MNIST test set,
+/// starting at image `from`, as `<root>/<class>/<index>.png`; returns the images' paths
+/// and labels.
+fn write_folder_dataset(root: &Path, from: usize, per_class: usize) -> Vec<(PathBuf, usize)> {
+    let fm = fashion_mnist().unwrap();
+    let (dims, px) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let (_, labels) =
+        glimpse_trainer::data::read_idx(&fm.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let (h, w) = (dims[1], dims[2]);
+    let names = class_names();
+    let mut counts = vec![0usize; names.len()];
+    let mut out = Vec::new();
+    for i in from..labels.len() {
+        let label = labels[i] as usize;
+        if counts[label] == per_class {
+            continue;
+        }
+        counts[label] += 1;
+        let dir = root.join(&names[label]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{i}.png"));
+        image::GrayImage::from_raw(w as u32, h as u32, px[i * h * w..(i + 1) * h * w].to_vec())
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        out.push((path, label));
+        if counts.iter().all(|c| *c == per_class) {
+            break;
+        }
+    }
+    out
+}
+
+fn report(model: &Path) -> Value {
+    let p = model.with_extension("report.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+/// `features: N extracted, M from cache ...` -> (N, M).
+fn extraction(stdout: &str) -> (usize, usize) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("features: "))
+        .unwrap_or_else(|| panic!("no features line in:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().unwrap(), words[3].parse().unwrap())
+}
+
+#[test]
+fn transfer_learns_grafts_and_reuses_cached_features() {
+    if fashion_mnist().is_none() {
+        skip(
+            "transfer_learns_grafts_and_reuses_cached_features",
+            "Debian package dataset-fashion-mnist is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("clothes");
+    write_folder_dataset(&data, 0, 24);
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("clothes.onnx");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--backbone",
+            shipped_model().to_str().unwrap(),
+            "--feature-cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let o = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        println!("{}", stdout(&o));
+        stdout(&o)
+    };
+
+    // First run: every training and validation feature is computed.
+    let first = run(&["--epochs", "20"]);
+    let (computed, cached) = extraction(&first);
+    assert!(
+        computed >= 180 && cached == 0,
+        "{computed} computed, {cached} cached"
+    );
+    let r = report(&out);
+    let acc = r["metrics"]["accuracy"].as_f64().unwrap();
+    let images = r["metrics"]["images"].as_u64().unwrap();
+    assert!(images >= 20, "{images} test images");
+    // ~20 training images per class, 10 classes: chance is 10%; ImageNet features do far
+    // better even on grey thumbnails.
+    assert!(
+        acc >= 0.55,
+        "transfer test accuracy {acc} on {images} images"
+    );
+    let parity = r["training"]["export_parity"]["max_abs_logit_diff"]
+        .as_f64()
+        .unwrap();
+    assert!(parity < 1e-3, "graft parity {parity}");
+    assert_eq!(
+        r["training"]["feature_extraction"]["computed"].as_u64(),
+        Some(computed as u64)
+    );
+
+    // Second run, other head settings: nothing is extracted again.
+    let second = run(&["--epochs", "10", "--hidden", "64", "--lr", "1e-3"]);
+    let (computed2, cached2) = extraction(&second);
+    assert_eq!(
+        (computed2, cached2),
+        (0, computed),
+        "second run takes every feature from the cache"
+    );
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.with_extension("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head"]["hidden"], 64);
+
+    // The bundle: one file, the user's labels, the backbone's preprocessing.
+    let info = Command::new(bin("glimpse"))
+        .args(["info", "--format", "json", "--model", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", stderr(&info));
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let mut names = class_names();
+    names.sort();
+    assert_eq!(info["labels"], serde_json::json!(names));
+    assert!(
+        info["source"].as_str().unwrap().contains("--backbone"),
+        "{}",
+        info["source"]
+    );
+
+    // Unseen images through `glimpse classify` and ONNX Runtime.
+    let unseen = write_folder_dataset(&dir.path().join("unseen"), 5000, 1);
+    let classifier = Classifier::load(&out, &Overrides::default()).unwrap();
+    let mut correct = 0;
+    for (photo, truth) in &unseen {
+        let rec = classify_json(&out, photo);
+        let label = rec["label"].as_str().unwrap();
+        assert!(names.iter().any(|n| n == label), "{rec}");
+        correct += usize::from(label == class_names()[*truth]);
+        match tract_and_onnxruntime(&classifier, &out, photo) {
+            Some((ours, theirs)) => {
+                let (diff, same_top1) = compare(&ours, &theirs);
+                assert!(
+                    diff < 1e-4 && same_top1,
+                    "{}: tract vs ONNX Runtime differ by {diff}, same top-1: {same_top1}",
+                    photo.display()
+                );
+            }
+            None => skip(
+                "transfer (ONNX Runtime part)",
+                "libonnxruntime.so is not unpacked",
+            ),
+        }
+    }
+    assert!(
+        correct >= 5,
+        "{correct} of {} unseen images right",
+        unseen.len()
+    );
+}
+
+#[test]
+fn transfer_refuses_bad_inputs_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("photos");
+    for (class, n) in [("cat", 6), ("dog", 3)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_fn(40, 30, |x, y| {
+                image::Rgb([(x * 6) as u8, (y * 8) as u8, i * 40])
+            })
+            .save(data.join(class).join(format!("{i}.png")))
+            .unwrap();
+        }
+    }
+    let out = dir.path().join("m.onnx");
+    let base = |backbone: &str, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--backbone",
+            backbone,
+            "--out",
+            out.to_str().unwrap(),
+            "--val-fraction",
+            "0",
+            "--test-fraction",
+            "0",
+        ];
+        a.extend_from_slice(extra);
+        let o = train(&a);
+        assert!(!o.status.success(), "expected a refusal");
+        assert!(!out.exists(), "no model written on failure");
+        stderr(&o)
+    };
+    let shipped = shipped_model();
+    let shipped = shipped.to_str().unwrap();
+
+    // A class below --min-per-class (5 by default).
+    let e = base(shipped, &[]);
+    assert!(
+        e.contains("at least 5 training images") && e.contains("dog (3)"),
+        "{e}"
+    );
+    // An unknown backbone name.
+    let e = base("resnet-9000", &["--min-per-class", "2"]);
+    assert!(
+        e.contains("not a known backbone") && e.contains("efficientnet-lite0"),
+        "{e}"
+    );
+    // A file that is not an ONNX model.
+    let bogus = dir.path().join("bogus.onnx");
+    std::fs::write(&bogus, b"not a model at all").unwrap();
+    let e = base(bogus.to_str().unwrap(), &["--min-per-class", "2"]);
+    assert!(
+        e.contains("bogus.onnx") && e.contains("not an ONNX model"),
+        "{e}"
+    );
+    // Flags of from-scratch training make no sense with a backbone.
+    let o = train(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--backbone",
+        shipped,
+        "--arch",
+        "mobilenet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot be used with"),
+        "{}",
+        stderr(&o)
+    );
+}
