@@ -322,7 +322,7 @@ pub fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Re
             _ => None,
         });
     let Some((width, height)) = size else {
-        bail!("the model's input size is not fixed and the model has no glimpse.input_size: pass --size WxH");
+        bail!("the model's input size is not fixed and the model has no glimpse.input_size: pass --input-size WxH");
     };
     let resize = match ov.resize.or(meta.resize) {
         Some(Resize::CenterCrop { short_side: 0 }) => Resize::CenterCrop {
@@ -409,7 +409,7 @@ mod tests {
         ];
         let err =
             resolve_preprocess(&BundleMeta::default(), &Overrides::default(), &dims).unwrap_err();
-        assert!(err.to_string().contains("--size"), "{err}");
+        assert!(err.to_string().contains("--input-size"), "{err}");
     }
 
     #[test]

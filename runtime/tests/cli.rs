@@ -351,7 +351,7 @@ fn bad_models_get_clear_errors() {
             "bad metadata glimpse.layout",
         ),
         ("labels-flag.onnx", model_with(|_| {}), vec!["--labels", "LABELS"], "got 2 labels"),
-        ("size-flag.onnx", model_with(|_| {}), vec!["--size", "300x300"], "does not match the preprocessing"),
+        ("size-flag.onnx", model_with(|_| {}), vec!["--input-size", "300x300"], "does not match the preprocessing"),
     ];
     let labels = dir.path().join("two.txt");
     std::fs::write(&labels, "yes\nno\n").unwrap();

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per subcommand.
 
+mod camera;
 mod classify;
 mod info;
 mod model_args;
@@ -29,12 +30,16 @@ enum Command {
     Classify(classify::Args),
     /// Show a model's inputs, outputs, metadata, preprocessing, labels and ops.
     Info(info::Args),
+    /// Classify a live stream: a V4L2 camera, a folder played as video, or raw frames on
+    /// stdin; prints a label stream and debounced state-change events.
+    Camera(camera::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
+        Command::Camera(args) => camera::run(args),
     }
 }
 

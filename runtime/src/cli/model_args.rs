@@ -20,7 +20,7 @@ pub struct ModelArgs {
     pub labels: Option<PathBuf>,
     /// Model input size, WxH.
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Model overrides")]
-    pub size: Option<(u32, u32)>,
+    pub input_size: Option<(u32, u32)>,
     /// How images are fitted to the input: stretch, center-crop[:SHORT_SIDE], letterbox.
     #[arg(long, value_name = "MODE", value_parser = parse_resize, help_heading = "Model overrides")]
     pub resize: Option<Resize>,
@@ -79,7 +79,7 @@ impl ModelArgs {
     pub fn overrides(&self) -> Result<Overrides> {
         Ok(Overrides {
             labels: self.labels.as_deref().map(read_labels).transpose()?,
-            size: self.size,
+            size: self.input_size,
             resize: self.resize,
             mean: self.mean.clone().map(|l| l.0),
             std: self.std.clone().map(|l| l.0),

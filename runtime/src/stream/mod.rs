@@ -1,0 +1,17 @@
+//! Live classification of frame streams: cameras, image folders played as video, raw
+//! frames on stdin. `frame` (pixel formats and conversion to RGB), `source` (where frames
+//! come from), `live` (the capture/classify loop with the newest-frame policy and
+//! reconnection), `debounce` (state-change events), and `v4l2` (the camera ioctl layer,
+//! behind the `camera` feature).
+
+pub mod debounce;
+pub mod frame;
+pub mod live;
+pub mod source;
+#[cfg(feature = "camera")]
+pub mod v4l2;
+
+pub use debounce::{DebounceConfig, Debouncer, Event};
+pub use frame::{Frame, PixelFormat};
+pub use live::{Classified, LiveOptions, Stats};
+pub use source::{FolderSource, FrameSource, Opener, RawSource, SourceError};
