@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to one module per subcommand.
 
+mod bench;
 mod camera;
 mod classify;
 mod info;
@@ -33,6 +34,9 @@ enum Command {
     /// Classify a live stream: a V4L2 camera, a folder played as video, or raw frames on
     /// stdin; prints a label stream and debounced state-change events.
     Camera(camera::Args),
+    /// Measure model load, per-stage latency percentiles, throughput and peak memory on
+    /// a folder of images.
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -40,6 +44,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
         Command::Camera(args) => camera::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
