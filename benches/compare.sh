@@ -15,8 +15,12 @@ GLIMPSE="${GLIMPSE_BIN:-target/release/glimpse}"
 PY="${REFERENCE_PYTHON:-python3}"
 ALL=$(nproc)
 
-for threads in 1 "$ALL"; do
-  ours=$("$GLIMPSE" bench --model "$MODEL" --images "$DIR" --threads "$threads" \
+# (reference threads, glimpse options): single-threaded; all cores on one image at a time
+# (latency); all cores as parallel workers (throughput).
+for config in "1|--threads 1" "$ALL|--intra-threads $ALL" "$ALL|--threads $ALL"; do
+  threads="${config%%|*}"
+  read -r -a glimpse_opts <<< "${config#*|}"
+  ours=$("$GLIMPSE" bench --model "$MODEL" --images "$DIR" "${glimpse_opts[@]}" \
     --iterations "$ITERATIONS" -f json)
   ref=$(PYTHONPATH=benches "$PY" benches/reference.py "$MODEL" "$DIR" --threads "$threads" \
     --iterations "$ITERATIONS")
@@ -24,8 +28,8 @@ for threads in 1 "$ALL"; do
 import json, sys
 threads, ours, ref = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print(f"\n{ours['model']}: {ours['images']} images x {ours['iterations']} passes; "
-      f"glimpse: {threads} worker thread(s), one image each; reference ({ref['runtime']}): "
-      f"{threads} intra-op thread(s)")
+      f"glimpse: {ours['threads']} worker(s) x {ours['intra_threads']} thread(s) per inference; "
+      f"reference ({ref['runtime']}): {threads} intra-op thread(s)")
 print("| figure | glimpse | reference | ratio |\n|---|---:|---:|---:|")
 def row(name, a, b, unit):
     print(f"| {name} | {a:.2f} {unit} | {b:.2f} {unit} | {a / b:.2f} |")

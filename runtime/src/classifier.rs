@@ -14,6 +14,18 @@ use crate::decode::{self, Limits};
 use crate::onnx_file::{Dim, OnnxFile};
 use crate::preprocess::{Channels, Layout, Preprocess, Resize};
 
+/// Lets tract split each inference's matrix products over `n` threads (1, the default:
+/// single-threaded, which is best when several images are classified in parallel).
+/// Process-wide: it applies to every classifier.
+pub fn set_inference_threads(n: usize) {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if n > 1 {
+        Executor::multithread(n)
+    } else {
+        Executor::SingleThread
+    });
+}
+
 /// The tract release glimpse is built and validated with (pinned in Cargo.toml).
 pub const TRACT_VERSION: &str = "0.23.9";
 

@@ -69,6 +69,7 @@ struct Report {
     model: String,
     images: usize,
     threads: u32,
+    intra_threads: u32,
     iterations: u32,
     load_ms: f64,
     first_inference_ms: f64,
@@ -173,6 +174,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         model: path.display().to_string(),
         images: images.len(),
         threads: args.threads,
+        intra_threads: args.model.intra_threads,
         iterations: args.iterations,
         load_ms: load.as_secs_f64() * 1e3,
         first_inference_ms: first.as_secs_f64() * 1e3,
@@ -187,8 +189,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         BenchFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         BenchFormat::Table => {
             println!(
-                "{}: {} images x {} passes, {} thread(s)",
-                report.model, report.images, report.iterations, report.threads
+                "{}: {} images x {} passes, {} worker thread(s), {} thread(s) per inference",
+                report.model,
+                report.images,
+                report.iterations,
+                report.threads,
+                report.intra_threads
             );
             println!(
                 "model load {:.1} ms, first inference {:.1} ms",
