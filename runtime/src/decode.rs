@@ -28,6 +28,16 @@ pub fn has_image_extension(path: &std::path::Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The image files directly inside `dir` (not in sub-folders), sorted by path.
+pub fn image_files_in(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && has_image_extension(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Bounds on what one input may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use fast_image_resize::Resizer;
-use glimpse_runtime::decode::has_image_extension;
+use glimpse_runtime::decode::image_files_in;
 use glimpse_runtime::{decode, Classifier, Limits};
 use serde::Serialize;
 
@@ -90,12 +90,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn image_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && has_image_extension(p))
-        .collect();
-    files.sort();
+    let files = image_files_in(dir).with_context(|| format!("reading {}", dir.display()))?;
     if files.is_empty() {
         bail!("{}: no images to benchmark", dir.display());
     }

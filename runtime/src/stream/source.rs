@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::frame::{check_size, Frame, PixelFormat};
-use crate::decode::{self, has_image_extension, Limits};
+use crate::decode::{self, image_files_in, Limits};
 
 /// Why a source gave no frame.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +72,8 @@ pub struct FolderSource {
 
 impl FolderSource {
     pub fn open(dir: PathBuf, fps: Option<f64>, limits: Limits) -> anyhow::Result<Self> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && has_image_extension(p))
-            .collect();
-        files.sort();
+        let files =
+            image_files_in(&dir).with_context(|| format!("reading folder {}", dir.display()))?;
         anyhow::ensure!(!files.is_empty(), "{}: no images", dir.display());
         Ok(FolderSource {
             dir,

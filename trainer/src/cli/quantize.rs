@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use glimpse_runtime::decode::image_files_in;
 use glimpse_runtime::{Classifier, OnnxFile, Overrides};
 use glimpse_trainer::data::{self, Dataset, LoadOptions};
 use glimpse_trainer::quantize::gate::{self, Probe};
@@ -99,25 +100,15 @@ enum Source {
     Images(Vec<Arc<RgbImage>>),
 }
 
-/// A folder that holds image files directly (not one sub-folder per class).
-fn is_image_folder(path: &Path) -> bool {
-    std::fs::read_dir(path).is_ok_and(|rd| {
-        rd.filter_map(|e| e.ok())
-            .any(|e| e.path().is_file() && glimpse_runtime::decode::has_image_extension(&e.path()))
-    })
-}
-
 fn load_source(path: &Path, labels: &[String], data_args: &DataArgs) -> Result<Source> {
-    if path.is_dir() && is_image_folder(path) {
-        // The images directly inside (sub-folders may hold anything, e.g. darknet's glyphs).
-        let mut files: Vec<PathBuf> = walkdir::WalkDir::new(path)
-            .max_depth(1)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .map(|e| e.into_path())
-            .filter(|p| p.is_file() && glimpse_runtime::decode::has_image_extension(p))
-            .collect();
-        files.sort();
+    // A folder holding images directly is a set of unlabelled images (sub-folders may
+    // hold anything, e.g. darknet's glyphs); otherwise it is a dataset.
+    let files = if path.is_dir() {
+        image_files_in(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        Vec::new()
+    };
+    if !files.is_empty() {
         let mut images = Vec::new();
         for f in &files {
             let decoded = std::fs::read(f)
