@@ -201,6 +201,11 @@ pub fn quantize_and_gate(
     probes: &[Probe],
     q: &QuantArgs,
 ) -> Result<()> {
+    if probes.is_empty() {
+        bail!(
+            "no held-out images for the gate: pass --eval DATA, or keep a test or validation split"
+        );
+    }
     let probes = match q.eval_images {
         Some(n) if n < probes.len() => {
             let mut p = probes.to_vec();
@@ -282,9 +287,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(e) => probes(&load_source(e, &labels, &args.data_args)?),
         None => sources.iter().flat_map(probes).collect(),
     };
-    if probes.is_empty() {
-        bail!("no held-out images for the gate (pass --eval DATA)");
-    }
     let out = args.out.clone().unwrap_or_else(|| default_out(&args.model));
     quantize_and_gate(&args.model, &out, &calib, &probes, &args.quant)?;
     Ok(ExitCode::SUCCESS)
