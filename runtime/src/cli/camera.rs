@@ -26,9 +26,35 @@ pub struct Args {
     /// List the cameras and the formats and frame sizes they offer, then exit.
     #[arg(long)]
     list: bool,
-    /// The camera to read (default: /dev/video0 when no other source is given).
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    pace: PaceArgs,
+    /// Stop after this many classified frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Keep every classified frame as DIR/<frame>-<label>.png.
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    #[command(flatten)]
+    events: EventArgs,
+    /// Print only the state-change events, not every frame.
+    #[arg(long, help_heading = "Events")]
+    events_only: bool,
+    /// How frames are printed (events are always JSON lines).
+    #[arg(short = 'f', long, value_enum, default_value_t = FrameFormat::Table)]
+    output: FrameFormat,
+}
+
+/// Where frames come from (shared with `glimpse serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// The camera to read (`glimpse camera` reads /dev/video0 when no other source is
+    /// given).
     #[arg(long, value_name = "DEV", conflicts_with_all = ["images", "raw"], help_heading = "Source")]
-    device: Option<PathBuf>,
+    pub device: Option<PathBuf>,
     /// Play the images of a folder (in name order) as frames, at --fps (without it, as
     /// fast as they decode: frames the classifier cannot keep up with are dropped).
     #[arg(
@@ -37,53 +63,105 @@ pub struct Args {
         conflicts_with = "raw",
         help_heading = "Source"
     )]
-    images: Option<PathBuf>,
+    pub images: Option<PathBuf>,
+    /// With --images: start over after the last image instead of ending.
+    #[arg(long = "loop", requires = "images", help_heading = "Source")]
+    pub looping: bool,
     /// Read raw frames from a file or `-` (stdin), e.g. from
     /// `ffmpeg -i URL -f rawvideo -pix_fmt yuyv422 -s 640x480 -`; needs --size and --format.
     #[arg(long, value_name = "FILE|-", help_heading = "Source")]
-    raw: Option<PathBuf>,
+    pub raw: Option<PathBuf>,
     /// Frame size WxH: asked of the camera, or the size of --raw frames.
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Source")]
-    size: Option<(u32, u32)>,
+    pub size: Option<(u32, u32)>,
     /// Frames per second: asked of the camera, or the pace of --images / --raw.
     #[arg(long, help_heading = "Source")]
-    fps: Option<f64>,
+    pub fps: Option<f64>,
     /// Pixel format: mjpeg, yuyv, nv12, i420 (yuv420p), rgb24 or grey (asked of the
     /// camera, or the layout of --raw frames).
     #[arg(long, value_parser = |s: &str| s.parse::<PixelFormat>(), help_heading = "Source")]
-    format: Option<PixelFormat>,
-    #[command(flatten)]
-    model: ModelArgs,
+    pub format: Option<PixelFormat>,
+}
+
+/// How often frames are classified (shared with `glimpse serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PaceArgs {
     /// Classify only every Nth frame (saves power).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    every: u64,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Source")]
+    pub every: u64,
     /// Classify at most this many frames per second (saves power).
-    #[arg(long)]
-    max_fps: Option<f64>,
-    /// Stop after this many classified frames.
-    #[arg(long)]
-    frames: Option<u64>,
-    /// Keep every classified frame as DIR/<frame>-<label>.png.
-    #[arg(long, value_name = "DIR")]
-    save: Option<PathBuf>,
+    #[arg(long, help_heading = "Source")]
+    pub max_fps: Option<f64>,
+}
+
+/// When a label becomes the state (shared with `glimpse serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventArgs {
     /// A label becomes the state only at or above this probability.
     #[arg(short, long, default_value_t = 0.5, help_heading = "Events")]
-    threshold: f32,
+    pub threshold: f32,
     /// Frames a new label must hold before the state changes.
     #[arg(long, default_value_t = 3, help_heading = "Events")]
-    hold_frames: u32,
+    pub hold_frames: u32,
     /// Milliseconds a new label must hold, instead of a frame count.
     #[arg(long, help_heading = "Events")]
-    hold_ms: Option<u64>,
+    pub hold_ms: Option<u64>,
     /// Only these labels are states (comma-separated); anything else is "none".
     #[arg(long, value_delimiter = ',', help_heading = "Events")]
-    watch: Option<Vec<String>>,
-    /// Print only the state-change events, not every frame.
-    #[arg(long, help_heading = "Events")]
-    events_only: bool,
-    /// How frames are printed (events are always JSON lines).
-    #[arg(short = 'f', long, value_enum, default_value_t = FrameFormat::Table)]
-    output: FrameFormat,
+    pub watch: Option<Vec<String>>,
+}
+
+impl EventArgs {
+    pub fn debounce(&self) -> DebounceConfig {
+        DebounceConfig {
+            threshold: self.threshold,
+            hold_frames: self.hold_frames,
+            hold: self.hold_ms.map(Duration::from_millis),
+            watch: self.watch.clone(),
+        }
+    }
+}
+
+impl SourceArgs {
+    /// Opens the source given (`None`: none was): its opener, whether a failure is
+    /// retried (a camera) and a description.
+    pub fn opener(&self, limits: Limits) -> Result<Option<(Opener, bool, String)>> {
+        if let Some(dir) = &self.images {
+            let source = FolderSource::open(dir.clone(), self.fps, limits)?.looping(self.looping);
+            let describe = source.describe();
+            Ok(Some((once(Box::new(source)), false, describe)))
+        } else if let Some(raw) = &self.raw {
+            let size = self
+                .size
+                .context("--raw needs --size WxH (the size of each frame)")?;
+            let format = self
+                .format
+                .context("--raw needs --format (yuyv, nv12, i420, rgb24 or grey)")?;
+            let (name, reader): (String, Box<dyn std::io::Read + Send>) = if raw.as_os_str() == "-"
+            {
+                ("stdin".into(), Box::new(std::io::stdin()))
+            } else {
+                (
+                    raw.display().to_string(),
+                    Box::new(
+                        std::fs::File::open(raw)
+                            .with_context(|| format!("opening {}", raw.display()))?,
+                    ),
+                )
+            };
+            let source = RawSource::new(name, reader, size, format, self.fps, &limits)?;
+            let describe = source.describe();
+            Ok(Some((once(Box::new(source)), false, describe)))
+        } else if let Some(device) = &self.device {
+            Ok(Some((
+                camera_opener(self, device.clone())?,
+                true,
+                device.display().to_string(),
+            )))
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,10 +181,10 @@ struct Prediction {
 }
 
 #[cfg(feature = "camera")]
-fn camera_opener(args: &Args) -> Result<Opener> {
+fn camera_opener(args: &SourceArgs, device: PathBuf) -> Result<Opener> {
     use glimpse_runtime::stream::v4l2::{CameraRequest, CameraSource};
     let req = CameraRequest {
-        device: args.device.clone().unwrap_or_else(|| "/dev/video0".into()),
+        device,
         size: args.size,
         fps: args.fps.map(|f| f.round().max(1.0) as u32),
         format: args.format,
@@ -117,7 +195,7 @@ fn camera_opener(args: &Args) -> Result<Opener> {
 }
 
 #[cfg(not(feature = "camera"))]
-fn camera_opener(_: &Args) -> Result<Opener> {
+fn camera_opener(_: &SourceArgs, _: PathBuf) -> Result<Opener> {
     Err(anyhow::anyhow!(NO_CAMERA))
 }
 
@@ -159,33 +237,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (path, file) = args.model.read()?;
     let classifier = args.model.classifier_for(&path, file)?;
     let limits = Limits::default();
-    let (open, reopen): (Opener, bool) = if let Some(dir) = &args.images {
-        (
-            once(Box::new(FolderSource::open(dir.clone(), args.fps, limits)?)),
-            false,
-        )
-    } else if let Some(raw) = &args.raw {
-        let size = args
-            .size
-            .context("--raw needs --size WxH (the size of each frame)")?;
-        let format = args
-            .format
-            .context("--raw needs --format (yuyv, nv12, i420, rgb24 or grey)")?;
-        let (name, reader): (String, Box<dyn std::io::Read + Send>) = if raw.as_os_str() == "-" {
-            ("stdin".into(), Box::new(std::io::stdin()))
-        } else {
+    let (open, reopen, _) = match args.source.opener(limits)? {
+        Some(source) => source,
+        None => {
+            let device = PathBuf::from("/dev/video0");
             (
-                raw.display().to_string(),
-                Box::new(
-                    std::fs::File::open(raw)
-                        .with_context(|| format!("opening {}", raw.display()))?,
-                ),
+                camera_opener(&args.source, device.clone())?,
+                true,
+                device.display().to_string(),
             )
-        };
-        let source = RawSource::new(name, reader, size, format, args.fps, &limits)?;
-        (once(Box::new(source)), false)
-    } else {
-        (camera_opener(&args)?, true)
+        }
     };
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -204,18 +265,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .context("installing the signal handler")?;
     }
     let opts = LiveOptions {
-        every: args.every,
-        max_fps: args.max_fps,
+        every: args.pace.every,
+        max_fps: args.pace.max_fps,
         frames: args.frames,
         reopen,
         ..LiveOptions::default()
     };
-    let mut debouncer = Debouncer::new(DebounceConfig {
-        threshold: args.threshold,
-        hold_frames: args.hold_frames,
-        hold: args.hold_ms.map(Duration::from_millis),
-        watch: args.watch.clone(),
-    });
+    let mut debouncer = Debouncer::new(args.events.debounce());
     let started = Instant::now();
     let stdout = std::io::stdout();
     let mut failed_saves = 0u64;

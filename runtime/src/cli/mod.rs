@@ -6,6 +6,7 @@ mod classify;
 mod info;
 mod model_args;
 mod output;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Measure model load, per-stage latency percentiles, throughput and peak memory on
     /// a folder of images.
     Bench(bench::Args),
+    /// Run as a daemon: an HTTP API (classify, model, metrics, health), optionally a
+    /// camera with debounced events over server-sent events and MQTT; hot model reload.
+    Serve(Box<serve::Args>),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Camera(args) => camera::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(*args),
     }
 }
 

@@ -68,6 +68,7 @@ pub struct FolderSource {
     seq: u64,
     pacer: Pacer,
     limits: Limits,
+    looping: bool,
 }
 
 impl FolderSource {
@@ -82,7 +83,15 @@ impl FolderSource {
             seq: 0,
             pacer: Pacer::new(fps),
             limits,
+            looping: false,
         })
+    }
+
+    /// Starts over at the first image after the last one, forever (a demo or soak
+    /// source) instead of ending.
+    pub fn looping(mut self, on: bool) -> Self {
+        self.looping = on;
+        self
     }
 }
 
@@ -92,7 +101,11 @@ impl FrameSource for FolderSource {
     }
 
     fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        let mut failed = 0;
         loop {
+            if self.at == self.files.len() && self.looping {
+                self.at = 0;
+            }
             let Some(path) = self.files.get(self.at).cloned() else {
                 return Err(SourceError::Ended);
             };
@@ -113,7 +126,18 @@ impl FrameSource for FolderSource {
                         img.into_raw(),
                     ));
                 }
-                Err(e) => log::warn!("{}: {e:#}", path.display()),
+                Err(e) => {
+                    log::warn!("{}: {e:#}", path.display());
+                    failed += 1;
+                    // A looping folder of nothing but bad images would spin forever.
+                    if failed >= self.files.len() {
+                        return Err(SourceError::Failed(anyhow::anyhow!(
+                            "{}: none of the {} images could be decoded",
+                            self.dir.display(),
+                            failed
+                        )));
+                    }
+                }
             }
         }
     }

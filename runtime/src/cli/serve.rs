@@ -1,0 +1,454 @@
+//! `glimpse serve`: the classification daemon's command line and config file (a TOML file
+//! whose keys are the long options, so every setting is also a flag).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use glimpse_runtime::serve::{self, CameraSetup, MqttConfig, ServeOptions, Token};
+use glimpse_runtime::stream::LiveOptions;
+use glimpse_runtime::{Classifier, Limits};
+
+use super::camera::{EventArgs, PaceArgs, SourceArgs};
+use super::ModelArgs;
+
+/// Environment variable read for the API token when neither --token nor --token-file is
+/// given (keeps the secret out of `ps` and shell history).
+const TOKEN_ENV: &str = "GLIMPSE_TOKEN";
+const MQTT_PASSWORD_ENV: &str = "GLIMPSE_MQTT_PASSWORD";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Settings file (TOML). Its keys are this command's long options without the dashes
+    /// (`listen = "0.0.0.0:8080"`, `top-k = 3`, `loop = true`), and a table prefixes its
+    /// keys (`[mqtt] host = "localhost"` is --mqtt-host). Options on the command line
+    /// override the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings and the model (load and probe it), print what would be served,
+    /// and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Address to listen on. The default accepts only local connections; put a reverse
+    /// proxy in front for TLS.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        help_heading = "HTTP"
+    )]
+    pub listen: SocketAddr,
+    /// Bearer token required on every endpoint but /healthz and /readyz (at least 16
+    /// characters). Prefer --token-file or $GLIMPSE_TOKEN: arguments are visible in `ps`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        conflicts_with = "token_file",
+        help_heading = "HTTP"
+    )]
+    pub token: Option<String>,
+    /// Read the bearer token from this file (its first line).
+    #[arg(long, value_name = "FILE", help_heading = "HTTP")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, help_heading = "HTTP")]
+    pub max_body_bytes: u64,
+    /// Largest decoded image accepted, in pixels (413 beyond).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 24_000_000,
+        help_heading = "HTTP"
+    )]
+    pub max_pixels: u64,
+    /// Inferences run at once (default: the number of CPU cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256), help_heading = "HTTP")]
+    pub workers: Option<u64>,
+    /// Requests that may wait for a worker; beyond that, 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 32, help_heading = "HTTP")]
+    pub queue: usize,
+    /// Open connections at most; further ones are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
+    pub max_connections: u64,
+    /// Seconds a request may take to upload and be classified (408/503 beyond).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs, help_heading = "HTTP")]
+    pub request_timeout: f64,
+    /// Seconds a client may take to send the request headers.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, help_heading = "HTTP")]
+    pub header_timeout: f64,
+    /// Seconds to wait for in-flight requests at shutdown (SIGTERM).
+    #[arg(long, value_name = "SECS", default_value_t = 20.0, value_parser = positive_secs, help_heading = "HTTP")]
+    pub drain_timeout: f64,
+    /// Labels returned per image unless the request says `?top_k=N`.
+    #[arg(short = 'k', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
+    pub top_k: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An image every new model must classify before it is served (default: a built-in
+    /// test pattern). Reload on SIGHUP or when the model file changes.
+    #[arg(long, value_name = "FILE", help_heading = "Reload")]
+    pub probe_image: Option<PathBuf>,
+    /// Seconds between checks of the model file for changes.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = positive_secs, help_heading = "Reload")]
+    pub watch_interval: f64,
+    /// Reload only on SIGHUP, not when the file changes.
+    #[arg(long, help_heading = "Reload")]
+    pub no_watch: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+    /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
+    #[arg(long, value_name = "HOST", help_heading = "MQTT")]
+    pub mqtt_host: Option<String>,
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 1883,
+        help_heading = "MQTT"
+    )]
+    pub mqtt_port: u16,
+    /// Base topic (default glimpse/<client id>): <topic>/state (retained),
+    /// <topic>/status, <topic>/availability.
+    #[arg(long, value_name = "TOPIC", help_heading = "MQTT")]
+    pub mqtt_topic: Option<String>,
+    /// Client id (default glimpse-<hostname>).
+    #[arg(long, value_name = "ID", help_heading = "MQTT")]
+    pub mqtt_client_id: Option<String>,
+    #[arg(long, value_name = "USER", help_heading = "MQTT")]
+    pub mqtt_username: Option<String>,
+    /// File holding the MQTT password (else $GLIMPSE_MQTT_PASSWORD).
+    #[arg(long, value_name = "FILE", help_heading = "MQTT")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// Home Assistant discovery prefix.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "homeassistant",
+        help_heading = "MQTT"
+    )]
+    pub mqtt_discovery_prefix: String,
+    /// Do not publish Home Assistant discovery messages.
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_no_discovery: bool,
+    /// Seconds between status messages.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs, help_heading = "MQTT")]
+    pub mqtt_status_interval: f64,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
+/// `serve`'s options alone, to parse the config file's settings and the command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "glimpse serve",
+    max_term_width = 100,
+    args_override_self = true
+)]
+struct ServeCommand {
+    #[command(flatten)]
+    args: Args,
+}
+
+/// The command-line form of a config file: `key = value` becomes `--key value`, a table
+/// `[t]` prefixes its keys with `t-`, `true` is a bare flag and `false` leaves it out.
+pub fn config_to_args(path: &Path, text: &str) -> Result<Vec<String>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
+    })?;
+    let cmd = ServeCommand::command();
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "config")
+        .collect();
+    let mut out = Vec::new();
+    flatten(path, "", &table, &known, &mut out)?;
+    Ok(out)
+}
+
+fn flatten(
+    path: &Path,
+    prefix: &str,
+    table: &toml::Table,
+    known: &[String],
+    out: &mut Vec<String>,
+) -> Result<()> {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}-{key}")
+        };
+        if let toml::Value::Table(t) = value {
+            flatten(path, &key, t, known, out)?;
+            continue;
+        }
+        if !known.contains(&key) {
+            bail!(
+                "{}: unknown setting `{key}` (settings are the long options of `glimpse serve --help`)",
+                path.display()
+            );
+        }
+        let scalar = |v: &toml::Value| -> Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "{}: `{key}`: expected a string, number or boolean, got {}",
+                    path.display(),
+                    other.type_str()
+                ),
+            })
+        };
+        match value {
+            toml::Value::Boolean(true) => out.push(format!("--{key}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(&scalar).collect::<Result<_>>()?;
+                out.push(format!("--{key}={}", items.join(",")));
+            }
+            v => out.push(format!("--{key}={}", scalar(v)?)),
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads the options with the config file's settings placed before the command line's
+/// (so that the command line wins).
+fn with_config(args: Args) -> Result<Args> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let from_file = config_to_args(&path, &text)?;
+    let command_line: Vec<OsString> = std::env::args_os()
+        .skip_while(|a| a != "serve")
+        .skip(1)
+        .collect();
+    let argv = std::iter::once(OsString::from("glimpse serve"))
+        .chain(from_file.into_iter().map(OsString::from))
+        .chain(command_line);
+    let matches = ServeCommand::command()
+        .try_get_matches_from(argv)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} (settings from {} included)",
+                e.to_string().trim_end(),
+                path.display()
+            )
+        })?;
+    Ok(ServeCommand::from_arg_matches(&matches)?.args)
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} from {}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if line.is_empty() {
+        bail!("{}: the {what} file is empty", path.display());
+    }
+    Ok(line)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let args = with_config(args)?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(read_secret_file(f, "API token")?),
+        (None, None) => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+    }
+    .map(|t| Token::new(&t))
+    .transpose()?;
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        log::warn!(
+            "listening on {} without a token: anyone who can reach this address can use the API (set --token-file or ${TOKEN_ENV})",
+            args.listen
+        );
+    }
+    let workers = args
+        .workers
+        .map(|w| w as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let limits = Limits {
+        max_bytes: args.max_body_bytes,
+        max_pixels: args.max_pixels,
+        ..Limits::default()
+    };
+    let model_path = args.model.path()?;
+    let overrides = args.model.overrides()?;
+    glimpse_runtime::classifier::set_inference_threads(args.model.intra_threads as usize);
+    let loader: serve::Loader = Arc::new(move |p: &Path| Classifier::load(p, &overrides));
+
+    let camera = args
+        .source
+        .opener(limits)?
+        .map(|(open, reopen, describe)| CameraSetup {
+            open,
+            describe,
+            live: LiveOptions {
+                every: args.pace.every,
+                max_fps: args.pace.max_fps,
+                reopen,
+                ..LiveOptions::default()
+            },
+            debounce: args.events.debounce(),
+            limits,
+        });
+    let mqtt = match &args.mqtt_host {
+        None => None,
+        Some(host) => {
+            let client_id = args
+                .mqtt_client_id
+                .clone()
+                .unwrap_or_else(|| format!("glimpse-{}", hostname()));
+            let password = match &args.mqtt_password_file {
+                Some(f) => Some(read_secret_file(f, "MQTT password")?),
+                None => std::env::var(MQTT_PASSWORD_ENV).ok(),
+            };
+            let credentials = match (&args.mqtt_username, password) {
+                (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
+                (None, Some(_)) => bail!("an MQTT password was given without --mqtt-username"),
+                (None, None) => None,
+            };
+            Some(MqttConfig {
+                host: host.clone(),
+                port: args.mqtt_port,
+                topic: args
+                    .mqtt_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("glimpse/{}", serve::mqtt::node_id(&client_id))),
+                client_id,
+                credentials,
+                discovery_prefix: (!args.mqtt_no_discovery)
+                    .then(|| args.mqtt_discovery_prefix.clone()),
+                status_interval: Duration::from_secs_f64(args.mqtt_status_interval),
+            })
+        }
+    };
+    let opts = ServeOptions {
+        listen: args.listen,
+        token,
+        limits,
+        workers,
+        queue: args.queue,
+        max_connections: args.max_connections as usize,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        header_timeout: Duration::from_secs_f64(args.header_timeout),
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+        default_top_k: args.top_k as usize,
+        model_path,
+        loader,
+        probe: args.probe_image,
+        watch_model: (!args.no_watch).then(|| Duration::from_secs_f64(args.watch_interval)),
+        camera,
+        mqtt,
+    };
+    if args.check {
+        let loaded =
+            serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
+        println!(
+            "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}",
+            opts.model_path.display(),
+            loaded.sha256,
+            loaded.classifier.labels.len(),
+            opts.listen,
+            opts.workers,
+            opts.queue,
+            if opts.token.is_some() { "bearer token required" } else { "no token" },
+            opts.camera.as_ref().map(|c| format!(", camera {}", c.describe)).unwrap_or_default(),
+            opts.mqtt.as_ref().map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic)).unwrap_or_default(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    serve::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_become_options() {
+        let toml = r#"
+            listen = "0.0.0.0:9000"
+            top-k = 3
+            loop = true
+            no-watch = false
+            watch = ["cat", "dog"]
+            request-timeout = 2.5
+            [mqtt]
+            host = "localhost"
+            port = 1884
+        "#;
+        let args = config_to_args(Path::new("g.toml"), toml).unwrap();
+        assert_eq!(
+            args,
+            [
+                "--listen=0.0.0.0:9000",
+                "--loop",
+                "--mqtt-host=localhost",
+                "--mqtt-port=1884",
+                "--request-timeout=2.5",
+                "--top-k=3",
+                "--watch=cat,dog"
+            ]
+        );
+        let parsed = ServeCommand::try_parse_from(
+            std::iter::once("glimpse serve".to_string())
+                .chain(args.into_iter().filter(|a| a != "--loop"))
+                .chain(["--top-k".to_string(), "7".to_string()]),
+        )
+        .unwrap()
+        .args;
+        assert_eq!(parsed.listen.port(), 9000);
+        assert_eq!(parsed.top_k, 7, "the command line wins over the file");
+        assert_eq!(parsed.mqtt_port, 1884);
+        assert_eq!(
+            parsed.events.watch.as_deref(),
+            Some(&["cat".to_string(), "dog".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_settings_are_refused() {
+        let e = config_to_args(Path::new("g.toml"), "lisen = \"x\"").unwrap_err();
+        assert!(
+            e.to_string().contains("g.toml: unknown setting `lisen`"),
+            "{e}"
+        );
+        let e = config_to_args(Path::new("g.toml"), "config = \"other.toml\"").unwrap_err();
+        assert!(e.to_string().contains("unknown setting `config`"), "{e}");
+        let e = config_to_args(Path::new("g.toml"), "listen = ").unwrap_err();
+        assert!(e.to_string().starts_with("g.toml: "), "{e}");
+        let e = config_to_args(Path::new("g.toml"), "[mqtt]\nhost = { a = 1 }").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown setting `mqtt-host-a`"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The daemon's camera loop: the `stream::live` loop on its own thread, classifying with
+//! whatever model is current, keeping the latest result and broadcasting debounced
+//! state changes to `/v1/events` and MQTT.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::metrics::{Metrics, SourceLabels};
+use super::model::ModelSlot;
+use crate::stream::{
+    live, Classified, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
+};
+use crate::Limits;
+
+/// A camera (or folder, or raw stream) to classify continuously.
+pub struct CameraSetup {
+    pub open: Opener,
+    pub describe: String,
+    pub live: LiveOptions,
+    pub debounce: DebounceConfig,
+    pub limits: Limits,
+}
+
+/// The latest classified frame, as `GET /v1/latest` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latest {
+    pub frame: u64,
+    pub label: String,
+    pub index: usize,
+    pub probability: f32,
+    pub top: Vec<TopEntry>,
+    /// Seconds since the Unix epoch when the frame was classified.
+    pub time: f64,
+    pub latency_ms: f64,
+    pub fps: f64,
+    /// The debounced state at that frame (`None` until one is established).
+    pub state: Option<String>,
+    pub model_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopEntry {
+    pub label: String,
+    pub index: usize,
+    pub probability: f32,
+}
+
+/// A debounced change of state, as `/v1/events` and MQTT publish it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateEvent {
+    pub state: String,
+    pub previous: Option<String>,
+    pub confidence: f32,
+    pub frame: u64,
+    pub time: f64,
+    pub held_frames: u32,
+    pub held_ms: u64,
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the camera thread shares with the server.
+pub struct CameraShared {
+    pub latest: Mutex<Option<Latest>>,
+    pub events: broadcast::Sender<StateEvent>,
+    pub stats: Mutex<Stats>,
+    pub describe: String,
+}
+
+/// Starts the camera thread; it runs until `stop` is set (or a non-reopening source ends).
+pub fn spawn(
+    setup: CameraSetup,
+    model: Arc<ModelSlot>,
+    metrics: Arc<Metrics>,
+    shared: Arc<CameraShared>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Stats>> {
+    std::thread::Builder::new()
+        .name("camera".into())
+        .spawn(move || run(setup, &model, &metrics, &shared, stop))
+        .context("starting the camera thread")
+}
+
+fn run(
+    setup: CameraSetup,
+    model: &ModelSlot,
+    metrics: &Metrics,
+    shared: &CameraShared,
+    stop: Arc<AtomicBool>,
+) -> Stats {
+    let mut debouncer = Debouncer::new(setup.debounce.clone());
+    let mut last = Stats::default();
+    let account = |now: Stats, last: &mut Stats| {
+        metrics
+            .frames_captured
+            .inc_by(now.captured.saturating_sub(last.captured));
+        metrics
+            .frames_classified
+            .inc_by(now.classified.saturating_sub(last.classified));
+        metrics
+            .frames_dropped
+            .inc_by(now.dropped.saturating_sub(last.dropped));
+        for _ in last.errors..now.errors {
+            metrics.error("frame");
+        }
+        for _ in last.source_errors..now.source_errors {
+            metrics.error("camera");
+        }
+        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *last = now;
+    };
+    let limits = setup.limits;
+    let classify = |frame: &Frame| -> Result<(Latest, Duration)> {
+        // Each frame uses the model current when it starts; a reload takes effect on
+        // the next frame.
+        let loaded = model.get();
+        let c = &loaded.classifier;
+        let t0 = Instant::now();
+        let img = frame.to_rgb(&limits)?;
+        let (probs, _) = c.classify(&img)?;
+        let took = t0.elapsed();
+        let top: Vec<TopEntry> = c
+            .top_k(&probs, 5)
+            .into_iter()
+            .map(|r| TopEntry {
+                label: r.label.to_string(),
+                index: r.index,
+                probability: r.probability,
+            })
+            .collect();
+        let best = top.first().context("the model gives no classes")?.clone();
+        Ok((
+            Latest {
+                frame: frame.seq,
+                label: best.label,
+                index: best.index,
+                probability: best.probability,
+                top,
+                time: 0.0,
+                latency_ms: 0.0,
+                fps: 0.0,
+                state: None,
+                model_sha256: loaded.sha256.clone(),
+            },
+            took,
+        ))
+    };
+    let report = |c: Classified<(Latest, Duration)>| {
+        let (mut latest, took) = c.result;
+        metrics
+            .inference_seconds
+            .get_or_create(&SourceLabels { source: "camera" })
+            .observe(took.as_secs_f64());
+        let now = unix_now();
+        if let Some(e) = debouncer.update(&latest.label, latest.probability, Instant::now()) {
+            metrics.set_state(Some(&e.label), e.confidence);
+            let event = StateEvent {
+                state: e.label,
+                previous: e.previous,
+                confidence: e.confidence,
+                frame: c.frame.seq,
+                time: now,
+                held_frames: e.frames,
+                held_ms: e.held_ms,
+            };
+            log::info!(
+                "state: {} -> {} ({:.1}%)",
+                event.previous.as_deref().unwrap_or("-"),
+                event.state,
+                event.confidence * 100.0
+            );
+            // No subscriber is not an error.
+            let _ = shared.events.send(event);
+        } else if debouncer.state() == Some(latest.label.as_str()) {
+            metrics.confidence.set(latest.probability as f64);
+        }
+        latest.time = now;
+        latest.latency_ms = (c.latency.as_secs_f64() * 1e6).round() / 1e3;
+        latest.fps = (c.fps * 100.0).round() / 100.0;
+        latest.state = debouncer.state().map(str::to_string);
+        *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
+        account(c.stats, &mut last);
+    };
+    log::info!("camera: classifying {}", setup.describe);
+    let stats = live::run(setup.open, classify, report, &setup.live, stop);
+    account(stats, &mut last);
+    log::info!(
+        "camera stopped: {} frames captured, {} classified, {} dropped, {} failed",
+        stats.captured,
+        stats.classified,
+        stats.dropped,
+        stats.errors
+    );
+    stats
+}

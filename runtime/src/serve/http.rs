@@ -1,0 +1,575 @@
+//! The HTTP API: routes, authentication, limits, and JSON errors for every refusal.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+
+use super::auth::Token;
+use super::camera::CameraShared;
+use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
+use super::model::ModelSlot;
+use crate::{decode, DecodeError, Limits};
+
+/// Everything a request handler may touch.
+pub struct AppState {
+    pub model: Arc<ModelSlot>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<Token>,
+    /// `max_bytes` is the request body limit; `max_pixels`/`max_side` the image limits.
+    pub limits: Limits,
+    /// Requests admitted (running or waiting for a worker): workers + queue.
+    pub admission: Arc<Semaphore>,
+    /// Inferences running at once.
+    pub workers: Arc<Semaphore>,
+    pub request_timeout: Duration,
+    pub default_top_k: usize,
+    pub camera: Option<Arc<CameraShared>>,
+    /// False until the model is loaded, and again while draining for shutdown.
+    pub ready: AtomicBool,
+    pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+type Shared = Arc<AppState>;
+
+/// A refusal, always answered as `{"error": "...", "kind": "..."}`.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"error": self.message, "kind": self.kind})),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // Handlers do not see the metrics middleware's bookkeeping; the kind is counted
+        // there from this extension.
+        resp.extensions_mut().insert(ErrorKind(self.kind));
+        resp
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ErrorKind(&'static str);
+
+pub fn router(state: Shared) -> Router {
+    let body_limit = state.limits.max_bytes as usize;
+    let api = Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/model", get(model_info))
+        .route("/v1/latest", get(latest))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        // Multipart parsing reads this limit from the request; the body was already
+        // bounded by the same number when it was read.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The label under which a path is counted (a fixed set, so that scanners probing
+/// random paths cannot create unbounded metric series).
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/v1/classify" => "/v1/classify",
+        "/v1/model" => "/v1/model",
+        "/v1/latest" => "/v1/latest",
+        "/v1/events" => "/v1/events",
+        "/metrics" => "/metrics",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        _ => "other",
+    }
+}
+
+/// Counts every request by route and status, its latency, and error kinds.
+async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let route = route_name(req.uri().path());
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: resp.status().as_u16().to_string(),
+        })
+        .inc();
+    if route != "/v1/events" {
+        st.metrics
+            .request_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(t0.elapsed().as_secs_f64());
+    }
+    if let Some(ErrorKind(kind)) = resp.extensions().get::<ErrorKind>() {
+        st.metrics.error(kind);
+    }
+    resp
+}
+
+async fn authorize(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(refusal) = token.check(header) {
+            discard_body(req.into_body(), st.limits.max_bytes).await;
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal.message())
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<Shared>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        Json(json!({"status": "ready", "model_sha256": st.model.get().sha256})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "not ready (starting or shutting down)",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics_text(State(st): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
+    let m = st.model.get();
+    let c = &m.classifier;
+    let input = c.file.inputs.first().map(|i| i.to_string());
+    Json(json!({
+        "path": m.path.display().to_string(),
+        "sha256": m.sha256,
+        "size_bytes": m.size_bytes,
+        "loaded_at": m.loaded_at,
+        "input": input,
+        "preprocess": c.preprocess.to_string(),
+        "classes": c.labels.len(),
+        "labels": c.labels,
+    }))
+}
+
+async fn latest(State(st): State<Shared>) -> Result<Response, ApiError> {
+    let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+    let latest = cam.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match latest {
+        Some(l) => Ok(Json(l).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_frame",
+            "no frame has been classified yet",
+        )),
+    }
+}
+
+fn no_camera() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_camera",
+        "no camera is attached to this server (start it with --device, --images or --raw)",
+    )
+}
+
+/// Server-sent events: one `state` event per debounced change of state (the current
+/// state first, if there is one). Ends when the server shuts down.
+async fn events(State(st): State<Shared>) -> Result<Response, ApiError> {
+    let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+    let rx = cam.events.subscribe();
+    let current = cam
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|l| l.state.clone());
+    let first = current.map(|s| {
+        Ok::<_, Infallible>(
+            SseEvent::default()
+                .event("current")
+                .data(json!({"state": s}).to_string()),
+        )
+    });
+    let shutdown = st.shutdown.clone();
+    let changes = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut sd)| async move {
+        loop {
+            if *sd.borrow() {
+                return None;
+            }
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(ev) => {
+                        let data = serde_json::to_string(&ev).unwrap_or_default();
+                        return Some((Ok(SseEvent::default().event("state").data(data)), (rx, sd)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                changed = sd.changed() => if changed.is_err() { return None },
+            }
+        }
+    });
+    let stream = futures_util::stream::iter(first).chain(changes);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyParams {
+    top_k: Option<usize>,
+    threshold: Option<f32>,
+}
+
+/// `top_k` and `threshold`, checked.
+fn check_params(p: ClassifyParams, default_top_k: usize) -> Result<(usize, f32), ApiError> {
+    let top_k = p.top_k.unwrap_or(default_top_k);
+    if top_k == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "top_k must be at least 1",
+        ));
+    }
+    let threshold = p.threshold.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("threshold must be between 0 and 1, got {threshold}"),
+        ));
+    }
+    Ok((top_k, threshold))
+}
+
+/// Keeps the in-flight gauge right however the handler ends (including a client that
+/// hangs up, which drops the handler's future).
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+/// `POST /v1/classify`: the body is the image (any content type), or a multipart form
+/// whose `image` field (or first file) is.
+async fn classify(
+    State(st): State<Shared>,
+    params: Result<Query<ClassifyParams>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let checked = params
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("bad query: {}", e.body_text()),
+            )
+        })
+        .and_then(|Query(p)| check_params(p, st.default_top_k));
+    let (top_k, threshold) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            discard_body(req.into_body(), st.limits.max_bytes).await;
+            return Err(e);
+        }
+    };
+    let limit = st.limits.max_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large_body(len, limit));
+        }
+    }
+    // Admission before reading the body bounds memory to (workers + queue) bodies.
+    let Ok(admitted) = st.admission.clone().try_acquire_owned() else {
+        discard_body(req.into_body(), limit).await;
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in progress; retry later",
+            )
+        });
+    };
+    st.metrics.inflight.inc();
+    let _inflight = InFlight(&st.metrics);
+    let deadline = tokio::time::Instant::now() + st.request_timeout;
+
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    let (parts, body) = req.into_parts();
+    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "timed out reading the request body",
+            )
+        })??;
+    let image = if is_multipart {
+        let req = Request::from_parts(parts, Body::from(bytes));
+        multipart_image(req).await?
+    } else {
+        bytes
+    };
+    if image.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "empty body: send the image as the request body",
+        ));
+    }
+
+    let worker = tokio::time::timeout_at(deadline, st.workers.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "timed out waiting for a free worker",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "shutting down",
+            )
+        })?;
+    let loaded = st.model.get();
+    let limits = st.limits;
+    let job = tokio::task::spawn_blocking(move || {
+        // The permits travel with the work: a client that hangs up does not free a
+        // worker that is still busy with its image.
+        let _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (worker, admitted);
+        let t = Instant::now();
+        let img = decode::decode(&image, &limits)?;
+        let decode = t.elapsed();
+        let (probs, timings) = loaded
+            .classifier
+            .classify(&img)
+            .map_err(Failure::Inference)?;
+        Ok::<_, Failure>((loaded, probs, decode, timings))
+    });
+    let (loaded, probs, decode_time, timings) = match job.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(Failure::Decode(e))) if e.is_too_large() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                e.to_string(),
+            ))
+        }
+        Ok(Err(Failure::Decode(e))) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_image",
+                e.to_string(),
+            ))
+        }
+        Ok(Err(Failure::Inference(e))) => {
+            log::error!("inference failed: {e:#}");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference",
+                format!("{e:#}"),
+            ));
+        }
+        Err(e) => {
+            log::error!("inference panicked: {e}");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference",
+                "the model failed on this image",
+            ));
+        }
+    };
+    let took = decode_time + timings.preprocess + timings.inference;
+    st.metrics
+        .inference_seconds
+        .get_or_create(&SourceLabels { source: "http" })
+        .observe(took.as_secs_f64());
+    let c = &loaded.classifier;
+    let top = c.top_k(&probs, top_k);
+    let label = top
+        .first()
+        .filter(|r| r.probability >= threshold)
+        .map(|r| r.label);
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    Ok(Json(json!({
+        "label": label,
+        "top": top.iter().map(|r| json!({"label": r.label, "index": r.index, "probability": round6(r.probability)})).collect::<Vec<_>>(),
+        "latency_ms": ms(t0.elapsed()),
+        "decode_ms": ms(decode_time),
+        "preprocess_ms": ms(timings.preprocess),
+        "inference_ms": ms(timings.inference),
+        "model_sha256": loaded.sha256,
+    }))
+    .into_response())
+}
+
+/// An f32 probability as JSON without float-widening noise (0.95614, not 0.9561399817).
+fn round6(p: f32) -> f64 {
+    (p as f64 * 1e6).round() / 1e6
+}
+
+enum Failure {
+    Decode(DecodeError),
+    Inference(anyhow::Error),
+}
+
+impl From<DecodeError> for Failure {
+    fn from(e: DecodeError) -> Self {
+        Failure::Decode(e)
+    }
+}
+
+fn too_large_body(len: u64, limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body too large: {len} bytes (limit {limit} bytes)"),
+    )
+}
+
+/// Reads and drops a body the server refuses (up to `limit` bytes, for a few seconds),
+/// so that a client still uploading it receives the answer rather than a connection
+/// reset.
+async fn discard_body(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the body, refusing it as soon as it grows past `limit`.
+async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the request body: {e}"),
+            )
+        })?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(too_large_body((buf.len() + chunk.len()) as u64, limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The image in a multipart form: the field named `image`, else the first file.
+async fn multipart_image(req: Request) -> Result<Bytes, ApiError> {
+    let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| bad(format!("bad multipart form: {}", e.body_text())))?;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("bad multipart form: {}", e.body_text())))?
+    {
+        if field.name() == Some("image") || field.file_name().is_some() {
+            return field
+                .bytes()
+                .await
+                .map_err(|e| bad(format!("bad multipart form: {}", e.body_text())));
+        }
+    }
+    Err(bad(
+        "the multipart form has no `image` field and no file".into()
+    ))
+}

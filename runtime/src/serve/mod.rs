@@ -1,0 +1,402 @@
+//! `glimpse serve`: a headless classification daemon. An HTTP API (`http`) with bearer
+//! tokens (`auth`), limits and Prometheus metrics (`metrics`); an optional camera loop
+//! (`camera`) with debounced events over server-sent events and MQTT (`mqtt`); hot model
+//! reload with a probe (`model`); systemd readiness and watchdog; graceful shutdown.
+
+pub mod auth;
+pub mod camera;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod mqtt;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, watch, Semaphore};
+
+pub use auth::Token;
+pub use camera::CameraSetup;
+pub use model::Loader;
+pub use mqtt::MqttConfig;
+
+use camera::CameraShared;
+use http::AppState;
+use metrics::{Metrics, ResultLabels};
+use model::{FileStamp, ModelSlot};
+
+/// Everything `serve` needs, resolved from flags and the config file.
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    /// `max_bytes` bounds request bodies, `max_pixels`/`max_side` decoded images.
+    pub limits: crate::Limits,
+    /// Inferences at once.
+    pub workers: usize,
+    /// Requests that may wait for a worker; beyond, 503 with Retry-After.
+    pub queue: usize,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub header_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub default_top_k: usize,
+    pub model_path: PathBuf,
+    pub loader: Loader,
+    /// An image the model must classify before it is served (default: a built-in
+    /// pattern).
+    pub probe: Option<PathBuf>,
+    /// Poll the model file this often and reload when it changes.
+    pub watch_model: Option<Duration>,
+    pub camera: Option<CameraSetup>,
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns once in-flight requests are answered
+/// (or the drain timeout passed).
+pub fn run(opts: ServeOptions) -> Result<()> {
+    let started = Instant::now();
+    let first = model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
+    log::info!(
+        "loaded {} (sha256 {}) in {:.0} ms",
+        first.path.display(),
+        first.sha256,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The async side only moves bytes; inference runs on the blocking pool, bounded
+        // by the worker semaphore.
+        .worker_threads(2)
+        .max_blocking_threads(opts.workers + 2)
+        .thread_name("glimpse-serve")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(opts, first, started))
+}
+
+async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_model(&first.path.display().to_string(), &first.sha256);
+    let model_name = first
+        .path
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let slot = Arc::new(ModelSlot::new(first));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+
+    // The camera, if any, runs on its own thread from now on.
+    let camera_stop = Arc::new(AtomicBool::new(false));
+    let mut camera_thread = None;
+    let camera_shared = match opts.camera.take() {
+        Some(setup) => {
+            let shared = Arc::new(CameraShared {
+                latest: Mutex::new(None),
+                events: broadcast::channel(64).0,
+                stats: Mutex::new(Default::default()),
+                describe: setup.describe.clone(),
+            });
+            camera_thread = Some(camera::spawn(
+                setup,
+                slot.clone(),
+                metrics.clone(),
+                shared.clone(),
+                camera_stop.clone(),
+            )?);
+            Some(shared)
+        }
+        None => None,
+    };
+
+    let state = Arc::new(AppState {
+        model: slot.clone(),
+        metrics: metrics.clone(),
+        token: opts.token.clone(),
+        limits: opts.limits,
+        admission: Arc::new(Semaphore::new(opts.workers + opts.queue)),
+        workers: Arc::new(Semaphore::new(opts.workers)),
+        request_timeout: opts.request_timeout,
+        default_top_k: opts.default_top_k,
+        camera: camera_shared.clone(),
+        ready: AtomicBool::new(false),
+        shutdown: shutdown_rx.clone(),
+        started,
+    });
+
+    let mqtt_task = opts.mqtt.clone().map(|cfg| {
+        let st = state.clone();
+        let status: mqtt::StatusFn = Arc::new(move || status_document(&st));
+        tokio::spawn(mqtt::run(
+            cfg,
+            metrics.clone(),
+            camera_shared.as_ref().map(|c| c.events.subscribe()),
+            status,
+            model_name.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+    tokio::spawn(reloader(
+        slot.clone(),
+        metrics.clone(),
+        opts.loader.clone(),
+        opts.model_path.clone(),
+        opts.probe.clone(),
+        opts.watch_model,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(watchdog(shutdown_rx.clone()));
+    tokio::spawn(signals(shutdown_tx)).await.ok();
+
+    state.ready.store(true, Ordering::Release);
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("serving on {local}")),
+    ]);
+    // Tests and scripts read the address from this line (with --listen ...:0 the port
+    // is chosen by the system).
+    eprintln!(
+        "glimpse serve: listening on http://{local} (model {}{}{}{})",
+        opts.model_path.display(),
+        if opts.token.is_some() {
+            ", bearer token required"
+        } else {
+            ""
+        },
+        camera_shared
+            .as_ref()
+            .map(|c| format!(", camera {}", c.describe))
+            .unwrap_or_default(),
+        opts.mqtt
+            .as_ref()
+            .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic))
+            .unwrap_or_default(),
+    );
+
+    let graceful = accept_loop(
+        listener,
+        http::router(state.clone()),
+        &opts,
+        shutdown_rx.clone(),
+    )
+    .await;
+
+    // Draining: refuse readiness, answer what is in flight, then stop the rest.
+    state.ready.store(false, Ordering::Release);
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    let in_flight = graceful.count();
+    log::info!("shutting down: draining {in_flight} connection(s)");
+    if tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "drain timeout ({:.0} s) passed with connections still open; closing them",
+            opts.drain_timeout.as_secs_f64()
+        );
+    }
+    camera_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = mqtt_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
+    if let Some(t) = camera_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    eprintln!(
+        "glimpse serve: stopped after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Accepts connections until shutdown; returns the watcher of the open ones.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    opts: &ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> hyper_util::server::graceful::GracefulShutdown {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(opts.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Slow or silent clients (slowloris) lose their connection after the header timeout.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    log::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            log::warn!("{peer}: refused, {} connections open", opts.max_connections);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("{peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+    graceful
+}
+
+/// SIGTERM/SIGINT start the graceful shutdown; a second one ends the process at once.
+async fn signals(shutdown: watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install the signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        let _ = shutdown.send(true);
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("glimpse serve: second signal, exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+/// Reloads the model on SIGHUP and, with `watch`, when the file changes.
+async fn reloader(
+    slot: Arc<ModelSlot>,
+    metrics: Arc<Metrics>,
+    loader: Loader,
+    path: PathBuf,
+    probe: Option<PathBuf>,
+    watch_every: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::error!("cannot install the SIGHUP handler: reload by signal is off");
+        return;
+    };
+    let mut tick = tokio::time::interval(watch_every.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stamp = FileStamp::of(&path);
+    loop {
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick(), if watch_every.is_some() => {
+                let now = FileStamp::of(&path);
+                if now.is_none() || now == stamp {
+                    continue;
+                }
+                "the file changed"
+            }
+            _ = shutdown.changed() => return,
+        };
+        // Whatever the outcome, this version of the file has been tried.
+        stamp = FileStamp::of(&path);
+        let _ = sd_notify::notify(&[NotifyState::Reloading]);
+        log::info!("reloading {} ({why})", path.display());
+        let (l, p, pr) = (loader.clone(), path.clone(), probe.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || model::load_and_probe(&l, &p, pr.as_deref()))
+                .await
+                .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
+                .and_then(|r| r);
+        match outcome {
+            Ok(loaded) => {
+                let old = slot.get().sha256.clone();
+                let new = slot.replace(loaded);
+                metrics.set_model(&new.path.display().to_string(), &new.sha256);
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
+                eprintln!(
+                    "glimpse serve: reloaded {} (sha256 {} -> {}, {} classes)",
+                    path.display(),
+                    &old[..12],
+                    &new.sha256[..12],
+                    new.classifier.labels.len()
+                );
+            }
+            Err(e) => {
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabels { result: "failed" })
+                    .inc();
+                metrics.error("reload");
+                eprintln!(
+                    "glimpse serve: reload failed, still serving sha256 {}: {e:#}",
+                    &slot.get().sha256[..12]
+                );
+            }
+        }
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    }
+}
+
+/// Pings systemd's watchdog (`WatchdogSec=`) at half its period while the async runtime
+/// is alive: a wedged event loop stops the pings and systemd restarts the service.
+async fn watchdog(mut shutdown: watch::Receiver<bool>) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    log::info!("systemd watchdog: pinging every {:?}", period / 2);
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { let _ = sd_notify::notify(&[NotifyState::Watchdog]); }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The periodic MQTT status document.
+fn status_document(st: &AppState) -> serde_json::Value {
+    let model = st.model.get();
+    let camera = st.camera.as_ref().map(|c| {
+        let stats = *c.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = c.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        serde_json::json!({
+            "source": c.describe,
+            "frames": stats,
+            "state": latest.as_ref().and_then(|l| l.state.clone()),
+            "label": latest.as_ref().map(|l| l.label.clone()),
+            "probability": latest.as_ref().map(|l| l.probability),
+        })
+    });
+    serde_json::json!({
+        "uptime_s": st.started.elapsed().as_secs(),
+        "model": model.path.display().to_string(),
+        "model_sha256": model.sha256,
+        "camera": camera,
+        "time": camera::unix_now(),
+    })
+}

@@ -1,0 +1,231 @@
+//! MQTT publishing: debounced state changes (retained), periodic status, availability with
+//! a last will, and Home Assistant discovery; reconnects with backoff on its own task, so
+//! a lost broker never blocks classification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use super::camera::StateEvent;
+use super::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Base topic: `<topic>/state`, `<topic>/status`, `<topic>/availability`.
+    pub topic: String,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    /// Home Assistant discovery prefix (`homeassistant`); `None` turns discovery off.
+    pub discovery_prefix: Option<String>,
+    pub status_interval: Duration,
+}
+
+/// The status document published every `status_interval`.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// A name usable in topics and ids: letters, digits, `_` and `-`.
+pub fn node_id(s: &str) -> String {
+    let id: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "glimpse".into()
+    } else {
+        id
+    }
+}
+
+/// The Home Assistant discovery messages (topic, retained payload): a sensor for the
+/// state and one for its confidence, both tied to one device.
+pub fn discovery_messages(cfg: &MqttConfig, prefix: &str, model: &str) -> Vec<(String, String)> {
+    let node = node_id(&cfg.client_id);
+    let device = json!({
+        "identifiers": [format!("glimpse_{node}")],
+        "name": format!("glimpse {node}"),
+        "manufacturer": "glimpse",
+        "model": model,
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    });
+    let common = |name: &str, key: &str| {
+        json!({
+            "name": name,
+            "unique_id": format!("glimpse_{node}_{key}"),
+            "object_id": format!("glimpse_{node}_{key}"),
+            "state_topic": format!("{}/state", cfg.topic),
+            "availability_topic": format!("{}/availability", cfg.topic),
+            "device": device.clone(),
+        })
+    };
+    let mut state = common("State", "state");
+    state["value_template"] = json!("{{ value_json.state }}");
+    state["json_attributes_topic"] = json!(format!("{}/state", cfg.topic));
+    state["icon"] = json!("mdi:eye");
+    let mut confidence = common("Confidence", "confidence");
+    confidence["value_template"] = json!("{{ (value_json.confidence * 100) | round(1) }}");
+    confidence["unit_of_measurement"] = json!("%");
+    confidence["state_class"] = json!("measurement");
+    vec![
+        (
+            format!("{prefix}/sensor/{node}/state/config"),
+            state.to_string(),
+        ),
+        (
+            format!("{prefix}/sensor/{node}/confidence/config"),
+            confidence.to_string(),
+        ),
+    ]
+}
+
+/// Runs the MQTT client until `shutdown` turns true; then publishes `offline`.
+pub async fn run(
+    cfg: MqttConfig,
+    metrics: Arc<Metrics>,
+    mut events: Option<broadcast::Receiver<StateEvent>>,
+    status: StatusFn,
+    model_name: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let availability = format!("{}/availability", cfg.topic);
+    let state_topic = format!("{}/state", cfg.topic);
+    let status_topic = format!("{}/status", cfg.topic);
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_last_will(LastWill::new(
+        availability.clone(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some((user, pass)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), pass.clone());
+    }
+    // Messages wait here while the broker is away; beyond 64 they are dropped (and
+    // counted) rather than blocking anything.
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let publish = |topic: &str, qos: QoS, retain: bool, payload: String| {
+        match client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => {
+                metrics.mqtt_published.inc();
+            }
+            Err(e) => {
+                metrics.error("mqtt_dropped");
+                log::debug!("mqtt: dropped a message for {topic}: {e}");
+            }
+        };
+    };
+    let mut last_state: Option<String> = None;
+    let mut backoff = Duration::from_millis(500);
+    let mut down_since_logged = false;
+    let mut status_tick = tokio::time::interval(cfg.status_interval);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    log::info!(
+        "mqtt: connecting to {}:{} as {}",
+        cfg.host,
+        cfg.port,
+        cfg.client_id
+    );
+    loop {
+        tokio::select! {
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    log::info!("mqtt: connected to {}:{}", cfg.host, cfg.port);
+                    metrics.mqtt_connected.set(1);
+                    backoff = Duration::from_millis(500);
+                    down_since_logged = false;
+                    // Retained messages may be gone (a broker restarted without
+                    // persistence): publish everything a subscriber needs again.
+                    publish(&availability, QoS::AtLeastOnce, true, "online".into());
+                    if let Some(prefix) = &cfg.discovery_prefix {
+                        for (topic, payload) in discovery_messages(&cfg, prefix, &model_name) {
+                            publish(&topic, QoS::AtLeastOnce, true, payload);
+                        }
+                    }
+                    if let Some(s) = &last_state {
+                        publish(&state_topic, QoS::AtLeastOnce, true, s.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics.mqtt_connected.set(0);
+                    metrics.error("mqtt");
+                    if !down_since_logged {
+                        log::warn!("mqtt: {}:{}: {e}; reconnecting with backoff", cfg.host, cfg.port);
+                        down_since_logged = true;
+                    } else {
+                        log::debug!("mqtt: {}:{}: {e}", cfg.host, cfg.port);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+            received = async { match events.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            } } => match received {
+                Ok(event) => {
+                    let payload = serde_json::to_string(&event).unwrap_or_default();
+                    publish(&state_topic, QoS::AtLeastOnce, true, payload.clone());
+                    last_state = Some(payload);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    log::warn!("mqtt: skipped {n} state changes (publishing too slowly)");
+                }
+                Err(broadcast::error::RecvError::Closed) => events = None,
+            },
+            _ = status_tick.tick() => {
+                publish(&status_topic, QoS::AtMostOnce, false, status().to_string());
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Say goodbye if the broker is there; give it a moment, never more.
+    publish(&availability, QoS::AtLeastOnce, true, "offline".into());
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    metrics.mqtt_connected.set(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_ties_both_sensors_to_the_state_topic() {
+        let cfg = MqttConfig {
+            host: "localhost".into(),
+            port: 1883,
+            topic: "glimpse/shed".into(),
+            client_id: "shed cam".into(),
+            credentials: None,
+            discovery_prefix: Some("homeassistant".into()),
+            status_interval: Duration::from_secs(60),
+        };
+        let msgs = discovery_messages(&cfg, "homeassistant", "birds.onnx");
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].0, "homeassistant/sensor/shed_cam/state/config");
+        for (_, payload) in &msgs {
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(v["state_topic"], "glimpse/shed/state");
+            assert_eq!(v["availability_topic"], "glimpse/shed/availability");
+            assert_eq!(v["device"]["identifiers"][0], "glimpse_shed_cam");
+        }
+    }
+}

@@ -1,0 +1,1195 @@
+//! `glimpse serve` as users run it: the real daemon on a loopback port, a real HTTP client,
+//! real photos, a real MQTT broker (Debian's mosquitto), signals for reload and shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glimpse_e2e::{bin, classify_json, root, shipped_model, skip};
+use serde_json::Value;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A running `glimpse serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    /// Every stderr line so far.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(bin("glimpse"));
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("GLIMPSE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("glimpse serve starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("  [serve] {line}");
+                    if let Some(rest) = line.strip_prefix("glimpse serve: listening on http://") {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("glimpse serve did not start: {:#?}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no log line with {needle:?} within {timeout:?}: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "glimpse serve did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Status, headers of interest and JSON (or text) body of one request.
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    www_authenticate: Option<String>,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Reply {
+    let mut r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let h = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    };
+    let (retry_after, www_authenticate, content_type) = (
+        h("retry-after"),
+        h("www-authenticate"),
+        h("content-type").unwrap_or_default(),
+    );
+    Reply {
+        status: r.status().as_u16(),
+        retry_after,
+        www_authenticate,
+        content_type,
+        body: r.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn get(a: &ureq::Agent, url: &str, token: Option<&str>) -> Reply {
+    let mut req = a.get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    reply(req.call(), &format!("GET {url}"))
+}
+
+fn post(a: &ureq::Agent, url: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> Reply {
+    let mut req = a.post(url).header("Content-Type", content_type);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    reply(
+        req.send(body),
+        &format!("POST {url} ({} bytes)", body.len()),
+    )
+}
+
+fn sample(name: &str) -> PathBuf {
+    root().join("samples").join(name)
+}
+
+/// The error document every refusal carries.
+fn assert_error(r: &Reply, status: u16, kind: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["kind"], kind, "{}", r.body);
+    assert!(
+        v["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        r.body
+    );
+}
+
+/// The value of one sample line (`name{labels} value`) in a metrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+fn multipart(field: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "glimpse-test-boundary-7d0f";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn classifies_real_photos_with_auth_limits_and_json_errors() {
+    let server = Server::start(
+        &["--max-body-bytes", "2000000", "--max-pixels", "4000000"],
+        &[("GLIMPSE_TOKEN", TOKEN)],
+    );
+    let a = agent();
+    let t = Some(TOKEN);
+
+    // Health needs no token; everything else does.
+    assert_eq!(get(&a, &server.url("/healthz"), None).status, 200);
+    let ready = get(&a, &server.url("/readyz"), None);
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let coffee = std::fs::read(sample("coffee.png")).unwrap();
+    let r = post(&a, &server.url("/v1/classify"), None, "image/png", &coffee);
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(r.www_authenticate.as_deref(), Some("Bearer"));
+    let r = post(
+        &a,
+        &server.url("/v1/classify"),
+        Some("test-token-0123456789abcdeX"),
+        "image/png",
+        &coffee,
+    );
+    assert_error(&r, 401, "unauthorized");
+    assert_error(&get(&a, &server.url("/metrics"), None), 401, "unauthorized");
+    assert_error(
+        &get(&a, &server.url("/v1/model"), None),
+        401,
+        "unauthorized",
+    );
+
+    // Real photos: the same answer as `glimpse classify` gives for the same file.
+    let mut photos: Vec<PathBuf> = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
+        .iter()
+        .map(|n| sample(n))
+        .collect();
+    match glimpse_e2e::darknet_photos() {
+        Some(dir) => photos.extend(
+            ["dog.jpg", "eagle.jpg", "horses.jpg"]
+                .iter()
+                .map(|n| dir.join(n)),
+        ),
+        None => skip(
+            "serve: darknet photos",
+            "Debian's darknet package is not installed",
+        ),
+    }
+    let model = shipped_model();
+    for photo in &photos {
+        let bytes = std::fs::read(photo).unwrap();
+        let r = post(
+            &a,
+            &server.url("/v1/classify?top_k=3"),
+            t,
+            "application/octet-stream",
+            &bytes,
+        );
+        assert_eq!(r.status, 200, "{}: {}", photo.display(), r.body);
+        let got = r.json();
+        let want = classify_json(&model, photo);
+        assert_eq!(got["label"], want["label"], "{}", photo.display());
+        assert_eq!(got["top"].as_array().unwrap().len(), 3);
+        let (p, q) = (
+            got["top"][0]["probability"].as_f64().unwrap(),
+            want["top"][0]["probability"].as_f64().unwrap(),
+        );
+        assert!((p - q).abs() < 1e-5, "{}: {p} vs {q}", photo.display());
+        assert_eq!(got["model_sha256"].as_str().unwrap().len(), 64);
+    }
+    let r = post(&a, &server.url("/v1/classify"), t, "image/png", &coffee);
+    assert_eq!(r.json()["label"], "espresso");
+    assert_eq!(
+        r.json()["top"].as_array().unwrap().len(),
+        5,
+        "default top_k"
+    );
+
+    // Multipart upload, as `curl -F image=@photo` sends it.
+    let chelsea = std::fs::read(sample("chelsea.png")).unwrap();
+    let (ct, body) = multipart("image", "chelsea.png", &chelsea);
+    let r = post(&a, &server.url("/v1/classify?top_k=1"), t, &ct, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["label"],
+        classify_json(&model, &sample("chelsea.png"))["label"]
+    );
+    // A threshold above the top-1 probability: no label, the ranking still there.
+    let r = post(
+        &a,
+        &server.url("/v1/classify?threshold=0.99"),
+        t,
+        &ct,
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.json()["label"].is_null(), "{}", r.body);
+
+    // Refusals, each a JSON error with its kind.
+    // A body over the limit: refused from its Content-Length without being read (curl
+    // sends `Expect: 100-continue` for large uploads and gets the 413 at once) ...
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2500000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let (code, body) = read_response(&mut s);
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("\"kind\":\"too_large\""), "{body}");
+    // ... and a chunked body that grows past it while being read.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![0u8; 500_000];
+    for _ in 0..5 {
+        if write!(s, "{:x}\r\n", chunk.len()).is_err()
+            || s.write_all(&chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let (code, body) = read_response(&mut s);
+    assert_eq!(code, 413, "{body}");
+    let mut huge = Vec::new();
+    image::GrayImage::new(30_000, 2)
+        .write_to(
+            &mut std::io::Cursor::new(&mut huge),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    assert_error(
+        &post(&a, &server.url("/v1/classify"), t, "image/png", &huge),
+        413,
+        "too_large",
+    );
+    let readme = std::fs::read(root().join("README.md")).unwrap();
+    assert_error(
+        &post(&a, &server.url("/v1/classify"), t, "image/png", &readme),
+        400,
+        "bad_image",
+    );
+    let jpeg = std::fs::read(sample("rocket.jpg")).unwrap();
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify"),
+            t,
+            "image/jpeg",
+            &jpeg[..jpeg.len() / 3],
+        ),
+        400,
+        "bad_image",
+    );
+    assert_error(
+        &post(&a, &server.url("/v1/classify"), t, "image/png", b""),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify?top_k=0"),
+            t,
+            "image/png",
+            &coffee,
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify?top_k=x"),
+            t,
+            "image/png",
+            &coffee,
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify?threshold=2"),
+            t,
+            "image/png",
+            &coffee,
+        ),
+        400,
+        "bad_request",
+    );
+    let (ct, body) = multipart("notes", "", b"text");
+    let body_without_file = String::from_utf8(body)
+        .unwrap()
+        .replace("; filename=\"\"", "");
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify"),
+            t,
+            &ct,
+            body_without_file.as_bytes(),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &post(
+            &a,
+            &server.url("/v1/classify"),
+            t,
+            "multipart/form-data; boundary=x",
+            b"garbage",
+        ),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &get(&a, &server.url("/v1/classify"), t),
+        405,
+        "method_not_allowed",
+    );
+    assert_error(&get(&a, &server.url("/etc/passwd"), t), 404, "not_found");
+    assert_error(&get(&a, &server.url("/v1/latest"), t), 404, "no_camera");
+
+    // Malformed HTTP on a raw socket: an error answer, and the server goes on serving.
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET /healthz HTTP/9.9\r\n\r\n",
+        b"POST /v1/classify HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        post(&a, &server.url("/v1/classify"), t, "image/png", &coffee).json()["label"],
+        "espresso"
+    );
+
+    // The model as the server describes it.
+    let m = get(&a, &server.url("/v1/model"), t).json();
+    assert_eq!(m["classes"], 1000);
+    assert_eq!(m["labels"][967], "espresso");
+    assert!(m["preprocess"].as_str().unwrap().contains("224"), "{m}");
+
+    // Metrics: the official Prometheus client's strict OpenMetrics parser accepts them,
+    // and they count what happened.
+    let r = get(&a, &server.url("/metrics"), t);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.content_type.starts_with("application/openmetrics-text"),
+        "{}",
+        r.content_type
+    );
+    let text = r.body;
+    let ok = metric(
+        &text,
+        r#"glimpse_http_requests_total{route="/v1/classify",status="200"}"#,
+    )
+    .unwrap();
+    assert!(ok >= photos.len() as f64 + 4.0, "{ok}\n{text}");
+    assert_eq!(
+        metric(&text, r#"glimpse_errors_total{kind="too_large"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"glimpse_errors_total{kind="unauthorized"}"#),
+        Some(4.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            r#"glimpse_inference_duration_seconds_count{source="http"}"#
+        )
+        .unwrap()
+            >= ok,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("sha256=\"{}\"", m["sha256"].as_str().unwrap())),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "glimpse_inferences_in_flight"),
+        Some(0.0),
+        "{text}"
+    );
+    match glimpse_e2e::prometheus_python() {
+        Some(pythonpath) => {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("metrics.txt");
+            std::fs::write(&file, &text).unwrap();
+            let out = Command::new("python3")
+                .env("PYTHONPATH", &pythonpath)
+                .arg("-c")
+                .arg(
+                    "import sys\n\
+                     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om\n\
+                     fams = list(om(open(sys.argv[1]).read()))\n\
+                     print(len(fams), sum(len(f.samples) for f in fams))",
+                )
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the OpenMetrics parser refused /metrics: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let counts = String::from_utf8_lossy(&out.stdout);
+            let families: usize = counts.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(families >= 10, "{counts}");
+        }
+        None => skip(
+            "serve: /metrics validation",
+            "the prometheus-client wheel (or python3) is missing",
+        ),
+    }
+}
+
+/// An ONNX file that is not a model: the first 100 kB of one.
+fn truncated_model(to: &Path) {
+    let bytes = std::fs::read(shipped_model()).unwrap();
+    std::fs::write(to, &bytes[..100_000]).unwrap();
+}
+
+#[test]
+fn hot_reload_swaps_good_models_and_keeps_serving_on_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(root().join("models/fashion-mnist.onnx"), &model).unwrap();
+    let server = Server::start(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--watch-interval",
+            "0.2",
+        ],
+        &[],
+    );
+    let a = agent();
+    let coffee = std::fs::read(sample("coffee.png")).unwrap();
+    let before = get(&a, &server.url("/v1/model"), None).json();
+    assert_eq!(before["classes"], 10);
+
+    // A good model replaces the file (atomically, as `glimpse-train` writes): picked up
+    // by the watcher without a signal.
+    let staging = dir.path().join("staging.onnx");
+    std::fs::copy(shipped_model(), &staging).unwrap();
+    std::fs::rename(&staging, &model).unwrap();
+    server.wait_log("glimpse serve: reloaded", Duration::from_secs(30));
+    let after = get(&a, &server.url("/v1/model"), None).json();
+    assert_eq!(after["classes"], 1000);
+    assert_ne!(after["sha256"], before["sha256"]);
+    let r = post(&a, &server.url("/v1/classify"), None, "image/png", &coffee);
+    assert_eq!(r.json()["label"], "espresso");
+    assert_eq!(r.json()["model_sha256"], after["sha256"]);
+
+    // A broken file, then SIGHUP: refused, logged, counted; the old model keeps serving.
+    truncated_model(&staging);
+    std::fs::rename(&staging, &model).unwrap();
+    let failed = server.wait_log("reload failed", Duration::from_secs(30));
+    assert!(failed.contains("still serving"), "{failed}");
+    server.signal("HUP");
+    let t0 = Instant::now();
+    loop {
+        let text = get(&a, &server.url("/metrics"), None).body;
+        if metric(&text, r#"glimpse_model_reloads_total{result="failed"}"#) == Some(2.0) {
+            assert_eq!(
+                metric(&text, r#"glimpse_model_reloads_total{result="ok"}"#),
+                Some(1.0),
+                "{text}"
+            );
+            assert!(text.contains(after["sha256"].as_str().unwrap()), "{text}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "SIGHUP reload not counted: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = post(&a, &server.url("/v1/classify"), None, "image/png", &coffee);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["label"], "espresso");
+    assert_eq!(
+        get(&a, &server.url("/v1/model"), None).json()["sha256"],
+        after["sha256"]
+    );
+    assert_eq!(get(&a, &server.url("/readyz"), None).status, 200);
+}
+
+/// Reads one HTTP/1.1 response (headers and Content-Length body) from a raw socket.
+fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn sigterm_drains_the_request_in_flight_and_systemd_hears_about_it() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut server = Server::start(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut messages = String::new();
+    let mut buf = [0u8; 4096];
+    while !(messages.contains("READY=1") && messages.contains("WATCHDOG=1")) {
+        let n = notify.recv(&mut buf).expect("sd_notify messages arrive");
+        messages.push_str(&String::from_utf8_lossy(&buf[..n]));
+        messages.push('\n');
+    }
+
+    // Start a request and leave it half uploaded.
+    let coffee = std::fs::read(sample("coffee.png")).unwrap();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        coffee.len()
+    )
+    .unwrap();
+    let half = coffee.len() / 2;
+    s.write_all(&coffee[..half]).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    server.signal("TERM");
+    server.wait_log(
+        "shutting down: draining 1 connection",
+        Duration::from_secs(10),
+    );
+    // New connections are no longer accepted while the old one drains.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).is_err(),
+        "the listener is still open during the drain"
+    );
+    s.write_all(&coffee[half..]).unwrap();
+    let (code, body) = read_response(&mut s);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("espresso"), "{body}");
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    while let Ok(n) = notify.recv(&mut buf) {
+        messages.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if messages.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(messages.contains("STOPPING=1"), "{messages}");
+}
+
+#[test]
+fn load_test_1000_requests_at_concurrency_16() {
+    const REQUESTS: usize = 1000;
+    const CONCURRENCY: usize = 16;
+    let server = Server::start(&["--queue", "32"], &[]);
+    let photo = Arc::new(std::fs::read(sample("chelsea.png")).unwrap());
+    let url = server.url("/v1/classify?top_k=1");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (photo, url, next) = (photo.clone(), url.clone(), next.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                let mut results = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < REQUESTS {
+                    let t = Instant::now();
+                    let r = post(&a, &url, None, "image/png", &photo);
+                    results.push((r.status, t.elapsed(), r.json()["label"].clone()));
+                }
+                results
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(results.len(), REQUESTS, "lost responses");
+    let failed: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed[0]
+    );
+    assert!(
+        results.iter().all(|r| r.2 == results[0].2),
+        "answers differ under load"
+    );
+    let mut lat: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1e3).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "load test: {REQUESTS} requests, concurrency {CONCURRENCY}, chelsea.png on EfficientNet-Lite0: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, 0 errors",
+        REQUESTS as f64 / secs,
+        pct(0.5),
+        pct(0.99)
+    );
+    let text = get(&agent(), &server.url("/metrics"), None).body;
+    assert_eq!(
+        metric(
+            &text,
+            r#"glimpse_http_requests_total{route="/v1/classify",status="200"}"#
+        ),
+        Some(REQUESTS as f64)
+    );
+}
+
+#[test]
+fn overload_is_refused_with_503_and_retry_after() {
+    // One worker and no queue: of 8 simultaneous uploads of a large photo, some must
+    // be refused at once, and every answer is either a result or a clean 503.
+    let server = Server::start(&["--workers", "1", "--queue", "0"], &[]);
+    let photo = Arc::new(std::fs::read(sample("astronaut.png")).unwrap());
+    let url = server.url("/v1/classify");
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let replies: Vec<Reply> = (0..8)
+        .map(|_| {
+            let (photo, url, barrier) = (photo.clone(), url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                barrier.wait();
+                post(&a, &url, None, "image/png", &photo)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + refused.len(), 8);
+    assert!(
+        ok >= 1 && !refused.is_empty(),
+        "{ok} ok, {} refused",
+        refused.len()
+    );
+    for r in refused {
+        assert_error(r, 503, "overloaded");
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+    }
+    // And it recovers.
+    let r = post(&agent(), &url, None, "image/png", &photo);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A free loopback port (bound, then released for the broker to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(mosquitto: &Path, conf: &Path, port: u16) -> Broker {
+        let child = Command::new(mosquitto)
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
+    let Some(mosquitto) = glimpse_e2e::mosquitto() else {
+        skip("serve: MQTT", "Debian's mosquitto is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let mut broker = Some(Broker::start(&mosquitto, &conf, port));
+
+    // A subscriber that keeps (re)subscribing, as a home automation server would.
+    let (tx, rx) = mpsc::channel::<(String, String)>();
+    let mut opts = rumqttc::MqttOptions::new("glimpse-test-sub", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.subscribe("glimpse/test/#", rumqttc::QoS::AtLeastOnce);
+                    let _ = client.subscribe("homeassistant/#", rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let samples = root().join("samples");
+    let port_s = port.to_string();
+    let server = Server::start(
+        &[
+            "--images",
+            samples.to_str().unwrap(),
+            "--loop",
+            "--fps",
+            "4",
+            "--hold-frames",
+            "1",
+            "--threshold",
+            "0",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port_s,
+            "--mqtt-topic",
+            "glimpse/test",
+            "--mqtt-client-id",
+            "glimpse-under-test",
+            "--mqtt-status-interval",
+            "1",
+        ],
+        &[],
+    );
+
+    // Server-sent events: a `state` event per change of label.
+    let mut sse = TcpStream::connect(server.addr).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        sse,
+        "GET /v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut lines = BufReader::new(sse.try_clone().unwrap()).lines();
+    let mut states = Vec::new();
+    let mut saw_ok = false;
+    while states.len() < 3 {
+        let line = lines.next().expect("the event stream goes on").unwrap();
+        saw_ok |= line.starts_with("HTTP/1.1 200");
+        if let Some(data) = line.strip_prefix("data: ") {
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                if v.get("previous").is_some() {
+                    states.push(v["state"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(saw_ok);
+    assert!(states.windows(2).all(|w| w[0] != w[1]), "{states:?}");
+    let latest = get(&agent(), &server.url("/v1/latest"), None);
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    let latest = latest.json();
+    assert!(
+        latest["frame"].as_u64().is_some() && latest["top"].as_array().unwrap().len() == 5,
+        "{latest}"
+    );
+    let known: Vec<String> = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
+        .iter()
+        .map(|n| {
+            classify_json(&shipped_model(), &samples.join(n))["label"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        states.iter().all(|s| known.contains(s)),
+        "{states:?} vs {known:?}"
+    );
+
+    // MQTT: discovery, availability, state changes and status.
+    // Every message received, in order; `from` skips what came before a point in time.
+    let seen: std::cell::RefCell<Vec<(String, String)>> = Default::default();
+    let wait_for =
+        |what: &str, from: usize, pred: &dyn Fn(&str, &str) -> bool| -> (String, String) {
+            let t0 = Instant::now();
+            loop {
+                while let Ok(m) = rx.try_recv() {
+                    seen.borrow_mut().push(m);
+                }
+                if let Some(m) = seen.borrow().iter().skip(from).find(|(t, p)| pred(t, p)) {
+                    return m.clone();
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(40),
+                    "no MQTT message: {what}; got {:#?}",
+                    seen.borrow()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+    let (_, discovery) = wait_for("discovery", 0, &|t, _| {
+        t == "homeassistant/sensor/glimpse-under-test/state/config"
+    });
+    let discovery: Value = serde_json::from_str(&discovery).unwrap();
+    assert_eq!(discovery["state_topic"], "glimpse/test/state");
+    wait_for("online", 0, &|t, p| {
+        t == "glimpse/test/availability" && p == "online"
+    });
+    let (_, state) = wait_for("a state change", 0, &|t, _| t == "glimpse/test/state");
+    let state: Value = serde_json::from_str(&state).unwrap();
+    assert!(
+        known.contains(&state["state"].as_str().unwrap().to_string()),
+        "{state}"
+    );
+    wait_for("status", 0, &|t, p| {
+        t == "glimpse/test/status" && p.contains("model_sha256")
+    });
+
+    // The broker goes away and comes back: classification goes on meanwhile, and the
+    // messages flow again after the restart.
+    drop(broker.take());
+    let frames_before = latest["frame"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let during = get(&agent(), &server.url("/v1/latest"), None).json();
+    assert!(
+        during["frame"].as_u64().unwrap() > frames_before,
+        "classification stalled without the broker"
+    );
+    while let Ok(m) = rx.try_recv() {
+        seen.borrow_mut().push(m);
+    }
+    let restart = seen.borrow().len();
+    broker = Some(Broker::start(&mosquitto, &conf, port));
+    wait_for("online after the restart", restart, &|t, p| {
+        t == "glimpse/test/availability" && p == "online"
+    });
+    wait_for("a state change after the restart", restart, &|t, _| {
+        t == "glimpse/test/state"
+    });
+    let text = get(&agent(), &server.url("/metrics"), None).body;
+    assert_eq!(metric(&text, "glimpse_mqtt_connected"), Some(1.0), "{text}");
+    assert!(
+        metric(&text, "glimpse_frames_classified_total").unwrap() >= 3.0,
+        "{text}"
+    );
+    assert!(text.contains("glimpse_state{label="), "{text}");
+    drop(server);
+    drop(broker);
+}
+
+#[test]
+fn config_file_settings_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let conf = dir.path().join("glimpse.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"127.0.0.1:0\"\ntop-k = 2\ntoken-file = \"{}\"\nmodel = \"{}\"\n",
+            token_file.display(),
+            root().join("models/fashion-mnist.onnx").display()
+        ),
+    )
+    .unwrap();
+    // --check: settings and model validated, nothing served.
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("ok: would serve")
+            && stdout.contains("10 classes")
+            && stdout.contains("bearer token required"),
+        "{stdout}"
+    );
+    // The shipped default config is valid as it is.
+    let shipped = root().join("cross/packaging/glimpse.toml");
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--check", "--config"])
+        .arg(&shipped)
+        .args(["--model"])
+        .arg(shipped_model())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        shipped.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The file's settings apply, and the command line overrides them.
+    let server = Server::start(&["--config", conf.to_str().unwrap(), "--top-k", "3"], &[]);
+    let a = agent();
+    let shirt = {
+        let mut png = Vec::new();
+        image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([if (6..22).contains(&x) && y > 4 {
+                200
+            } else {
+                0
+            }])
+        })
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+        png
+    };
+    let r = post(
+        &a,
+        &server.url("/v1/classify"),
+        Some(TOKEN),
+        "image/png",
+        &shirt,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["top"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        post(&a, &server.url("/v1/classify"), None, "image/png", &shirt).status,
+        401
+    );
+
+    // Bad settings: clear errors naming the file, no server.
+    std::fs::write(&conf, "listen = \"nowhere\"\n").unwrap();
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--listen") && err.contains("glimpse.toml"),
+        "{err}"
+    );
+    std::fs::write(&conf, "colour = \"blue\"\n").unwrap();
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting `colour`"), "{err}");
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--token", "short", "--model"])
+        .arg(shipped_model())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
+    truncated_model(&dir.path().join("broken.onnx"));
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .arg(dir.path().join("broken.onnx"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("broken.onnx"), "{err}");
+}
+
+#[test]
+fn systemd_unit_is_valid() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        skip("serve: systemd unit", "systemd-analyze is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    // Verified as installed, with this build standing in for /usr/bin/glimpse.
+    let unit = std::fs::read_to_string(root().join("cross/packaging/glimpse.service")).unwrap();
+    assert!(
+        unit.contains("Type=notify")
+            && unit.contains("WatchdogSec=")
+            && unit.contains("DynamicUser=yes")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("glimpse.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/glimpse", bin("glimpse").to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
