@@ -381,39 +381,10 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
         400,
         "bad_request",
     );
-    assert_error(
-        &post(
-            &a,
-            &server.url("/v1/classify?top_k=0"),
-            t,
-            "image/png",
-            &coffee,
-        ),
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &post(
-            &a,
-            &server.url("/v1/classify?top_k=x"),
-            t,
-            "image/png",
-            &coffee,
-        ),
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &post(
-            &a,
-            &server.url("/v1/classify?threshold=2"),
-            t,
-            "image/png",
-            &coffee,
-        ),
-        400,
-        "bad_request",
-    );
+    for bad_query in ["top_k=0", "top_k=x", "threshold=2", "colour=red"] {
+        let url = server.url(&format!("/v1/classify?{bad_query}"));
+        assert_error(&post(&a, &url, t, "image/png", &coffee), 400, "bad_request");
+    }
     let (ct, body) = multipart("notes", "", b"text");
     let body_without_file = String::from_utf8(body)
         .unwrap()
@@ -1192,4 +1163,44 @@ fn systemd_unit_is_valid() {
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+}
+
+#[test]
+fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
+    let server = Server::start(&["--header-timeout", "1", "--request-timeout", "1"], &[]);
+    // Headers that never end (slowloris): the connection is closed after ~1 s.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+    // A body that stops halfway: 408 with a JSON error after ~1 s.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[0u8; 1000]).unwrap();
+    let (code, body) = read_response(&mut s);
+    assert_eq!(code, 408, "{body}");
+    assert!(body.contains("\"kind\":\"timeout\""), "{body}");
+    // Meanwhile and afterwards, others are served.
+    let coffee = std::fs::read(sample("coffee.png")).unwrap();
+    let r = post(
+        &agent(),
+        &server.url("/v1/classify"),
+        None,
+        "image/png",
+        &coffee,
+    );
+    assert_eq!(r.json()["label"], "espresso");
 }

@@ -108,7 +108,7 @@ impl Metrics {
         );
         r.register(
             "glimpse_errors",
-            "Failures by kind (bad_request, too_large, unauthorized, overloaded, timeout, inference, frame, reload, mqtt)",
+            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped",
             m.errors.clone(),
         );
         r.register(

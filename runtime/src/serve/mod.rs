@@ -149,17 +149,22 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
             shutdown_rx.clone(),
         ))
     });
+    // Registered before READY: an early SIGHUP must not end the process (its default).
+    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(reloader(
+        hup,
+        Reload {
+            loader: opts.loader.clone(),
+            path: opts.model_path.clone(),
+            probe: opts.probe.clone(),
+            watch_every: opts.watch_model,
+        },
         slot.clone(),
         metrics.clone(),
-        opts.loader.clone(),
-        opts.model_path.clone(),
-        opts.probe.clone(),
-        opts.watch_model,
         shutdown_rx.clone(),
     ));
     tokio::spawn(watchdog(shutdown_rx.clone()));
-    tokio::spawn(signals(shutdown_tx)).await.ok();
+    signals(shutdown_tx);
 
     state.ready.store(true, Ordering::Release);
     let _ = sd_notify::notify(&[
@@ -267,7 +272,8 @@ async fn accept_loop(
 }
 
 /// SIGTERM/SIGINT start the graceful shutdown; a second one ends the process at once.
-async fn signals(shutdown: watch::Sender<bool>) {
+/// (Must be called inside the runtime: the handlers are registered with it.)
+fn signals(shutdown: watch::Sender<bool>) {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -290,20 +296,28 @@ async fn signals(shutdown: watch::Sender<bool>) {
     });
 }
 
-/// Reloads the model on SIGHUP and, with `watch`, when the file changes.
-async fn reloader(
-    slot: Arc<ModelSlot>,
-    metrics: Arc<Metrics>,
+/// How a new model is obtained and when to look for one.
+struct Reload {
     loader: Loader,
     path: PathBuf,
     probe: Option<PathBuf>,
     watch_every: Option<Duration>,
+}
+
+/// Reloads the model on SIGHUP and, with `watch_every`, when the file changes.
+async fn reloader(
+    mut hup: tokio::signal::unix::Signal,
+    how: Reload,
+    slot: Arc<ModelSlot>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        log::error!("cannot install the SIGHUP handler: reload by signal is off");
-        return;
-    };
+    let Reload {
+        loader,
+        path,
+        probe,
+        watch_every,
+    } = how;
     let mut tick = tokio::time::interval(watch_every.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stamp = FileStamp::of(&path);
