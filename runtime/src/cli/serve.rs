@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use glimpse_runtime::serve::{self, CameraSetup, MqttConfig, ServeOptions, Token};
 use glimpse_runtime::stream::LiveOptions;
-use glimpse_runtime::{Classifier, Limits};
+use glimpse_runtime::{Classifier, Limits, OnnxFile};
 
 use super::camera::{EventArgs, PaceArgs, SourceArgs};
 use super::ModelArgs;
@@ -301,7 +301,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let model_path = args.model.path()?;
     let overrides = args.model.overrides()?;
     glimpse_runtime::classifier::set_inference_threads(args.model.intra_threads as usize);
-    let loader: serve::Loader = Arc::new(move |p: &Path| Classifier::load(p, &overrides));
+    let loader: serve::Loader =
+        Arc::new(move |bytes: &[u8]| Classifier::new(OnnxFile::from_bytes(bytes)?, &overrides));
 
     let camera = args
         .source

@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{decode, Classifier, Limits};
 
-/// Builds a classifier from a model file (with the user's overrides applied).
-pub type Loader = Arc<dyn Fn(&Path) -> Result<Classifier> + Send + Sync>;
+/// Builds a classifier from the bytes of a model file (with the user's overrides
+/// applied). Bytes, not a path: the file is read once, so the sha256 reported is the
+/// model's that is served even if the file changes meanwhile.
+pub type Loader = Arc<dyn Fn(&[u8]) -> Result<Classifier> + Send + Sync>;
 
 /// A loaded, probed model.
 pub struct Loaded {
@@ -52,7 +54,7 @@ impl FileStamp {
 pub fn load_and_probe(loader: &Loader, path: &Path, probe: Option<&Path>) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = hex(&Sha256::digest(&bytes));
-    let classifier = loader(path).with_context(|| format!("loading model {}", path.display()))?;
+    let classifier = loader(&bytes).with_context(|| format!("loading model {}", path.display()))?;
     let image = match probe {
         Some(p) => {
             let b =
