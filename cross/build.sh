@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds size-optimized release `glimpse` binaries (with the V4L2 camera code) for ARM
+# boards into cargo's usual target/<triple>/release/. Run cross/install-toolchain.sh first.
+#
+#   cross/build.sh [aarch64|armv7|all]        (default: all)
+#
+# Profile: the `release` profile with fat LTO, one codegen unit and stripped symbols (set
+# here through CARGO_PROFILE_RELEASE_*, so that host test builds stay quick). panic stays
+# `unwind`: the daemon turns a panic inside one inference into a 500 and keeps serving.
+# armv7: Debian's armhf std package is not always installable (its security index has been
+# seen broken); without it, std is built from Debian's rust-web-src (RUSTC_BOOTSTRAP=1,
+# -Zbuild-std, about 80 s more).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+which=("${1:-all}")
+[ "${which[0]}" = all ] && which=(aarch64 armv7)
+
+export CARGO_PROFILE_RELEASE_LTO=fat
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+export CARGO_PROFILE_RELEASE_STRIP=true
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=3
+
+for arch in "${which[@]}"; do
+  case "$arch" in
+    aarch64) triple=aarch64-unknown-linux-gnu; gnu=aarch64-linux-gnu ;;
+    armv7)   triple=armv7-unknown-linux-gnueabihf; gnu=arm-linux-gnueabihf ;;
+    *) echo "unknown target $arch (expected aarch64, armv7 or all)" >&2; exit 2 ;;
+  esac
+  extra=()
+  if [ ! -d "/usr/lib/rustlib/$triple/lib" ]; then
+    if [ ! -d /usr/lib/rustlib/src/rust/library ]; then
+      echo "$triple: neither Debian's std for it nor rust-web-src is installed (run cross/install-toolchain.sh)" >&2
+      exit 1
+    fi
+    export RUSTC_BOOTSTRAP=1
+    extra=(-Zbuild-std=std,panic_unwind)
+  fi
+  # bindgen (the camera's V4L2 bindings) must parse the target's headers, not the host's.
+  var="BINDGEN_EXTRA_CLANG_ARGS_${triple//-/_}"
+  headers=/usr/$gnu/include
+  [ -f "$headers/linux/videodev2.h" ] || headers=/usr/include/$gnu
+  export "$var=--target=$gnu -I$headers"
+  echo "=== $triple" >&2
+  start=$(date +%s)
+  cargo +debian build --release -j "${GLIMPSE_JOBS:-2}" -p glimpse-runtime --features camera \
+    --target "$triple" "${extra[@]}"
+  bin="target/$triple/release/glimpse"
+  echo "$bin: $(stat -c %s "$bin") bytes, built in $(( $(date +%s) - start )) s" >&2
+  unset RUSTC_BOOTSTRAP
+done
