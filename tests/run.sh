@@ -22,11 +22,21 @@ else
   echo "SKIPPED the V4L2 camera code: libclang is missing (apt-get install libclang-dev)" >> "$GLIMPSE_SKIP_LOG"
 fi
 status=0
-cargo test --release --workspace "${features[@]}" -j "${GLIMPSE_JOBS:-2}" "$@" || status=$?
+out="${TMPDIR:-/tmp}/glimpse-tests.$$"
+cargo test --release --workspace "${features[@]}" -j "${GLIMPSE_JOBS:-2}" "$@" 2>&1 | tee "$out" \
+  || status=${PIPESTATUS[0]}
+# One closing line for the whole workspace (cargo prints one per test binary), also kept in
+# $GLIMPSE_TEST_SUMMARY when set, for .ci/run to repeat at its very end.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+               END { printf "tests: %d passed, %d failed\n", p, f }' "$out")
+rm -f "$out"
 if [ -s "$GLIMPSE_SKIP_LOG" ]; then
   echo
   echo "=== tests skipped for missing data ==="
   sort -u "$GLIMPSE_SKIP_LOG"
 fi
 rm -f "$GLIMPSE_SKIP_LOG"
+echo
+echo "$summary"
+[ -n "${GLIMPSE_TEST_SUMMARY:-}" ] && echo "$summary" > "$GLIMPSE_TEST_SUMMARY"
 exit $status

@@ -1090,42 +1090,45 @@ fn config_file_settings_and_check() {
         401
     );
 
-    // Bad settings: clear errors naming the file, no server.
+    // Bad settings and models: clear errors naming the file, no server.
     std::fs::write(&conf, "listen = \"nowhere\"\n").unwrap();
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refuses(&["--config".as_ref(), conf.as_os_str()]);
     assert!(
         err.contains("--listen") && err.contains("glimpse.toml"),
         "{err}"
     );
     std::fs::write(&conf, "colour = \"blue\"\n").unwrap();
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refuses(&["--config".as_ref(), conf.as_os_str()]);
     assert!(err.contains("unknown setting `colour`"), "{err}");
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--token", "short", "--model"])
-        .arg(shipped_model())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
-    truncated_model(&dir.path().join("broken.onnx"));
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
-        .arg(dir.path().join("broken.onnx"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let model = shipped_model();
+    let err = serve_refuses(&[
+        "--token".as_ref(),
+        "short".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+    ]);
+    assert!(err.contains("too short"), "{err}");
+    let broken = dir.path().join("broken.onnx");
+    truncated_model(&broken);
+    let err = serve_refuses(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--model".as_ref(),
+        broken.as_os_str(),
+    ]);
     assert!(err.contains("broken.onnx"), "{err}");
+}
+
+/// Runs `glimpse serve ARGS`, which must refuse to start (exit 2); returns its stderr.
+fn serve_refuses(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(bin("glimpse"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
 }
 
 #[test]
