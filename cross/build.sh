@@ -12,6 +12,7 @@
 # -Zbuild-std, about 80 s more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cross/targets.sh
 
 which=("${1:-all}")
 [ "${which[0]}" = all ] && which=(aarch64 armv7)
@@ -22,30 +23,22 @@ export CARGO_PROFILE_RELEASE_STRIP=true
 export CARGO_PROFILE_RELEASE_OPT_LEVEL=3
 
 for arch in "${which[@]}"; do
-  case "$arch" in
-    aarch64) triple=aarch64-unknown-linux-gnu; gnu=aarch64-linux-gnu ;;
-    armv7)   triple=armv7-unknown-linux-gnueabihf; gnu=arm-linux-gnueabihf ;;
-    *) echo "unknown target $arch (expected aarch64, armv7 or all)" >&2; exit 2 ;;
-  esac
-  extra=()
-  if [ ! -d "/usr/lib/rustlib/$triple/lib" ]; then
-    if [ ! -d /usr/lib/rustlib/src/rust/library ]; then
-      echo "$triple: neither Debian's std for it nor rust-web-src is installed (run cross/install-toolchain.sh)" >&2
-      exit 1
-    fi
-    export RUSTC_BOOTSTRAP=1
-    extra=(-Zbuild-std=std,panic_unwind)
+  [ "$arch" != x86_64 ] || { echo "x86_64 is the host: cargo build --release" >&2; exit 2; }
+  target "$arch"
+  triple=$TRIPLE
+  if [ ${#STD_ARGS[@]} -gt 0 ] && [ ! -d /usr/lib/rustlib/src/rust/library ]; then
+    echo "$triple: neither Debian's std for it nor rust-web-src is installed (run cross/install-toolchain.sh)" >&2
+    exit 1
   fi
   # bindgen (the camera's V4L2 bindings) must parse the target's headers, not the host's.
   var="BINDGEN_EXTRA_CLANG_ARGS_${triple//-/_}"
-  headers=/usr/$gnu/include
-  [ -f "$headers/linux/videodev2.h" ] || headers=/usr/include/$gnu
-  export "$var=--target=$gnu -I$headers"
+  headers=/usr/$GNU/include
+  [ -f "$headers/linux/videodev2.h" ] || headers=/usr/include/$GNU
+  export "$var=--target=$GNU -I$headers"
   echo "=== $triple" >&2
   start=$(date +%s)
-  cargo +debian build --release -j "${GLIMPSE_JOBS:-2}" -p glimpse-runtime --features camera \
-    --target "$triple" "${extra[@]}"
+  env "${BOOTSTRAP[@]}" cargo +debian build --release -j "${GLIMPSE_JOBS:-2}" -p glimpse-runtime \
+    --features camera --target "$triple" "${STD_ARGS[@]}"
   bin="target/$triple/release/glimpse"
   echo "$bin: $(stat -c %s "$bin") bytes, built in $(( $(date +%s) - start )) s" >&2
-  unset RUSTC_BOOTSTRAP
 done

@@ -7,26 +7,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+. cross/targets.sh
 
 bash cross/install-toolchain.sh
 for f in cross/*.sh; do bash -n "$f"; done
 
 cd cross/smoke
-for triple in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
-  gnu=$( [ "$triple" = armv7-unknown-linux-gnueabihf ] && echo arm-linux-gnueabihf || echo aarch64-linux-gnu )
-  extra=()
-  if [ ! -d "/usr/lib/rustlib/$triple/lib" ]; then
-    extra=(-Zbuild-std=std,panic_unwind)
-    export RUSTC_BOOTSTRAP=1
-  fi
-  # armv7 takes its loader from the cross sysroot; aarch64 from the multiarch libc6:arm64
-  # (qemu 7.2 with a prefix hangs multi-threaded aarch64 programs).
-  prefix=$( [ "$triple" = armv7-unknown-linux-gnueabihf ] && echo "/usr/$gnu" || true )
-  out=$(QEMU_LD_PREFIX=$prefix timeout 120 cargo +debian run --quiet --release --target "$triple" "${extra[@]}")
-  unset RUSTC_BOOTSTRAP
-  echo "$triple: $out"
-  want=$( [ "$triple" = armv7-unknown-linux-gnueabihf ] && echo arm || echo aarch64 )
-  [[ "$out" == "glimpse-cross-smoke: $want ok"* ]] || { echo "$triple: unexpected output: $out" >&2; exit 1; }
+for arch in aarch64 armv7; do
+  target "$arch"
+  env "${BOOTSTRAP[@]}" cargo +debian build --quiet --release --target "$TRIPLE" "${STD_ARGS[@]}"
+  # The timeout catches a program hanging under qemu (see QEMU_PREFIX in targets.sh).
+  out=$(QEMU_LD_PREFIX=$QEMU_PREFIX env "${BOOTSTRAP[@]}" timeout 60 \
+    cargo +debian run --quiet --release --target "$TRIPLE" "${STD_ARGS[@]}")
+  echo "$TRIPLE: $out"
+  want=$( [ "$arch" = armv7 ] && echo arm || echo aarch64 )
+  [[ "$out" == "glimpse-cross-smoke: $want ok"* ]] || { echo "$TRIPLE: unexpected output: $out" >&2; exit 1; }
 done
 cd "$root"
 

@@ -15,6 +15,7 @@
 #   /usr/share/doc/glimpse/                             (README, model cards, token drop-in)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cross/targets.sh
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 out=target/packages
@@ -24,12 +25,9 @@ which=("${1:-all}")
 [ "${which[0]}" = all ] && which=(aarch64 armv7 x86_64)
 
 for arch in "${which[@]}"; do
-  case "$arch" in
-    aarch64) triple=aarch64-unknown-linux-gnu; deb=arm64; bin=target/$triple/release/glimpse ;;
-    armv7)   triple=armv7-unknown-linux-gnueabihf; deb=armhf; bin=target/$triple/release/glimpse ;;
-    x86_64)  triple=x86_64-unknown-linux-gnu; deb=amd64; bin=${GLIMPSE_HOST_BIN:-target/release/glimpse} ;;
-    *) echo "unknown target $arch (expected aarch64, armv7, x86_64 or all)" >&2; exit 2 ;;
-  esac
+  target "$arch"
+  triple=$TRIPLE deb=$DEB bin=target/$TRIPLE/release/glimpse
+  [ "$arch" = x86_64 ] && bin=${GLIMPSE_HOST_BIN:-target/release/glimpse}
   if [ ! -x "$bin" ]; then
     [ "${1:-all}" = all ] && { echo "skipping $arch: $bin is not built" >&2; continue; }
     echo "$bin is not built (cross/build.sh $arch)" >&2; exit 1

@@ -10,6 +10,7 @@
 # builds (cross/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cross/targets.sh
 
 host=target/release/glimpse
 [ -x "$host" ] || { echo "$host is not built (cargo build --release -p glimpse-runtime)" >&2; exit 1; }
@@ -22,26 +23,18 @@ trap 'rm -rf "$work"' EXIT
 status=0
 rows=()
 for arch in "${which[@]}"; do
-  case "$arch" in
-    aarch64) triple=aarch64-unknown-linux-gnu; gnu=aarch64-linux-gnu
-             qemu=(qemu-aarch64-static -cpu cortex-a72) ;;
-    armv7)   triple=armv7-unknown-linux-gnueabihf; gnu=arm-linux-gnueabihf
-             qemu=(qemu-arm-static -cpu cortex-a15)
-             # Under qemu tract reads the host's /proc/cpuinfo: say NEON is there, as
-             # on every Pi 2 and later, so that the NEON kernels are what is checked.
-             export TRACT_CPU_ARM32_NEON=true ;;
-    *) echo "unknown target $arch" >&2; exit 2 ;;
-  esac
+  [ "$arch" != x86_64 ] || { echo "x86_64 is the reference, not a target to verify" >&2; exit 2; }
+  target "$arch"
+  triple=$TRIPLE
+  # Under qemu tract reads the host's /proc/cpuinfo: say NEON is there, as on every Pi 2
+  # and later, so that the NEON kernels are what is checked on armv7.
+  [ "$arch" = armv7 ] && export TRACT_CPU_ARM32_NEON=true
   bin=target/$triple/release/glimpse
   if [ ! -x "$bin" ]; then
     [ "${1:-all}" = all ] && { echo "skipping $arch: $bin is not built" >&2; continue; }
     echo "$bin is not built (cross/build.sh $arch)" >&2; exit 1
   fi
-  # armv7 has no multiarch libc on the host (see install-toolchain.sh): qemu takes the
-  # loader from the cross sysroot. aarch64 uses the multiarch libc6:arm64 instead, because
-  # qemu 7.2 with a prefix (-L) hangs multi-threaded aarch64 programs.
-  if [ "$arch" = armv7 ]; then export QEMU_LD_PREFIX=/usr/$gnu; else unset QEMU_LD_PREFIX; fi
-  run() { "${qemu[@]}" "$bin" "$@"; }
+  run() { QEMU_LD_PREFIX=$QEMU_PREFIX "${QEMU[@]}" "$bin" "$@"; }
   run classify samples/ -f json -k 5 > "$work/$arch.jsonl"
   run info > "$work/$arch.info"
   run camera --list > "$work/$arch.camera" 2>&1 || true
