@@ -31,6 +31,27 @@ pub mod keys {
     pub const VERSION: &str = "glimpse.version";
     pub const SOURCE: &str = "glimpse.source";
     pub const LICENSE: &str = "glimpse.license";
+
+    /// Every key above.
+    pub const ALL: &[&str] = &[
+        FORMAT,
+        LABELS,
+        INPUT_SIZE,
+        RESIZE,
+        RESIZE_SHORT,
+        LETTERBOX_FILL,
+        MEAN,
+        STD,
+        SCALE,
+        OFFSET,
+        CHANNELS,
+        LAYOUT,
+        OUTPUT,
+        NAME,
+        VERSION,
+        SOURCE,
+        LICENSE,
+    ];
 }
 
 /// What the model's output tensor holds.
@@ -240,28 +261,9 @@ impl BundleMeta {
         meta.version = get(keys::VERSION).map(str::to_string);
         meta.source = get(keys::SOURCE).map(str::to_string);
         meta.license = get(keys::LICENSE).map(str::to_string);
-        const KNOWN: &[&str] = &[
-            keys::FORMAT,
-            keys::LABELS,
-            keys::INPUT_SIZE,
-            keys::RESIZE,
-            keys::RESIZE_SHORT,
-            keys::LETTERBOX_FILL,
-            keys::MEAN,
-            keys::STD,
-            keys::SCALE,
-            keys::OFFSET,
-            keys::CHANNELS,
-            keys::LAYOUT,
-            keys::OUTPUT,
-            keys::NAME,
-            keys::VERSION,
-            keys::SOURCE,
-            keys::LICENSE,
-        ];
         meta.extra = map
             .iter()
-            .filter(|(k, _)| !KNOWN.contains(k))
+            .filter(|(k, _)| !keys::ALL.contains(k))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Ok(meta)

@@ -99,6 +99,9 @@ impl Classifier {
                 input
             );
         }
+        if let Some((name, count)) = file.non_finite_weights() {
+            bail!("expected finite weights, got {count} non-finite values (NaN or infinity) in initializer {name:?}");
+        }
         let preprocess = resolve_preprocess(&file.meta, overrides, &input.dims)?;
         let want = preprocess.shape(1);
         if input.dims.len() == 4 {
@@ -119,47 +122,62 @@ impl Classifier {
             bail!("expected a 4-D image input (NCHW or NHWC), got {input}");
         }
 
-        let model = tract_onnx::onnx()
-            .model_for_proto_model(&file.proto)
-            .context("invalid ONNX graph")?;
-        // tract parses unknown ops into placeholders and only fails later with a generic
-        // message; name them up front.
-        let unsupported: Vec<String> = model
-            .nodes()
-            .iter()
-            .filter(|n| n.op.name().starts_with("Unimplemented"))
-            .map(|n| {
-                let op = file
-                    .graph()
-                    .node
-                    .iter()
-                    .find(|p| p.name == n.name)
-                    .map_or("?", |p| p.op_type.as_str());
-                format!("{op} (node {:?})", n.name)
-            })
-            .collect();
-        ensure!(
-            unsupported.is_empty(),
-            "unsupported ONNX op: {} is not implemented by tract {}",
-            unsupported.join(", "),
-            TRACT_VERSION
-        );
-        let typed = model
-            .with_input_fact(0, f32::fact(want).into())
-            .context("setting the input shape")?
-            .into_optimized()
-            .context("analysing the ONNX graph")?;
-        let out_shape: Vec<usize> = typed
-            .output_fact(0)?
-            .shape
-            .as_concrete()
-            .context("model output shape is not fixed for a batch of 1")?
-            .to_vec();
-        let classes: usize = out_shape.iter().product();
-        ensure!(classes >= 1, "model output is empty (shape {out_shape:?})");
-        let plan = typed
-            .into_runnable()
-            .context("preparing the model to run")?;
+        file.check_graph()?;
+        // tract is not written for hostile input: a malformed graph it does not expect
+        // may panic inside it. Turn that into an error about this model (the checks
+        // above and `check_graph` catch the cases known from fuzzing up front).
+        let (plan, classes) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let model = tract_onnx::onnx()
+                .model_for_proto_model(&file.proto)
+                .context("invalid ONNX graph")?;
+            // tract parses unknown ops into placeholders and only fails later with a generic
+            // message; name them up front.
+            let unsupported: Vec<String> = model
+                .nodes()
+                .iter()
+                .filter(|n| n.op.name().starts_with("Unimplemented"))
+                .map(|n| {
+                    let op = file
+                        .graph()
+                        .node
+                        .iter()
+                        .find(|p| p.name == n.name)
+                        .map_or("?", |p| p.op_type.as_str());
+                    format!("{op} (node {:?})", n.name)
+                })
+                .collect();
+            ensure!(
+                unsupported.is_empty(),
+                "unsupported ONNX op: {} is not implemented by tract {}",
+                unsupported.join(", "),
+                TRACT_VERSION
+            );
+            let typed = model
+                .with_input_fact(0, f32::fact(want).into())
+                .context("setting the input shape")?
+                .into_optimized()
+                .context("analysing the ONNX graph")?;
+            let out_shape: Vec<usize> = typed
+                .output_fact(0)?
+                .shape
+                .as_concrete()
+                .context("model output shape is not fixed for a batch of 1")?
+                .to_vec();
+            let classes: usize = out_shape.iter().product();
+            ensure!(classes >= 1, "model output is empty (shape {out_shape:?})");
+            let plan = typed
+                .into_runnable()
+                .context("preparing the model to run")?;
+            Ok::<_, anyhow::Error>((plan, classes))
+        }))
+        .map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            anyhow::anyhow!("invalid ONNX graph: tract {TRACT_VERSION} failed on it ({what})")
+        })??;
 
         let labels = match overrides
             .labels
@@ -225,15 +243,22 @@ impl Classifier {
     /// Runs the model on an already preprocessed input tensor of one image; returns one
     /// probability per class.
     pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
-        Ok(self.to_probabilities(self.run_raw(input)?))
+        let raw = self.run_raw(input)?;
+        ensure!(
+            raw.iter().all(|v| v.is_finite()),
+            "the model gave non-finite outputs (NaN or infinity) for this image"
+        );
+        Ok(self.to_probabilities(raw))
     }
 
     /// The model's raw output (logits or probabilities, as the model gives them).
     pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .context("running the model")?;
+        // As when loading: a tract panic on a pathological model is this model's error.
+        let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.plan.run(tvec!(input.into()))
+        }))
+        .map_err(|_| anyhow::anyhow!("tract {TRACT_VERSION} failed while running the model"))?
+        .context("running the model")?;
         let view = outputs[0]
             .to_plain_array_view::<f32>()
             .context("reading the model output")?;

@@ -13,11 +13,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    remove_orphans(dir, name);
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-        ))
+        // The writer's pid in the name tells an orphan (its writer was killed before the
+        // rename) from another process's write in progress.
+        .prefix(&format!(".{name}.{}.", std::process::id()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
@@ -42,6 +43,46 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Removes temporary files of earlier writes of `name` whose writer no longer runs
+/// (killed between creating the temporary and renaming it).
+fn remove_orphans(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .filter(|f| f.ends_with(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            log::debug!(
+                "removing {}, left by a killed write",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Without /proc, assume the writer may still run: never remove another's file.
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +95,27 @@ mod tests {
         atomic_write(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn orphaned_temporaries_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        // pid 0 never runs a program; our parent (the test harness's shell or cargo) does.
+        let orphan = dir.path().join(".m.onnx.0.abc123.tmp");
+        let live = dir.path().join(format!(
+            ".m.onnx.{}.def456.tmp",
+            std::os::unix::process::parent_id()
+        ));
+        let other = dir.path().join(".other.onnx.0.abc123.tmp");
+        for f in [&orphan, &live, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        atomic_write(&p, b"whole").unwrap();
+        assert!(!orphan.exists());
+        assert!(live.exists() && other.exists());
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
     }
 
     #[cfg(unix)]

@@ -108,6 +108,65 @@ impl OnnxFile {
             .sum()
     }
 
+    /// Structural checks tract assumes rather than checks (it panics where they fail):
+    /// every graph output, in the main graph and in subgraphs, is produced by a node, an
+    /// input or an initializer.
+    pub fn check_graph(&self) -> Result<()> {
+        fn check(graph: &pb::GraphProto, outer: &std::collections::HashSet<&str>) -> Result<()> {
+            let mut known = outer.clone();
+            known.extend(graph.input.iter().map(|i| i.name.as_str()));
+            known.extend(graph.initializer.iter().map(|t| t.name.as_str()));
+            known.extend(
+                graph
+                    .node
+                    .iter()
+                    .flat_map(|n| n.output.iter().map(String::as_str)),
+            );
+            for out in &graph.output {
+                if !known.contains(out.name.as_str()) {
+                    bail!(
+                        "invalid ONNX graph: output {:?} of graph {:?} is not produced by any node, input or initializer",
+                        out.name,
+                        graph.name
+                    );
+                }
+            }
+            for node in &graph.node {
+                for attr in &node.attribute {
+                    for sub in attr.g.iter().chain(&attr.graphs) {
+                        check(sub, &known)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        check(self.graph(), &Default::default())
+    }
+
+    /// The first float initializer holding NaN or infinite values, with how many: such
+    /// weights (a diverged training run, a broken conversion) make every output NaN.
+    pub fn non_finite_weights(&self) -> Option<(&str, usize)> {
+        use pb::tensor_proto::DataType;
+        self.graph().initializer.iter().find_map(|t| {
+            let bad = match DataType::try_from(t.data_type) {
+                Ok(DataType::Float) if !t.raw_data.is_empty() => t
+                    .raw_data
+                    .chunks_exact(4)
+                    .filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+                    .count(),
+                Ok(DataType::Float) => t.float_data.iter().filter(|v| !v.is_finite()).count(),
+                Ok(DataType::Double) if !t.raw_data.is_empty() => t
+                    .raw_data
+                    .chunks_exact(8)
+                    .filter(|c| !f64::from_le_bytes((*c).try_into().unwrap_or([0; 8])).is_finite())
+                    .count(),
+                Ok(DataType::Double) => t.double_data.iter().filter(|v| !v.is_finite()).count(),
+                _ => 0,
+            };
+            (bad > 0).then_some((t.name.as_str(), bad))
+        })
+    }
+
     /// Opsets as `(domain, version)`, `ai.onnx` for the default domain.
     pub fn opsets(&self) -> Vec<(String, i64)> {
         self.proto

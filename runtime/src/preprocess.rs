@@ -44,6 +44,9 @@ pub enum Layout {
     Nhwc,
 }
 
+/// Largest model input width or height accepted.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
 /// Everything needed to turn a decoded RGB image into the model's input tensor.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
@@ -89,6 +92,14 @@ impl Preprocess {
                 self.width, self.height
             ));
         }
+        // A model (or a metadata key) asking for a gigapixel input would make every
+        // image allocate gigabytes; no image classifier needs more than this.
+        if self.width > MAX_INPUT_SIDE || self.height > MAX_INPUT_SIDE {
+            return Err(format!(
+                "expected an input size of at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}, got {}x{}",
+                self.width, self.height
+            ));
+        }
         if self.mean.len() != c || self.std.len() != c {
             return Err(format!(
                 "expected {c} mean and std values for {} input, got {} and {}",
@@ -101,8 +112,11 @@ impl Preprocess {
             return Err(format!("std values must be finite and non-zero, got {s}"));
         }
         if let Resize::CenterCrop { short_side } = self.resize {
-            if short_side == 0 {
-                return Err("center-crop short side must be positive".into());
+            if short_side == 0 || short_side > 2 * MAX_INPUT_SIDE {
+                return Err(format!(
+                    "center-crop short side must be between 1 and {}, got {short_side}",
+                    2 * MAX_INPUT_SIDE
+                ));
             }
         }
         Ok(())

@@ -116,6 +116,7 @@ pub fn router(state: Shared) -> Router {
         // Multipart parsing reads this limit from the request; the body was already
         // bounded by the same number when it was read.
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -157,6 +158,28 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
         st.metrics.error(kind);
     }
     resp
+}
+
+/// Request line and headers together beyond this are refused (431). hyper's buffer limit
+/// alone lets a large head through when it arrives in one read.
+const MAX_HEAD_BYTES: usize = 32 << 10;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let head = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEAD_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request line and headers are {head} bytes, the limit is {MAX_HEAD_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn authorize(State(st): State<Shared>, req: Request, next: Next) -> Response {

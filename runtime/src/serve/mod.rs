@@ -239,7 +239,13 @@ async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Slow or silent clients (slowloris) lose their connection after the header timeout.
     http.timer(TokioTimer::new())
-        .header_read_timeout(opts.header_timeout);
+        .header_read_timeout(opts.header_timeout)
+        // A client that shuts down its sending side after the request (`nc -N`, some
+        // scripts) still gets the answer.
+        .half_close(true)
+        // Request line and headers beyond 64 KiB are refused with 431 (hyper's default
+        // buffer is ~400 KiB per connection, a lot on a small board).
+        .max_buf_size(64 << 10);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
