@@ -126,7 +126,7 @@ impl Classifier {
         // tract is not written for hostile input: a malformed graph it does not expect
         // may panic inside it. Turn that into an error about this model (the checks
         // above and `check_graph` catch the cases known from fuzzing up front).
-        let (plan, classes) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (plan, classes) = guard_tract(|| {
             let model = tract_onnx::onnx()
                 .model_for_proto_model(&file.proto)
                 .context("invalid ONNX graph")?;
@@ -169,13 +169,8 @@ impl Classifier {
                 .into_runnable()
                 .context("preparing the model to run")?;
             Ok::<_, anyhow::Error>((plan, classes))
-        }))
-        .map_err(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+        })
+        .map_err(|what| {
             anyhow::anyhow!("invalid ONNX graph: tract {TRACT_VERSION} failed on it ({what})")
         })??;
 
@@ -254,11 +249,11 @@ impl Classifier {
     /// The model's raw output (logits or probabilities, as the model gives them).
     pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
         // As when loading: a tract panic on a pathological model is this model's error.
-        let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.plan.run(tvec!(input.into()))
-        }))
-        .map_err(|_| anyhow::anyhow!("tract {TRACT_VERSION} failed while running the model"))?
-        .context("running the model")?;
+        let outputs = guard_tract(|| self.plan.run(tvec!(input.into())))
+            .map_err(|what| {
+                anyhow::anyhow!("tract {TRACT_VERSION} failed while running the model ({what})")
+            })?
+            .context("running the model")?;
         let view = outputs[0]
             .to_plain_array_view::<f32>()
             .context("reading the model output")?;
@@ -297,6 +292,37 @@ impl Classifier {
 }
 
 /// Numerically stable softmax.
+thread_local! {
+    static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a call into tract), turning a panic inside it into `Err(message)`: tract
+/// panics on some malformed graphs instead of returning an error, and a bad model file
+/// must be reported as such, not crash the program or print a panic report. The panic
+/// hook installed on first use stays silent for these panics only and hands every other
+/// panic to the hook that was there before.
+fn guard_tract<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_TRACT.with(|g| g.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = IN_TRACT.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_TRACT.with(|g| g.set(was));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();

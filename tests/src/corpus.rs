@@ -508,6 +508,12 @@ fn model_cases() -> Vec<Case> {
             }),
         ),
         model(
+            "models/node-without-input.onnx",
+            Expect::Err("invalid ONNX graph"),
+            // Found by fuzzing: tract 0.23 panics on it (caught, and reported as this).
+            tiny_model(|m| graph(m).node[1].input.clear()),
+        ),
+        model(
             "models/dangling-input.onnx",
             Expect::Err("invalid ONNX graph"),
             tiny_model(|m| graph(m).node[2].input[1] = "missing_weights".into()),
