@@ -36,7 +36,10 @@ for f in ./usr/bin/glimpse ./usr/share/glimpse/models/efficientnet-lite0.onnx \
   grep -q " $f\$" <<<"$listing" || { echo "$deb lacks $f" >&2; exit 1; }
 done
 [ "$(dpkg-deb -f "$deb" Architecture)" = amd64 ]
-dpkg-deb --ctrl-tarfile "$deb" | tar -tf - | grep -q conffiles
+# Listed into a variable first: `grep -q` stopping at the first match would make tar's
+# next write fail with SIGPIPE, which pipefail turns into a failed check.
+control=$(dpkg-deb --ctrl-tarfile "$deb" | tar -tf -)
+grep -q conffiles <<<"$control"
 # The packaged binary finds the packaged model where it is installed.
 stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 dpkg-deb -x "$deb" "$stage"

@@ -291,7 +291,6 @@ impl Classifier {
     }
 }
 
-/// Numerically stable softmax.
 thread_local! {
     static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -323,6 +322,7 @@ fn guard_tract<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     })
 }
 
+/// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
