@@ -149,22 +149,13 @@ struct RawInput<'a> {
     data: &'a [u8],
 }
 
-const FORMATS: &[PixelFormat] = &[
-    PixelFormat::Yuyv,
-    PixelFormat::Nv12,
-    PixelFormat::I420,
-    PixelFormat::Rgb24,
-    PixelFormat::Grey,
-    PixelFormat::Mjpeg,
-];
-
 /// The raw frame stream reader and the pixel-format converters: one frame of any size,
 /// format and length converted to RGB, then the same bytes read as a raw stream.
 pub fn raw_frames(data: &[u8]) {
     let Ok(input) = RawInput::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let format = FORMATS[input.format as usize % FORMATS.len()];
+    let format = PixelFormat::ALL[input.format as usize % PixelFormat::ALL.len()];
     // Sizes up to 1024 a side keep each run fast; the arithmetic is the same.
     let size = (
         u32::from(input.width) % 1025,
@@ -256,9 +247,7 @@ pub fn http_answer(data: &[u8]) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let service = hyper_util::service::TowerToHyperService::new(app.app.clone());
         let conn = tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .max_buf_size(64 << 10)
+            let _ = glimpse_runtime::serve::connection_builder()
                 .serve_connection(hyper_util::rt::TokioIo::new(server), service)
                 .await;
         });

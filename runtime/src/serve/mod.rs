@@ -227,6 +227,19 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     Ok(())
 }
 
+/// How each HTTP/1 connection is served (the fuzz target for HTTP handling uses the same
+/// settings; the accept loop adds the header timeout).
+pub fn connection_builder() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client that shuts down its sending side after the request (`nc -N`, some
+    // scripts) still gets the answer.
+    http.half_close(true)
+        // Request line and headers beyond 64 KiB are refused with 431 (hyper's default
+        // buffer is ~400 KiB per connection, a lot on a small board).
+        .max_buf_size(64 << 10);
+    http
+}
+
 /// Accepts connections until shutdown; returns the watcher of the open ones.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
@@ -236,16 +249,10 @@ async fn accept_loop(
 ) -> hyper_util::server::graceful::GracefulShutdown {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(opts.max_connections));
-    let mut http = hyper::server::conn::http1::Builder::new();
+    let mut http = connection_builder();
     // Slow or silent clients (slowloris) lose their connection after the header timeout.
     http.timer(TokioTimer::new())
-        .header_read_timeout(opts.header_timeout)
-        // A client that shuts down its sending side after the request (`nc -N`, some
-        // scripts) still gets the answer.
-        .half_close(true)
-        // Request line and headers beyond 64 KiB are refused with 431 (hyper's default
-        // buffer is ~400 KiB per connection, a lot on a small board).
-        .max_buf_size(64 << 10);
+        .header_read_timeout(opts.header_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
