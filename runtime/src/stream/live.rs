@@ -131,10 +131,14 @@ impl Mailbox {
     fn take(&self, stop: &AtomicBool) -> Option<Frame> {
         let mut s = self.slot.lock().expect("mailbox lock");
         loop {
+            // A stop request wins over a waiting frame.
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
             if let Some(f) = s.frame.take() {
                 return Some(f);
             }
-            if s.ended || stop.load(Ordering::Relaxed) {
+            if s.ended {
                 return None;
             }
             // Timed, so a stop request is seen even when no frame comes.
@@ -296,7 +300,9 @@ pub fn run<P>(
                     stats: counters.snapshot(),
                 });
                 if opts.frames.is_some_and(|max| n >= max) {
-                    stop.store(true, Ordering::Relaxed);
+                    // Leave now: a frame already waiting in the mailbox must not be
+                    // classified and reported past the limit.
+                    break;
                 }
             }
             Err(e) => {
@@ -463,5 +469,34 @@ mod tests {
         assert_eq!(stats.classified, 10);
         assert!(stats.skipped >= 18, "{stats:?}");
         assert!(stats.captured < 1000, "stopped early: {stats:?}");
+    }
+
+    #[test]
+    fn frame_limit_is_exact_when_frames_keep_arriving() {
+        // A slow classifier and a fast source: a frame is always waiting when the limit
+        // is reached, and it must not be reported.
+        let mut reported = 0;
+        let stats = run(
+            || {
+                Ok(Box::new(Fake {
+                    seq: 0,
+                    n: 1000,
+                    period: Duration::from_millis(1),
+                    fail_at: None,
+                }) as Box<dyn FrameSource>)
+            },
+            |_| {
+                std::thread::sleep(Duration::from_millis(15));
+                Ok(())
+            },
+            |_| reported += 1,
+            &LiveOptions {
+                frames: Some(3),
+                ..LiveOptions::default()
+            },
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(reported, 3);
+        assert_eq!(stats.classified, 3);
     }
 }
