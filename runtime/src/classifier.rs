@@ -126,10 +126,14 @@ impl Classifier {
         // tract is not written for hostile input: a malformed graph it does not expect
         // may panic inside it. Turn that into an error about this model (the checks
         // above and `check_graph` catch the cases known from fuzzing up front).
+        let mut file = file;
         let (plan, classes) = guard_tract(|| {
             let model = tract_onnx::onnx()
                 .model_for_proto_model(&file.proto)
                 .context("invalid ONNX graph")?;
+            // tract has its own copy of the weights now; the optimizer makes another, so
+            // free this one first (the load's peak memory is three copies without it).
+            file.release_weights();
             // tract parses unknown ops into placeholders and only fails later with a generic
             // message; name them up front.
             let unsupported: Vec<String> = model
@@ -152,11 +156,11 @@ impl Classifier {
                 unsupported.join(", "),
                 TRACT_VERSION
             );
-            let typed = model
-                .with_input_fact(0, f32::fact(want).into())
-                .context("setting the input shape")?
-                .into_optimized()
-                .context("analysing the ONNX graph")?;
+            let typed = optimize(
+                model
+                    .with_input_fact(0, f32::fact(want).into())
+                    .context("setting the input shape")?,
+            )?;
             let out_shape: Vec<usize> = typed
                 .output_fact(0)?
                 .shape
@@ -193,6 +197,7 @@ impl Classifier {
             }
         };
         let output = overrides.output.or(file.meta.output);
+        release_freed_memory();
         Ok(Classifier {
             plan,
             file,
@@ -291,8 +296,37 @@ impl Classifier {
     }
 }
 
+/// Returns the memory freed after a model load (parsed protobuf, tract's intermediate
+/// models) to the system. glibc keeps freed heap memory for reuse otherwise, and the
+/// process would stay ~20 MB above what it needs for as long as it runs.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 thread_local! {
     static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Analyses and optimizes a model whose input shape is set, for running on this CPU.
+///
+/// Convolutions are moved channel-last first: tract's depthwise kernels vectorise over
+/// channels there (NEON on aarch64), and the channel moves between layers cancel out,
+/// leaving one at the input. EfficientNet-Lite0 ran ~20% faster for it on x86_64.
+pub fn optimize(model: InferenceModel) -> Result<TypedModel> {
+    let mut typed = model
+        .into_typed()
+        .context("analysing the ONNX graph")?
+        .into_decluttered()
+        .context("analysing the ONNX graph")?;
+    tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+        .context("tract has no conv_nhwc transform")?
+        .transform(&mut typed)
+        .context("moving convolutions channel-last")?;
+    typed.into_optimized().context("optimizing the ONNX graph")
 }
 
 /// Runs `f` (a call into tract), turning a panic inside it into `Err(message)`: tract

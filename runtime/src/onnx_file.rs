@@ -37,6 +37,8 @@ pub struct OnnxFile {
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
     pub size_bytes: u64,
+    /// The initializers' data was freed ([`Self::release_weights`]).
+    pub weights_released: bool,
 }
 
 impl OnnxFile {
@@ -77,6 +79,7 @@ impl OnnxFile {
             inputs,
             outputs,
             size_bytes: bytes.len() as u64,
+            weights_released: false,
             proto,
         })
     }
@@ -97,6 +100,24 @@ impl OnnxFile {
             *counts.entry(name).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// Frees the weight data of the main graph's initializers, keeping their names, types
+    /// and shapes (so [`Self::parameter_count`] and the summaries still work). For a
+    /// model already turned into a plan: the plan has its own copy, and keeping both
+    /// doubled the runtime's memory.
+    pub fn release_weights(&mut self) {
+        if let Some(graph) = self.proto.graph.as_mut() {
+            for t in &mut graph.initializer {
+                *t = pb::TensorProto {
+                    name: std::mem::take(&mut t.name),
+                    dims: std::mem::take(&mut t.dims),
+                    data_type: t.data_type,
+                    ..Default::default()
+                };
+            }
+        }
+        self.weights_released = true;
     }
 
     /// Number of weight values stored in the file.

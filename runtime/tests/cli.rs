@@ -213,6 +213,42 @@ fn folders_are_walked_recursively_and_only_images_taken() {
     );
 }
 
+#[test]
+fn parallel_jobs_keep_input_order_and_report_failures() {
+    // Twelve photos and a corrupt file among them: with 3 workers the output must be the
+    // sequential run's, in the same order, and the bad file reported without stopping it.
+    let dir = tempfile::tempdir().unwrap();
+    let photos = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"];
+    for i in 0..12 {
+        let name = photos[i % 4];
+        let ext = name.rsplit('.').next().unwrap();
+        std::fs::copy(
+            root().join("samples").join(name),
+            dir.path().join(format!("{i:02}.{ext}")),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("05b.jpg"), b"\xff\xd8\xff truncated").unwrap();
+    let folder = dir.path().display().to_string();
+    let run = |jobs: &str| {
+        let out = glimpse(&["classify", &folder, "-f", "json", "-k", "2", "--jobs", jobs]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("05b.jpg: "),
+            "{}",
+            text(&out.stderr)
+        );
+        json_lines(&out)
+            .iter()
+            .map(|r| (r["path"].as_str().unwrap().to_string(), top_labels(r)))
+            .collect::<Vec<_>>()
+    };
+    let sequential = run("1");
+    assert_eq!(sequential.len(), 12);
+    assert!(sequential[5].0.ends_with("05.png") && sequential[6].0.ends_with("06.png"));
+    assert_eq!(run("3"), sequential);
+}
+
 fn model_with(mutate: impl FnOnce(&mut pb::ModelProto)) -> Vec<u8> {
     let bytes = std::fs::read(root().join("models/efficientnet-lite0.onnx")).unwrap();
     let mut model = pb::ModelProto::decode(bytes.as_slice()).unwrap();

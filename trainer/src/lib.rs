@@ -9,6 +9,7 @@
 //! graphs.
 
 pub mod augment;
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod export;

@@ -544,3 +544,39 @@ fn shipped_fashion_mnist_model_meets_its_card() {
         );
     }
 }
+
+#[test]
+fn bench_times_training_steps_on_real_images() {
+    let Some(fm) = data() else { return };
+    let fm = fm.display().to_string();
+    let o = train(&[
+        "bench",
+        &fm,
+        "--width",
+        "0.25",
+        "--batch-size",
+        "16",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "-f",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["input"], serde_json::json!([16, 1, 28, 28]));
+    assert_eq!(r["classes"], 10);
+    assert_eq!(r["steps"], 3);
+    let steps = r["steps_per_second"].as_f64().unwrap();
+    let p50 = r["step_ms"]["p50"].as_f64().unwrap();
+    assert!(steps > 0.0 && p50 > 0.0, "{r}");
+    // A batch larger than the dataset is refused, naming the dataset.
+    let o = train(&["bench", &fm, "--batch-size", "1000000", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected at least 1000000 training images"),
+        "{}",
+        stderr(&o)
+    );
+}

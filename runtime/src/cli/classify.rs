@@ -1,14 +1,16 @@
 //! `glimpse classify`: inputs (files, folders, stdin) → ranked labels, one failure never
 //! stopping the run.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use glimpse_runtime::decode::{has_image_extension, DecodeError, EXTENSIONS};
-use glimpse_runtime::Limits;
+use glimpse_runtime::{Limits, Timings};
 
 use super::output::{Format, Record, Writer};
 use super::ModelArgs;
@@ -29,6 +31,10 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
+    /// Images classified at once, one per worker thread (default: one per CPU core).
+    /// The model is loaded once and shared; each worker adds its own activations.
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = Limits::default().max_pixels, help_heading = "Limits")]
     max_pixels: u64,
@@ -73,13 +79,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("{name}: {err:#}");
     };
 
-    for input in collect_inputs(&args.inputs, &mut report) {
-        let name = match &input {
+    let inputs = collect_inputs(&args.inputs, &mut report);
+    let jobs = args
+        .jobs
+        .map(|j| j as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, inputs.len().max(1));
+    log::info!("{} input(s), {jobs} worker(s)", inputs.len());
+    let classify = |input: &Input| {
+        read_input(input, &limits).and_then(|bytes| classifier.classify_bytes(&bytes, &limits))
+    };
+    let mut emit = |input: &Input, result: Result<(Vec<f32>, Timings)>| -> Result<()> {
+        let name = match input {
             Input::Stdin => "-".to_string(),
             Input::File(p) => p.display().to_string(),
         };
-        let result = read_input(&input, &limits)
-            .and_then(|bytes| classifier.classify_bytes(&bytes, &limits));
         match result {
             Ok((probs, timings)) => {
                 let top = classifier.top_k(&probs, args.top_k as usize);
@@ -93,11 +107,57 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Err(err) => report(&name, &err),
         }
+        Ok(())
+    };
+    if jobs == 1 {
+        for input in &inputs {
+            emit(input, classify(input))?;
+        }
+    } else {
+        in_parallel(&inputs, jobs, classify, &mut emit)?;
     }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    })
+}
+
+/// Runs `classify` on the inputs with `jobs` worker threads and hands the results to
+/// `emit` in input order (a result that comes early waits for the ones before it), so
+/// the output is the same as a sequential run's.
+fn in_parallel<R: Send>(
+    inputs: &[Input],
+    jobs: usize,
+    classify: impl Fn(&Input) -> R + Sync,
+    emit: &mut impl FnMut(&Input, R) -> Result<()>,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        // Bounded, so workers stay at most a few images ahead of a slow output.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, R)>(jobs * 2);
+        for _ in 0..jobs {
+            let (tx, next, classify) = (tx.clone(), &next, &classify);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(input) = inputs.get(i) else { break };
+                // A closed channel means the output failed: stop.
+                if tx.send((i, classify(input))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut waiting = BTreeMap::new();
+        let mut due = 0;
+        for (i, result) in rx {
+            waiting.insert(i, result);
+            while let Some(result) = waiting.remove(&due) {
+                emit(&inputs[due], result)?;
+                due += 1;
+            }
+        }
+        Ok(())
     })
 }
 

@@ -1,5 +1,6 @@
 //! Command-line interface of `glimpse-train`: one module per subcommand.
 
+mod bench;
 mod data_args;
 mod eval;
 mod import;
@@ -30,6 +31,9 @@ enum Command {
     /// Quantize an ONNX bundle to int8, calibrated on real images and gated on held-out
     /// ones.
     Quantize(quantize::Args),
+    /// Time training steps of a network on a batch of real images (steps/s, for
+    /// comparison with PyTorch).
+    Bench(bench::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -38,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Import(args) => import::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -204,14 +204,15 @@ impl Backbone {
             graph: Some(cut.graph.clone()),
             ..file.proto.clone()
         };
-        let plan = tract_onnx::onnx()
-            .model_for_proto_model(&proto)
-            .context("invalid backbone graph")?
-            .with_input_fact(0, f32::fact(preprocess.shape(1)).into())?
-            .into_optimized()
-            .context("analysing the backbone graph")?
-            .into_runnable()
-            .context("preparing the backbone to run")?;
+        let plan = glimpse_runtime::classifier::optimize(
+            tract_onnx::onnx()
+                .model_for_proto_model(&proto)
+                .context("invalid backbone graph")?
+                .with_input_fact(0, f32::fact(preprocess.shape(1)).into())?,
+        )
+        .context("analysing the backbone graph")?
+        .into_runnable()
+        .context("preparing the backbone to run")?;
         let name = file
             .meta
             .name
