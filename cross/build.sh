@@ -4,6 +4,9 @@
 #
 #   cross/build.sh [aarch64|armv7|all]        (default: all)
 #
+# Linking: with zig (installed by install-toolchain.sh), against glibc 2.17 via
+# cargo-zigbuild (GLIMPSE_GLIBC to change it), so one binary runs on JetPack 5 and 6 and
+# Pi OS bullseye and bookworm; without zig, with the cross gcc against this host's glibc.
 # Profile: the `release` profile with fat LTO, one codegen unit and stripped symbols (set
 # here through CARGO_PROFILE_RELEASE_*, so that host test builds stay quick). panic stays
 # `unwind`: the daemon turns a panic inside one inference into a 500 and keeps serving.
@@ -37,8 +40,18 @@ for arch in "${which[@]}"; do
   export "$var=--target=$GNU -I$headers"
   echo "=== $triple" >&2
   start=$(date +%s)
-  env "${BOOTSTRAP[@]}" cargo +debian build --release -j "${GLIMPSE_JOBS:-2}" -p glimpse-runtime \
-    --features camera --target "$triple" "${STD_ARGS[@]}"
+  # zig links against glibc $GLIBC (cargo-zigbuild's `<triple>.<glibc>` target); the
+  # binary still lands in target/<triple>/release/. Without zig: gcc and this host's glibc.
+  zig_ready
+  if [ "$ZIG" = 1 ]; then
+    build=(zigbuild --target "$triple.$GLIBC")
+  else
+    echo "$triple: zig is not installed (cross/install-toolchain.sh): linking with gcc, the binary needs this host's glibc" >&2
+    build=(build --target "$triple")
+  fi
+  env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
+    -p glimpse-runtime --features camera "${STD_ARGS[@]}"
   bin="target/$triple/release/glimpse"
-  echo "$bin: $(stat -c %s "$bin") bytes, built in $(( $(date +%s) - start )) s" >&2
+  glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+  echo "$bin: $(stat -c %s "$bin") bytes, needs $glibc, built in $(( $(date +%s) - start )) s" >&2
 done

@@ -3,7 +3,9 @@
 # (Ubuntu: the same package names): Debian's rustc-web (1.96) linked into rustup as the
 # `debian` toolchain, the aarch64 and armhf cross gcc with their sysroots, the aarch64 std
 # (multiarch), rust-web-src (to build std for a target whose package is missing: armv7),
-# libclang (bindgen for the camera code) and qemu-user-static.
+# libclang (bindgen for the camera code) and qemu-user-static; and zig with cargo-zigbuild
+# from PyPI (in a venv, $GLIMPSE_ZIG_VENV, default /opt/glimpse-zig) to link against glibc
+# 2.17 so that the binaries run on JetPack 5 and Pi OS bullseye too.
 #
 # armhf is deliberately not added as a dpkg architecture: its bookworm-security index has
 # been seen broken (size mismatch), which makes every `apt-get update` fail. The cross
@@ -61,5 +63,15 @@ if command -v rustup >/dev/null; then
   fi
 else
   say "rustup is missing: cross/build.sh runs 'cargo +debian' (install rustup, or call /usr/bin/cargo directly)"
+fi
+# zig as the linker with glibc 2.17 symbols (cargo-zigbuild), both from PyPI, pinned.
+zig_venv=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
+if ! "$zig_venv/bin/cargo-zigbuild" --version >/dev/null 2>&1 \
+   || ! "$zig_venv/bin/python" -m ziglang version >/dev/null 2>&1; then
+  say "installing zig and cargo-zigbuild (PyPI) into $zig_venv"
+  { python3 -m venv "$zig_venv" \
+    && "$zig_venv/bin/pip" install -q --disable-pip-version-check \
+       ziglang==0.17.1 cargo-zigbuild==0.24.0; } \
+    || say "zig could not be installed: cross/build.sh will link with gcc (glibc 2.34 needed on the board)"
 fi
 say "toolchain ready: $(/usr/bin/rustc --version)"

@@ -12,6 +12,19 @@
 #     STD_ARGS     cargo arguments to build std from rust-web-src when Debian's std package
 #                  for the target is not installed (armv7), run with RUSTC_BOOTSTRAP=1
 #                  (`env "${BOOTSTRAP[@]}" cargo ...` does that)
+# The glibc the ARM binaries are linked against when zig is installed (cargo-zigbuild):
+# 2.17 runs on every board glimpse supports (JetPack 5 has 2.31, Pi OS bullseye 2.31).
+GLIBC=${GLIMPSE_GLIBC:-2.17}
+ZIG_VENV=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
+# Sets ZIG=1 when cargo-zigbuild and zig are usable (their venv goes first in PATH).
+zig_ready() {
+  ZIG=0
+  if [ -x "$ZIG_VENV/bin/cargo-zigbuild" ] && "$ZIG_VENV/bin/python" -m ziglang version >/dev/null 2>&1; then
+    ZIG=1
+    case ":$PATH:" in *":$ZIG_VENV/bin:"*) ;; *) export PATH="$ZIG_VENV/bin:$PATH" ;; esac
+  fi
+}
+
 target() {
   case "$1" in
     aarch64) TRIPLE=aarch64-unknown-linux-gnu; GNU=aarch64-linux-gnu; DEB=arm64
