@@ -51,7 +51,7 @@ for arch in "${which[@]}"; do
   fi
   env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
     -p glimpse-runtime --features camera "${STD_ARGS[@]}"
-  bin="target/$triple/release/glimpse"
+  bin="${CARGO_TARGET_DIR:-target}/$triple/release/glimpse"
   glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
   echo "$bin: $(stat -c %s "$bin") bytes, needs $glibc, built in $(( $(date +%s) - start )) s" >&2
 done

@@ -31,7 +31,7 @@ zig_ready
 for arch in aarch64 armv7; do
   target "$arch"
   env "${BOOTSTRAP[@]}" cargo +debian zigbuild --quiet --release --target "$TRIPLE.$GLIBC" "${STD_ARGS[@]}"
-  bin=target/$TRIPLE/release/glimpse-cross-smoke
+  bin=${CARGO_TARGET_DIR:-target}/$TRIPLE/release/glimpse-cross-smoke
   need=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
   newest=$(printf '%s\n' "$need" "GLIBC_$GLIBC" | sort -V | tail -1)
   [ "$newest" = "GLIBC_$GLIBC" ] || { echo "$TRIPLE.$GLIBC: the binary needs $need" >&2; exit 1; }
