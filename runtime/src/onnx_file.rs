@@ -37,8 +37,6 @@ pub struct OnnxFile {
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
     pub size_bytes: u64,
-    /// The initializers' data was freed ([`Self::release_weights`]).
-    pub weights_released: bool,
 }
 
 impl OnnxFile {
@@ -79,7 +77,6 @@ impl OnnxFile {
             inputs,
             outputs,
             size_bytes: bytes.len() as u64,
-            weights_released: false,
             proto,
         })
     }
@@ -117,7 +114,6 @@ impl OnnxFile {
                 };
             }
         }
-        self.weights_released = true;
     }
 
     /// Number of weight values stored in the file.

@@ -6,15 +6,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use crate::model::ModelConfig;
+use crate::training::OptimConfig;
 
 /// Times `steps` training steps after `warmup` untimed ones, all on the batch `x`
-/// (`[N, C, H, W]`, flattened) with labels `y`. Returns one duration per timed step.
+/// (`[N, C, H, W]`, flattened) with labels `y`, with the optimizer `glimpse-train train`
+/// builds from `optim` at its base learning rate. Returns one duration per timed step.
 pub fn training_steps(
     model: &ModelConfig,
+    optim: &OptimConfig,
     x: Vec<f32>,
     shape: [usize; 4],
     y: Vec<i64>,
@@ -36,8 +39,7 @@ pub fn training_steps(
     let device = Device::flex().autodiff();
     device.seed(42);
     let mut net = model.init(&device);
-    // The defaults of `glimpse-train train` (AdamW, weight decay 5e-4, lr 2e-3).
-    let mut optim = AdamWConfig::new().with_weight_decay(5e-4).init();
+    let (lr, mut optimizer) = (optim.lr, optim.optimizer());
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let x = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
     let y = Tensor::<1, Int>::from_data(TensorData::new(y, [shape[0]]), &device);
@@ -49,7 +51,7 @@ pub fn training_steps(
         let l: f32 = loss.clone().into_scalar();
         ensure!(l.is_finite(), "training diverged at step {i} (loss {l})");
         let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(2e-3, net, grads);
+        net = optimizer.step(lr, net, grads);
         if i >= warmup {
             times.push(t0.elapsed());
         }
@@ -61,6 +63,7 @@ pub fn training_steps(
 mod tests {
     use super::*;
     use crate::model::Arch;
+    use crate::training::{Optimizer, Schedule};
 
     #[test]
     fn steps_are_timed_and_mismatched_batches_refused() {
@@ -71,10 +74,11 @@ mod tests {
             .map(|i| if i / 256 % 2 == 0 { -1.0 } else { 1.0 })
             .collect();
         let y = vec![0, 1, 0, 1];
-        let t = training_steps(&cfg, x.clone(), [n, 1, 16, 16], y.clone(), 1, 3).unwrap();
+        let optim = OptimConfig::new(Optimizer::Adamw, Schedule::Constant);
+        let t = training_steps(&cfg, &optim, x.clone(), [n, 1, 16, 16], y.clone(), 1, 3).unwrap();
         assert_eq!(t.len(), 3);
         assert!(t.iter().all(|d| *d > Duration::ZERO));
-        let err = training_steps(&cfg, x, [n, 1, 16, 16], vec![0, 1], 0, 1).unwrap_err();
+        let err = training_steps(&cfg, &optim, x, [n, 1, 16, 16], vec![0, 1], 0, 1).unwrap_err();
         assert!(err.to_string().contains("4 labels"), "{err}");
     }
 }

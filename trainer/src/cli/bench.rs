@@ -10,6 +10,7 @@ use fast_image_resize::Resizer;
 use glimpse_runtime::{Channels, Layout, Preprocess, Resize};
 use glimpse_trainer::data::{self, Format, LoadOptions};
 use glimpse_trainer::model::{Arch, ModelConfig};
+use glimpse_trainer::training::{OptimConfig, Optimizer, Schedule};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -94,9 +95,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         [height as usize, width as usize],
     )
     .with_width(args.width);
-    let times =
-        glimpse_trainer::bench::training_steps(&model, x, shape, y, args.warmup, args.steps)
-            .context("timing training steps")?;
+    // What `glimpse-train train` runs by default: AdamW, lr 2e-3, weight decay 5e-4.
+    let optim = OptimConfig::new(Optimizer::Adamw, Schedule::Constant)
+        .with_lr(2e-3)
+        .with_weight_decay(5e-4);
+    let times = glimpse_trainer::bench::training_steps(
+        &model,
+        &optim,
+        x,
+        shape,
+        y,
+        args.warmup,
+        args.steps,
+    )
+    .context("timing training steps")?;
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     let total: f64 = ms.iter().sum::<f64>() / 1e3;
     ms.sort_by(f64::total_cmp);
