@@ -343,6 +343,18 @@ mod tests {
         fail_at: Option<u64>,
     }
 
+    /// Opens a source of `n` frames, one a millisecond, that never fails.
+    fn every_ms(n: u64) -> impl FnMut() -> Result<Box<dyn FrameSource>> + Send + 'static {
+        move || {
+            Ok(Box::new(Fake {
+                seq: 0,
+                n,
+                period: Duration::from_millis(1),
+                fail_at: None,
+            }) as Box<dyn FrameSource>)
+        }
+    }
+
     impl FrameSource for Fake {
         fn describe(&self) -> String {
             "fake".into()
@@ -373,14 +385,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut latencies = Vec::new();
         let stats = run(
-            || {
-                Ok(Box::new(Fake {
-                    seq: 0,
-                    n: 200,
-                    period: Duration::from_millis(1),
-                    fail_at: None,
-                }) as Box<dyn FrameSource>)
-            },
+            every_ms(200),
             |f| {
                 std::thread::sleep(Duration::from_millis(20));
                 Ok(f.seq)
@@ -446,14 +451,7 @@ mod tests {
     fn every_and_frame_limit() {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = run(
-            || {
-                Ok(Box::new(Fake {
-                    seq: 0,
-                    n: 1000,
-                    period: Duration::from_millis(1),
-                    fail_at: None,
-                }) as Box<dyn FrameSource>)
-            },
+            every_ms(1000),
             |f| {
                 assert_eq!(f.seq % 3, 0, "only every 3rd frame");
                 Ok(())
@@ -477,14 +475,7 @@ mod tests {
         // is reached, and it must not be reported.
         let mut reported = 0;
         let stats = run(
-            || {
-                Ok(Box::new(Fake {
-                    seq: 0,
-                    n: 1000,
-                    period: Duration::from_millis(1),
-                    fail_at: None,
-                }) as Box<dyn FrameSource>)
-            },
+            every_ms(1000),
             |_| {
                 std::thread::sleep(Duration::from_millis(15));
                 Ok(())
