@@ -22,7 +22,8 @@ which=("${1:-all}")
 
 export CARGO_PROFILE_RELEASE_LTO=fat
 export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
-export CARGO_PROFILE_RELEASE_STRIP=true
+# GLIMPSE_STRIP=false keeps the symbols (to see what the bytes are: nm --size-sort).
+export CARGO_PROFILE_RELEASE_STRIP=${GLIMPSE_STRIP:-true}
 export CARGO_PROFILE_RELEASE_OPT_LEVEL=3
 
 for arch in "${which[@]}"; do
@@ -38,6 +39,9 @@ for arch in "${which[@]}"; do
   headers=/usr/$GNU/include
   [ -f "$headers/linux/videodev2.h" ] || headers=/usr/include/$GNU
   export "$var=--target=$GNU -I$headers"
+  # Size: dependencies at opt-level "s" but the crates an image goes through at 3 (see
+  # HOT_CRATES in targets.sh).
+  size_profile "$arch"
   echo "=== $triple" >&2
   start=$(date +%s)
   # zig links against glibc $GLIBC (cargo-zigbuild's `<triple>.<glibc>` target); the
@@ -49,7 +53,7 @@ for arch in "${which[@]}"; do
     echo "$triple: zig is not installed (cross/install-toolchain.sh): linking with gcc, the binary needs this host's glibc" >&2
     build=(build --target "$triple")
   fi
-  env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
+  env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" "${PROFILE_ARGS[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
     -p glimpse-runtime --features camera "${STD_ARGS[@]}"
   bin="${CARGO_TARGET_DIR:-target}/$triple/release/glimpse"
   glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)

@@ -13,6 +13,13 @@ root=$PWD
 bash cross/install-toolchain.sh
 for f in cross/*.sh; do bash -n "$f"; done
 
+# Every crate build.sh keeps at opt-level 3 is still in the board binary's dependencies.
+deps=$(cargo tree -p glimpse-runtime --features camera --target aarch64-unknown-linux-gnu \
+  -e normal --prefix none | sed 's/ .*//' | sort -u)
+for crate in "${HOT_CRATES[@]}" "${HOT_CRATES_ARMV7[@]}"; do
+  grep -qx "$crate" <<<"$deps" || { echo "HOT_CRATES: $crate is not a dependency of glimpse any more" >&2; exit 1; }
+done
+
 cd cross/smoke
 for arch in aarch64 armv7; do
   target "$arch"

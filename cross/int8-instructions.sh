@@ -11,6 +11,9 @@
 #
 # Method: `glimpse classify` on the image once and six times; the difference / 5 is the
 # cost of one classification (decode + preprocess + inference) without model loading.
+# With one worker (--jobs 1): the plugin's inline counter is one plain 64-bit add shared
+# by every guest thread, so threads running at once lose counts (two workers made one
+# classification look 25% cheaper than it is).
 set -euo pipefail
 
 PLUGIN_DIR="${GLIMPSE_QEMU_PLUGIN_DIR:-$HOME/.cache/glimpse-qemu-plugin}"
@@ -52,7 +55,7 @@ count() { # cpu model n
   for _ in $(seq "$n"); do images+=("$IMAGE"); done
   TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=$(part "$cpu") RUST_LOG=error \
   qemu-aarch64 -cpu "$cpu" -plugin "$PLUGIN,inline=on" -d plugin -D "$log" \
-    "$BIN" classify --model "$model" --top-k 1 "${images[@]}" >/dev/null
+    "$BIN" classify --jobs 1 --model "$model" --top-k 1 "${images[@]}" >/dev/null
   sed -n 's/^insns: //p' "$log"
   rm -f "$log"
 }

@@ -16,6 +16,27 @@
 # 2.17 runs on every board glimpse supports (JetPack 5 has 2.31, Pi OS bullseye 2.31).
 GLIBC=${GLIMPSE_GLIBC:-2.17}
 ZIG_VENV=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
+# The board binaries optimize every dependency for size (opt-level "s") but these, which
+# an image goes through (decoding, resizing, tract's kernels and tensors, model parsing),
+# at 3: a blanket "s" made inference 2.3x slower. The optsize attribute is per function,
+# so it survives fat LTO. check.sh fails when one is no longer a dependency (renamed or
+# replaced), which would silently put it at "s".
+HOT_CRATES=(tract-linalg tract-data ndarray matrixmultiply half num-traits smallvec
+  fast_image_resize image zune-jpeg zune-core png fdeflate miniz_oxide adler2 simd-adler32
+  crc32fast image-webp gif weezl moxcms pxfm bytemuck prost sha2)
+# tract-core (2.8 MB of the aarch64 binary at 3) is at "s" on aarch64, where the work is
+# in tract-linalg's NEON kernels (depthwise included): +0.3% instructions per image. On
+# armv7 tract has no depthwise kernel and tract-core's own loops do that work: at 3.
+HOT_CRATES_ARMV7=(tract-core)
+# Sets PROFILE_ARGS for target ARCH: cargo --config arguments for the opt-levels above.
+size_profile() {
+  PROFILE_ARGS=(--config 'profile.release.package."*".opt-level="s"')
+  local crate hot=("${HOT_CRATES[@]}")
+  [ "$1" != armv7 ] || hot+=("${HOT_CRATES_ARMV7[@]}")
+  for crate in "${hot[@]}"; do
+    PROFILE_ARGS+=(--config "profile.release.package.$crate.opt-level=3")
+  done
+}
 # Sets ZIG=1 when cargo-zigbuild and zig are usable (their venv goes first in PATH).
 zig_ready() {
   ZIG=0
