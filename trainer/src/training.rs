@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -126,6 +126,82 @@ impl OptimConfig {
                     }
             }
         }
+    }
+}
+
+/// The optimizer with what a step needs besides the model: the loss, the learning-rate
+/// schedule and the batches per epoch. Training from scratch and head training both step
+/// through it.
+pub struct Optimization {
+    pub optim: ModuleOptimizer,
+    loss_fn: CrossEntropyLoss,
+    cfg: OptimConfig,
+    steps_per_epoch: usize,
+    /// What diverged, for the error ("training", "head training").
+    what: &'static str,
+}
+
+/// What one optimizer step did.
+pub struct Stepped<M> {
+    pub model: M,
+    pub loss: f32,
+    /// How many of the batch the model had right before the step.
+    pub correct: usize,
+    /// The learning rate the step used.
+    pub lr: f64,
+}
+
+impl Optimization {
+    pub fn new(
+        cfg: &OptimConfig,
+        optim: ModuleOptimizer,
+        steps_per_epoch: usize,
+        device: &Device,
+        what: &'static str,
+    ) -> Self {
+        let loss_fn = CrossEntropyLossConfig::new()
+            .with_smoothing(cfg.label_smoothing)
+            .init(device);
+        Optimization {
+            optim,
+            loss_fn,
+            cfg: cfg.clone(),
+            steps_per_epoch,
+            what,
+        }
+    }
+
+    /// One step on batch `batch` of `epoch`, whose logits `model` computed: the loss
+    /// (refused when it is not finite: the run diverged), then the update at the rate the
+    /// schedule gives this batch.
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        logits: Tensor<2>, // [batch, classes]
+        y: Tensor<1, Int>, // [batch]
+        epoch: usize,
+        batch: usize,
+    ) -> Result<Stepped<M>> {
+        let loss = self.loss_fn.forward(logits.clone(), y.clone());
+        let l: f32 = loss.clone().into_scalar();
+        ensure!(
+            l.is_finite(),
+            "{} diverged at epoch {} (loss {l}); lower --lr",
+            self.what,
+            epoch + 1
+        );
+        let correct = count_correct(logits, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = self
+            .cfg
+            .learning_rate(epoch * self.steps_per_epoch + batch, self.steps_per_epoch);
+        let model = self.optim.step(lr, model, grads);
+        Ok(Stepped {
+            model,
+            loss: l,
+            correct,
+            lr,
+        })
     }
 }
 
@@ -431,11 +507,9 @@ pub fn train(
     let pp = &cfg.preprocess;
     let val_inputs = preprocess_all(val, pp);
     let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing(cfg.optim.label_smoothing)
-        .init(&device);
     let per: usize = pp.shape(1)[1..].iter().product();
     let steps_per_epoch = train.len().div_ceil(cfg.optim.batch_size);
+    let mut opt = Optimization::new(&cfg.optim, optim, steps_per_epoch, &device, "training");
     let started = Instant::now();
     let mut stopped_early = false;
 
@@ -481,21 +555,10 @@ pub fn train(
             let x = Tensor::<4>::from_data(TensorData::new(data, pp.shape(n)), &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
             let logits = model.forward(x);
-            let loss = loss_fn.forward(logits.clone(), y.clone());
-            let l: f32 = loss.clone().into_scalar();
-            ensure!(
-                l.is_finite(),
-                "training diverged at epoch {} (loss {l}); lower --lr",
-                epoch + 1
-            );
-            let c = count_correct(logits, y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = cfg
-                .optim
-                .learning_rate(epoch * steps_per_epoch + b, steps_per_epoch);
-            model = optim.step(lr, model, grads);
-            loss_sum += l as f64 * n as f64;
-            correct += c;
+            let step = opt.step(model, logits, y, epoch, b)?;
+            (model, lr) = (step.model, step.lr);
+            loss_sum += step.loss as f64 * n as f64;
+            correct += step.correct;
             seen += n;
             bar.inc(1);
             bar.set_prefix(format!(
@@ -545,7 +608,8 @@ pub fn train(
         }
         progress.history.push(stats);
         progress.epochs_done = epoch + 1;
-        let optim_bytes = optim
+        let optim_bytes = opt
+            .optim
             .into_bytes()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .to_vec();

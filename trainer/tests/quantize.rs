@@ -4,32 +4,14 @@
 //! refuses a model calibrated on one flat grey image.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use glimpse_e2e::{
-    compare, darknet_photos, fashion_mnist, fashion_mnist_classes, root, shipped_model, skip,
-    stderr, stdout, tract_and_onnxruntime,
+    compare, darknet_photos, fashion_mnist, fashion_mnist_classes, fashion_mnist_or_skip,
+    glimpse_train as train, root, shipped_model, skip, stderr, stdout, tract_and_onnxruntime,
 };
 use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
-
-fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn fm_or_skip(test: &str) -> Option<PathBuf> {
-    let fm = fashion_mnist();
-    if fm.is_none() {
-        skip(
-            test,
-            "Debian package dataset-fashion-mnist is not installed",
-        );
-    }
-    fm
-}
 
 /// Writes a few Fashion-MNIST test images as PNG files (what a user would classify).
 fn fashion_pngs(dir: &Path, n: usize) -> Vec<PathBuf> {
@@ -78,7 +60,9 @@ fn quantize_report(out: &Path) -> Value {
 #[test]
 fn fashion_mnist_int8_both_modes_keep_accuracy_and_run_on_onnxruntime() {
     let test = "fashion_mnist_int8_both_modes_keep_accuracy_and_run_on_onnxruntime";
-    let Some(fm) = fm_or_skip(test) else { return };
+    let Some(fm) = fashion_mnist_or_skip(test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let float = root().join("models/fashion-mnist.onnx");
     let classes = fashion_mnist_classes();
@@ -135,7 +119,9 @@ fn fashion_mnist_int8_both_modes_keep_accuracy_and_run_on_onnxruntime() {
 #[test]
 fn gate_refuses_a_model_calibrated_on_one_grey_image() {
     let test = "gate_refuses_a_model_calibrated_on_one_grey_image";
-    let Some(fm) = fm_or_skip(test) else { return };
+    let Some(fm) = fashion_mnist_or_skip(test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let calib = dir.path().join("calib");
     std::fs::create_dir(&calib).unwrap();
@@ -264,7 +250,9 @@ fn shipped_int8_models_meet_their_cards() {
     assert!(decided >= 2, "{decided} decided sample photos");
 
     // Fashion-MNIST: ≤ 30% of the float file, top-1 within 0.5 points on the test set.
-    let Some(fm) = fm_or_skip(test) else { return };
+    let Some(fm) = fashion_mnist_or_skip(test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut accuracy = Vec::new();
     for name in ["fashion-mnist.onnx", "fashion-mnist.int8.onnx"] {

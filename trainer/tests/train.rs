@@ -3,39 +3,28 @@
 //! the bundle, runs are reproducible, a killed run resumes, and bad datasets are refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::{
-    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, skip, stderr, stdout,
-    tract_and_onnxruntime,
+    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, fashion_mnist_or_skip,
+    glimpse_train as train, skip, stderr, stdout, tract_and_onnxruntime,
 };
 use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
 
 fn train_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_glimpse-train"));
+    let mut c = Command::new(bin("glimpse-train"));
     c.args(args);
     c
 }
 
-fn train(args: &[&str]) -> Output {
-    train_cmd(args).output().unwrap()
-}
-
 fn data() -> Option<PathBuf> {
-    let d = fashion_mnist();
-    if d.is_none() {
-        skip(
-            &format!(
-                "{}::{}",
-                module_path!(),
-                std::thread::current().name().unwrap_or("?")
-            ),
-            "Debian package dataset-fashion-mnist is not installed",
-        );
-    }
-    d
+    fashion_mnist_or_skip(&format!(
+        "{}::{}",
+        module_path!(),
+        std::thread::current().name().unwrap_or("?")
+    ))
 }
 
 fn report(model: &Path) -> Value {

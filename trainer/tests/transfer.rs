@@ -4,21 +4,14 @@
 //! ONNX Runtime agrees with, and a second run that takes every feature from the cache.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use glimpse_e2e::{
-    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, shipped_model, skip, stderr,
-    stdout, tract_and_onnxruntime,
+    bin, classify_json, compare, fashion_mnist, fashion_mnist_classes, glimpse_train as train,
+    shipped_model, skip, stderr, stdout, tract_and_onnxruntime,
 };
 use glimpse_runtime::{Classifier, Overrides};
 use serde_json::Value;
-
-fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse-train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Class names usable as folder names ("T-shirt/top" -> "T-shirt-top").
 fn class_names() -> Vec<String> {

@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use glimpse_runtime::Preprocess;
 use rand::seq::SliceRandom;
@@ -16,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::Augment;
-use crate::training::{count_correct, image_seed, EpochStats, OptimConfig};
+use crate::training::{count_correct, image_seed, EpochStats, OptimConfig, Optimization};
 
 #[derive(Config, Debug)]
 pub struct HeadConfig {
@@ -158,11 +157,14 @@ pub fn train(
     let device = Device::flex().autodiff();
     device.seed(cfg.optim.seed);
     let mut model = cfg.head.init(&device);
-    let mut optim = cfg.optim.optimizer();
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_smoothing(cfg.optim.label_smoothing)
-        .init(&device);
     let steps_per_epoch = xs.len().div_ceil(cfg.optim.batch_size);
+    let mut opt = Optimization::new(
+        &cfg.optim,
+        cfg.optim.optimizer(),
+        steps_per_epoch,
+        &device,
+        "head training",
+    );
     let started = Instant::now();
     let (mut history, mut best, mut best_epoch, mut best_loss, mut stale) =
         (Vec::new(), None, 0, f64::INFINITY, 0);
@@ -185,21 +187,10 @@ pub fn train(
         for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
             let logits = model.forward(batch(xs, idx, &device));
             let y = labels(ys, idx, &device);
-            let loss = loss_fn.forward(logits.clone(), y.clone());
-            let l: f32 = loss.clone().into_scalar();
-            ensure!(
-                l.is_finite(),
-                "head training diverged at epoch {} (loss {l}); lower --lr",
-                epoch + 1
-            );
-            let c = count_correct(logits, y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = cfg
-                .optim
-                .learning_rate(epoch * steps_per_epoch + b, steps_per_epoch);
-            model = optim.step(lr, model, grads);
-            loss_sum += l as f64 * idx.len() as f64;
-            correct += c;
+            let step = opt.step(model, logits, y, epoch, b)?;
+            (model, lr) = (step.model, step.lr);
+            loss_sum += step.loss as f64 * idx.len() as f64;
+            correct += step.correct;
         }
         let train_secs = t0.elapsed().as_secs_f64();
         let current = model.valid();
