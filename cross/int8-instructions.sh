@@ -3,7 +3,9 @@
 # qemu-user and its "insn" TCG plugin: wall time under emulation says nothing about a
 # board, a count of executed guest instructions is a fair proxy for the work done.
 #
-# usage: cross/int8-instructions.sh GLIMPSE_AARCH64_BINARY IMAGE MODEL.onnx [MODEL.onnx ...]
+# usage: cross/int8-instructions.sh GLIMPSE_ARM_BINARY IMAGE MODEL.onnx [MODEL.onnx ...]
+#   (an aarch64 binary is counted on Cortex-A72 and A76 models, an armv7 one on a Cortex-A15;
+#   CPUS="..." to choose)
 #
 # Needs: qemu-user (the dynamically linked qemu-aarch64: the -static build cannot load
 # plugins), libc6:arm64 (multiarch), and the plugin, built from Debian's qemu source
@@ -18,7 +20,7 @@ set -euo pipefail
 
 PLUGIN_DIR="${GLIMPSE_QEMU_PLUGIN_DIR:-$HOME/.cache/glimpse-qemu-plugin}"
 PLUGIN="$PLUGIN_DIR/libinsn.so"
-CPUS="${CPUS:-cortex-a72 cortex-a76}"
+CPUS_DEFAULT="cortex-a72 cortex-a76"
 
 if [ "${1:-}" = "--build-plugin" ]; then
   # Debian's qemu source for the plugin API header and tests/plugin/insn.c (needs a
@@ -34,8 +36,18 @@ if [ "${1:-}" = "--build-plugin" ]; then
   exit 0
 fi
 
-[ $# -ge 3 ] || { sed -n 2,14p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,18p "$0"; exit 2; }
 BIN="$1"; IMAGE="$2"; shift 2
+# The binary's architecture, from its ELF header (e_machine: 0xb7 aarch64, 0x28 ARM).
+case "$(od -An -tx1 -j18 -N1 "$BIN" | tr -d ' ')" in
+  b7) QEMU_USER=qemu-aarch64 ;;
+  28) QEMU_USER=qemu-arm; CPUS_DEFAULT=cortex-a15
+      # armv7: the loader from the cross sysroot, and NEON on (tract would read the host's
+      # /proc/cpuinfo), as cross/verify.sh runs it.
+      export QEMU_LD_PREFIX=/usr/arm-linux-gnueabihf TRACT_CPU_ARM32_NEON=true ;;
+  *) echo "$BIN: not an aarch64 or 32-bit ARM executable" >&2; exit 2 ;;
+esac
+CPUS="${CPUS:-$CPUS_DEFAULT}"
 [ -f "$PLUGIN" ] || { echo "no $PLUGIN: run $0 --build-plugin first" >&2; exit 1; }
 
 # Under qemu-user, tract reads the host's /proc/cpuinfo: tell it the emulated core's part
@@ -54,7 +66,7 @@ count() { # cpu model n
   local images=()
   for _ in $(seq "$n"); do images+=("$IMAGE"); done
   TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=$(part "$cpu") RUST_LOG=error \
-  qemu-aarch64 -cpu "$cpu" -plugin "$PLUGIN,inline=on" -d plugin -D "$log" \
+  "$QEMU_USER" -cpu "$cpu" -plugin "$PLUGIN,inline=on" -d plugin -D "$log" \
     "$BIN" classify --jobs 1 --model "$model" --top-k 1 "${images[@]}" >/dev/null
   sed -n 's/^insns: //p' "$log"
   rm -f "$log"
