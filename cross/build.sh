@@ -56,6 +56,5 @@ for arch in "${which[@]}"; do
   env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" "${PROFILE_ARGS[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
     -p glimpse-runtime --features camera "${STD_ARGS[@]}"
   bin="${CARGO_TARGET_DIR:-target}/$triple/release/glimpse"
-  glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
-  echo "$bin: $(stat -c %s "$bin") bytes, needs $glibc, built in $(( $(date +%s) - start )) s" >&2
+  echo "$bin: $(stat -c %s "$bin") bytes, needs glibc $(newest_glibc "$bin"), built in $(( $(date +%s) - start )) s" >&2
 done

@@ -20,6 +20,14 @@ for crate in "${HOT_CRATES[@]}" "${HOT_CRATES_ARMV7[@]}"; do
   grep -qx "$crate" <<<"$deps" || { echo "HOT_CRATES: $crate is not a dependency of glimpse any more" >&2; exit 1; }
 done
 
+# The smoke program's output for the current target (what `target` set), with its label.
+smoke_ok() {
+  local want=aarch64
+  [ "$TRIPLE" = armv7-unknown-linux-gnueabihf ] && want=arm
+  echo "$1: $2"
+  [[ "$2" == "glimpse-cross-smoke: $want ok"* ]] || { echo "$1: unexpected output: $2" >&2; exit 1; }
+}
+
 cd cross/smoke
 for arch in aarch64 armv7; do
   target "$arch"
@@ -27,9 +35,7 @@ for arch in aarch64 armv7; do
   # The timeout catches a program hanging under qemu (see QEMU_PREFIX in targets.sh).
   out=$(QEMU_LD_PREFIX=$QEMU_PREFIX env "${BOOTSTRAP[@]}" timeout 60 \
     cargo +debian run --quiet --release --target "$TRIPLE" "${STD_ARGS[@]}")
-  echo "$TRIPLE: $out"
-  want=$( [ "$arch" = armv7 ] && echo arm || echo aarch64 )
-  [[ "$out" == "glimpse-cross-smoke: $want ok"* ]] || { echo "$TRIPLE: unexpected output: $out" >&2; exit 1; }
+  smoke_ok "$TRIPLE" "$out"
 done
 # The route cross/build.sh ships with: zig linking against glibc $GLIBC. The binaries must
 # need nothing newer, and still run.
@@ -39,13 +45,11 @@ for arch in aarch64 armv7; do
   target "$arch"
   env "${BOOTSTRAP[@]}" cargo +debian zigbuild --quiet --release --target "$TRIPLE.$GLIBC" "${STD_ARGS[@]}"
   bin=${CARGO_TARGET_DIR:-target}/$TRIPLE/release/glimpse-cross-smoke
-  need=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
-  newest=$(printf '%s\n' "$need" "GLIBC_$GLIBC" | sort -V | tail -1)
-  [ "$newest" = "GLIBC_$GLIBC" ] || { echo "$TRIPLE.$GLIBC: the binary needs $need" >&2; exit 1; }
+  need=$(newest_glibc "$bin")
+  newest=$(printf '%s\n' "$need" "$GLIBC" | sort -V | tail -1)
+  [ "$newest" = "$GLIBC" ] || { echo "$TRIPLE.$GLIBC: the binary needs glibc $need" >&2; exit 1; }
   out=$(QEMU_LD_PREFIX=$QEMU_PREFIX timeout 60 "${QEMU[@]}" "$bin")
-  echo "$TRIPLE.$GLIBC (zig, needs $need): $out"
-  want=$( [ "$arch" = armv7 ] && echo arm || echo aarch64 )
-  [[ "$out" == "glimpse-cross-smoke: $want ok"* ]] || { echo "$TRIPLE.$GLIBC: unexpected output: $out" >&2; exit 1; }
+  smoke_ok "$TRIPLE.$GLIBC (zig, needs glibc $need)" "$out"
 done
 cd "$root"
 

@@ -12,6 +12,7 @@
 # sysroot packages (libc6-dev-armhf-cross) are architecture-independent and enough to link;
 # std for armv7 is built from source by cross/build.sh.
 set -euo pipefail
+. "$(dirname "$0")/targets.sh"
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
   echo "install-toolchain.sh: needs root or sudo for apt-get" >&2; exit 1
@@ -65,12 +66,11 @@ else
   say "rustup is missing: cross/build.sh runs 'cargo +debian' (install rustup, or call /usr/bin/cargo directly)"
 fi
 # zig as the linker with glibc 2.17 symbols (cargo-zigbuild), both from PyPI, pinned.
-zig_venv=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
-if ! "$zig_venv/bin/cargo-zigbuild" --version >/dev/null 2>&1 \
-   || ! "$zig_venv/bin/python" -m ziglang version >/dev/null 2>&1; then
-  say "installing zig and cargo-zigbuild (PyPI) into $zig_venv"
-  { python3 -m venv "$zig_venv" \
-    && "$zig_venv/bin/pip" install -q --disable-pip-version-check \
+zig_ready
+if [ "$ZIG" != 1 ]; then
+  say "installing zig and cargo-zigbuild (PyPI) into $ZIG_VENV"
+  { python3 -m venv "$ZIG_VENV" \
+    && "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check \
        ziglang==0.17.1 cargo-zigbuild==0.24.0; } \
     || say "zig could not be installed: cross/build.sh will link with gcc (glibc 2.34 needed on the board)"
 fi

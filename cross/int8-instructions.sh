@@ -17,6 +17,7 @@
 # by every guest thread, so threads running at once lose counts (two workers made one
 # classification look 25% cheaper than it is).
 set -euo pipefail
+. "$(dirname "$0")/targets.sh"
 
 PLUGIN_DIR="${GLIMPSE_QEMU_PLUGIN_DIR:-$HOME/.cache/glimpse-qemu-plugin}"
 PLUGIN="$PLUGIN_DIR/libinsn.so"
@@ -42,9 +43,10 @@ BIN="$1"; IMAGE="$2"; shift 2
 case "$(od -An -tx1 -j18 -N1 "$BIN" | tr -d ' ')" in
   b7) QEMU_USER=qemu-aarch64 ;;
   28) QEMU_USER=qemu-arm; CPUS_DEFAULT=cortex-a15
-      # armv7: the loader from the cross sysroot, and NEON on (tract would read the host's
+      # armv7: its loader prefix (targets.sh), and NEON on (tract would read the host's
       # /proc/cpuinfo), as cross/verify.sh runs it.
-      export QEMU_LD_PREFIX=/usr/arm-linux-gnueabihf TRACT_CPU_ARM32_NEON=true ;;
+      target armv7
+      export QEMU_LD_PREFIX=$QEMU_PREFIX TRACT_CPU_ARM32_NEON=true ;;
   *) echo "$BIN: not an aarch64 or 32-bit ARM executable" >&2; exit 2 ;;
 esac
 CPUS="${CPUS:-$CPUS_DEFAULT}"

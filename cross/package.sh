@@ -33,7 +33,7 @@ for arch in "${which[@]}"; do
     echo "$bin is not built (cross/build.sh $arch)" >&2; exit 1
   fi
   # The newest glibc symbol version the binary needs is what the package depends on.
-  glibc=$(readelf --dyn-syms -W "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  glibc=$(newest_glibc "$bin")
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
   root=$stage/root

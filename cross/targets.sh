@@ -37,6 +37,10 @@ size_profile() {
     PROFILE_ARGS+=(--config "profile.release.package.$crate.opt-level=3")
   done
 }
+# The newest glibc symbol version a binary needs ("2.17"): what a board's glibc must be.
+newest_glibc() {
+  readelf --dyn-syms -W "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1
+}
 # Sets ZIG=1 when cargo-zigbuild and zig are usable (their venv goes first in PATH).
 zig_ready() {
   ZIG=0

@@ -55,7 +55,7 @@ print(f"same top-1 and top-5 on {len(ref)} photos, largest probability differenc
 PY
 ) || { verdict="FAILED"; status=1; }
   size=$(stat -c %s "$bin")
-  glibc=$(readelf --dyn-syms -W "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  glibc=$(newest_glibc "$bin")
   rows+=("| $triple | $(awk -v s="$size" 'BEGIN{printf "%.1f MB", s/1e6}') | $glibc | $verdict |")
   echo "$arch: $verdict" >&2
 done
