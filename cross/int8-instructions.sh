@@ -7,37 +7,27 @@
 #   (an aarch64 binary is counted on Cortex-A72 and A76 models, an armv7 one on a Cortex-A15;
 #   CPUS="..." to choose)
 #
-# Needs: qemu-user (the dynamically linked qemu-aarch64: the -static build cannot load
-# plugins), libc6:arm64 (multiarch), and the plugin, built from Debian's qemu source
-# (no package ships it) by `cross/int8-instructions.sh --build-plugin`.
+# Needs qemu-user (dynamic: the -static build cannot load plugins), libc6:arm64 and the
+# insn plugin: all installed or built on first use (cross/insn.sh; root or sudo for apt).
+# `--build-plugin` only prepares them.
 #
 # Method: `glimpse classify` on the image once and six times; the difference / 5 is the
 # cost of one classification (decode + preprocess + inference) without model loading.
-# With one worker (--jobs 1): the plugin's inline counter is one plain 64-bit add shared
-# by every guest thread, so threads running at once lose counts (two workers made one
-# classification look 25% cheaper than it is).
+# With one worker (--jobs 1): see cross/insn.sh on threads and the shared counter.
 set -euo pipefail
 . "$(dirname "$0")/targets.sh"
 
-PLUGIN_DIR="${GLIMPSE_QEMU_PLUGIN_DIR:-$HOME/.cache/glimpse-qemu-plugin}"
-PLUGIN="$PLUGIN_DIR/libinsn.so"
+shopt -s inherit_errexit
+. "$(dirname "$0")/insn.sh"
 CPUS_DEFAULT="cortex-a72 cortex-a76"
 
 if [ "${1:-}" = "--build-plugin" ]; then
-  # Debian's qemu source for the plugin API header and tests/plugin/insn.c (needs a
-  # deb-src entry for bookworm; plugin API version must match the installed qemu).
-  apt-get install -y -qq libglib2.0-dev pkg-config dpkg-dev >/dev/null
-  mkdir -p "$PLUGIN_DIR/src" && cd "$PLUGIN_DIR/src"
-  apt-get source --download-only -qq qemu
-  tar xf qemu_*.orig.tar.* --wildcards '*/include/qemu/qemu-plugin.h' '*/tests/plugin/insn.c'
-  src=$(ls -d qemu-*/ | head -1)
-  gcc -shared -fPIC -O2 $(pkg-config --cflags glib-2.0) -I"$src/include/qemu" \
-    -o "$PLUGIN" "$src/tests/plugin/insn.c" $(pkg-config --libs glib-2.0)
-  echo "built $PLUGIN"
+  insn_ready
+  echo "ready: $QEMU_PLUGIN"
   exit 0
 fi
 
-[ $# -ge 3 ] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,16p "$0"; exit 2; }
 BIN="$1"; IMAGE="$2"; shift 2
 # The binary's architecture, from its ELF header (e_machine: 0xb7 aarch64, 0x28 ARM).
 case "$(od -An -tx1 -j18 -N1 "$BIN" | tr -d ' ')" in
@@ -50,7 +40,7 @@ case "$(od -An -tx1 -j18 -N1 "$BIN" | tr -d ' ')" in
   *) echo "$BIN: not an aarch64 or 32-bit ARM executable" >&2; exit 2 ;;
 esac
 CPUS="${CPUS:-$CPUS_DEFAULT}"
-[ -f "$PLUGIN" ] || { echo "no $PLUGIN: run $0 --build-plugin first" >&2; exit 1; }
+insn_ready
 
 # Under qemu-user, tract reads the host's /proc/cpuinfo: tell it the emulated core's part
 # number so it picks the kernels it would pick on the board (SDOT support it reads from
@@ -63,15 +53,10 @@ part() {
 }
 
 count() { # cpu model n
-  local cpu="$1" model="$2" n="$3" log
-  log=$(mktemp)
-  local images=()
+  local cpu="$1" model="$2" n="$3" images=()
   for _ in $(seq "$n"); do images+=("$IMAGE"); done
   TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=$(part "$cpu") RUST_LOG=error \
-  "$QEMU_USER" -cpu "$cpu" -plugin "$PLUGIN,inline=on" -d plugin -D "$log" \
-    "$BIN" classify --jobs 1 --model "$model" --top-k 1 "${images[@]}" >/dev/null
-  sed -n 's/^insns: //p' "$log"
-  rm -f "$log"
+    insn_count "$QEMU_USER" "$cpu" "$BIN" classify --jobs 1 --model "$model" --top-k 1 "${images[@]}"
 }
 
 printf '| model | %s |\n|---|%s\n' "$(echo $CPUS | sed 's/ / | /g') (instructions per image)" "$(for _ in $CPUS; do printf -- '---:|'; done)"
