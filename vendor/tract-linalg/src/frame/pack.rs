@@ -1210,19 +1210,33 @@ where
 }
 
 // K=4-inner packing for SDOT/relaxed-dot int8 matmul: 4 contiguous K per mn-lane.
-// Layout: out[(k/4)*r*4 + m*4 + (k%4)] = src[m,k]. k_alignment=4. Matmul path uses
-// pack_view; the conv im2col patchers feed write_with_k_outer in K-outer order.
+// Layout: out[(k/4)*r*4 + m*4 + (k%4)] = src[m,k]. k_alignment=4 by default (k_pad).
+// Matmul path uses pack_view; the conv im2col patchers feed write_with_k_outer in
+// K-outer order.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct PackedI8K4 {
     pub r: usize,
     pub align: usize,
+    /// Each panel holds K rounded up to a multiple of this (4, or more for a kernel that
+    /// reads K in larger steps: AMX's tileloadd takes 64 K per tile), so that a kernel
+    /// never reads past the end of the packed buffer. The padding lanes are zero.
+    pub k_pad: usize,
 }
 impl PackedI8K4 {
     pub fn new(r: usize) -> Self {
-        PackedI8K4 { r, align: 16 }
+        PackedI8K4 { r, align: 16, k_pad: 4 }
+    }
+    /// The same layout with each panel's K padded to a multiple of `k_pad` (itself a
+    /// multiple of 4).
+    pub fn with_k_pad(self, k_pad: usize) -> Self {
+        assert!(k_pad > 0 && k_pad % 4 == 0, "k_pad must be a multiple of 4, got {k_pad}");
+        PackedI8K4 { k_pad, ..self }
+    }
+    fn k_padded(&self, k: usize) -> usize {
+        k.div_ceil(self.k_pad) * self.k_pad
     }
     fn panel(&self, k: usize) -> usize {
-        (k.div_ceil(4) * 4) * self.r
+        self.k_padded(k) * self.r
     }
     pub fn single_panel_len(&self, k: usize) -> usize {
         self.panel(k)
@@ -1252,14 +1266,13 @@ impl PackedI8K4 {
         ensure!(k_axis != mn_axis, "k_axis and mn_axis must differ (both are {k_axis})");
         let k = t.shape()[k_axis];
         let mn = t.shape()[mn_axis];
-        let kp = k.div_ceil(4) * 4;
-        let pl = kp * self.r;
+        let pl = self.panel(k);
         let panels = mn.div_ceil(self.r);
         let st = t.strides();
         let mut blob = unsafe { Blob::new_for_size_and_align(panels * pl, self.align) };
         blob.as_bytes_mut().fill(0);
         let (ks, ms) = (st[k_axis], st[mn_axis]);
-        let kblocks = kp / 4;
+        let kblocks = k.div_ceil(4);
         unsafe {
             let src = t.as_ptr_unchecked::<i8>();
             let dst = blob.as_mut_ptr() as *mut i8;
@@ -1292,7 +1305,11 @@ impl PackedI8K4 {
 }
 impl std::fmt::Display for PackedI8K4 {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "I8K4[{}]", self.r)
+        if self.k_pad == 4 {
+            write!(f, "I8K4[{}]", self.r)
+        } else {
+            write!(f, "I8K4[{},k%{}]", self.r, self.k_pad)
+        }
     }
 }
 impl MMMInputFormat for PackedI8K4 {
@@ -1315,13 +1332,16 @@ impl MMMInputFormat for PackedI8K4 {
         self.r
     }
     fn k_alignment(&self) -> usize {
-        4
+        self.k_pad
     }
     fn merge_with<'o, 'a: 'o, 'b: 'o>(
         &'a self,
         o: &'b dyn MMMInputFormat,
     ) -> Option<&'o dyn MMMInputFormat> {
-        o.downcast_ref::<PackedI8K4>().filter(|x| x.r == self.r).map(|_| self as _)
+        // A buffer packed with less K padding is too short for this format's kernels.
+        o.downcast_ref::<PackedI8K4>()
+            .filter(|x| x.r == self.r && x.k_pad == self.k_pad)
+            .map(|_| self as _)
     }
     fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
         mn.divceil(self.r) * self.panel(k.to_usize().unwrap_or(0))
@@ -1637,13 +1657,15 @@ mod test {
     //                             in K-OUTER order (for each k, all mn).
     // Both must equal the canonical layout
     //     out[panel*pl + (k/4)*r*4 + local_mn*4 + (k%4)] = src[k, panel*r+local_mn]
-    // with pl = ceil(K/4)*4 * r, and every padding byte (K%4 tail, partial last
-    // mn panel) left at zero.
+    // with pl = ceil(K/k_pad)*k_pad * r, and every padding byte (K%k_pad tail,
+    // partial last mn panel) left at zero.
     #[derive(Debug, Clone)]
     struct PackI8K4Problem {
         k: usize,
         mn: usize,
         r: usize,
+        // K padding of each panel: 4, or 64 as the AMX kernels are fed.
+        k_pad: usize,
         // false: input tensor is [k, mn] (k_axis=0, mn_axis=1) — contiguous read.
         // true : input tensor is [mn, k] (k_axis=1, mn_axis=0) — strided read,
         //        mirroring how the "A" operand is fed.
@@ -1659,7 +1681,11 @@ mod test {
         }
 
         fn panel_len(&self) -> usize {
-            (self.k.div_ceil(4) * 4) * self.r
+            (self.k.div_ceil(self.k_pad) * self.k_pad) * self.r
+        }
+
+        fn packer(&self) -> super::PackedI8K4 {
+            super::PackedI8K4::new(self.r).with_k_pad(self.k_pad)
         }
 
         // The layout every producer must reproduce.
@@ -1685,7 +1711,7 @@ mod test {
         // The matmul path: pack a TensorView, then read it back panel by panel.
         fn pack_view_bytes(&self) -> Vec<i8> {
             let logical = self.logical();
-            let packer = super::PackedI8K4::new(self.r);
+            let packer = self.packer();
             let (tensor, k_axis, mn_axis) = if self.is_a {
                 // [mn, k] with entry [m, kk] == logical[kk, m]; reads are strided.
                 let a = Array2::from_shape_fn((self.mn, self.k), |(m, kk)| logical[[kk, m]]);
@@ -1712,7 +1738,7 @@ mod test {
         // The conv path: feed the writer in K-outer order (for each k, all mn).
         fn writer_bytes(&self) -> Vec<i8> {
             let logical = self.logical();
-            let packer = super::PackedI8K4::new(self.r);
+            let packer = self.packer();
             let total = packer.len(self.k, self.mn);
             assert_eq!(total, self.mn.div_ceil(self.r) * self.panel_len());
             let mut buf = vec![0i8; total];
@@ -1747,8 +1773,14 @@ mod test {
         type Strategy = BoxedStrategy<PackI8K4Problem>;
         fn arbitrary_with(_: ()) -> Self::Strategy {
             // r is the tile width used by the int8 kernels (SMOPA 32, SDOT 8, ...).
-            (any::<bool>(), prop::sample::select(vec![4usize, 8, 16, 32]), 1usize..40, 1usize..40)
-                .prop_map(|(is_a, r, k, mn)| PackI8K4Problem { k, mn, r, is_a })
+            (
+                any::<bool>(),
+                prop::sample::select(vec![4usize, 8, 16, 32]),
+                prop::sample::select(vec![4usize, 64]),
+                1usize..40,
+                1usize..40,
+            )
+                .prop_map(|(is_a, r, k_pad, k, mn)| PackI8K4Problem { k, mn, r, k_pad, is_a })
                 .boxed()
         }
     }
@@ -1761,7 +1793,24 @@ mod test {
     }
 
     fn k4(k: usize, mn: usize, r: usize, is_a: bool) -> PackI8K4Problem {
-        PackI8K4Problem { k, mn, r, is_a }
+        PackI8K4Problem { k, mn, r, k_pad: 4, is_a }
+    }
+
+    #[test]
+    fn i8k4_k_pad_64() {
+        // What the AMX int8 kernels read: 64 K per tile load. A 1x1 conv over 24 channels
+        // (K = 24) must get panels of 64 * r bytes, zero past K, so that the load of the
+        // last panel stays inside the buffer.
+        for is_a in [false, true] {
+            let pb = PackI8K4Problem { k: 24, mn: 20, r: 8, k_pad: 64, is_a };
+            pb.check();
+            assert_eq!(pb.packer().len(24, 20), 3 * 64 * 8);
+        }
+        // A buffer packed with the K=4 padding is not taken for the K=64 format.
+        use crate::frame::mmm::MMMInputFormat;
+        let k64 = super::PackedI8K4::new(8).with_k_pad(64);
+        assert!(k64.merge_with(&super::PackedI8K4::new(8)).is_none());
+        assert!(k64.merge_with(&k64.clone()).is_some());
     }
 
     #[test]

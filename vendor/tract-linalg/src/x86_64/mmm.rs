@@ -206,13 +206,15 @@ MMMExternKernel! { x86_64; avxvnni_mmm_i32_8x8<i32>(8,8)@(256,4) isa(X86_64Avx2,
 // Same epilogue as avx512vnni_mmm_i32_8x8 (8x8 ymm accumulators), but the i8i8
 // matmul inner loop uses TDPBSSD (16-M x 16-N x 64-K mul-acc per instruction)
 // over AMX tiles. A's packing is novel (PackedAmxA, M-major-within-panel,
-// K-padded to multiples of 64); B reuses VNNI's K=4-inner PackedI8K4 layout
-// unchanged. TDPBSSD is s8 x s8 so no +128 bias trick — accumulators are
+// K-padded to multiples of 64); B reuses VNNI's K=4-inner PackedI8K4 layout, with
+// its K padded to 64 too: each tileloadd of B reads 64 K, and with K=4 padding the
+// last panel's read ran past the end of the packed buffer (a segfault when that end
+// was a page end). TDPBSSD is s8 x s8 so no +128 bias trick — accumulators are
 // bit-identical to AVX2/VNNI. Gated by `isa(X86_64Avx512f, X86_64AmxInt8)` (= CPUID amx-int8
 // AND Linux XSAVE permission via arch_prctl).
 #[cfg(tract_amx_int8)]
 MMMExternKernel! { x86_64; avx512amx_mmm_i32_8x8<i32>(8,8)@(64,4) isa(X86_64Avx512f, X86_64AmxInt8)
-    packing[1] = i8i8 => |k| k.with_packing(PackedAmxA::new(8), PackedI8K4::new(8));
+    packing[1] = i8i8 => |k| k.with_packing(PackedAmxA::new(8), PackedI8K4::new(8).with_k_pad(64));
 
     store(i8)
 }
@@ -229,7 +231,7 @@ MMMExternKernel! { x86_64; avx512amx_mmm_i32_8x8<i32>(8,8)@(64,4) isa(X86_64Avx5
 // unknown-shape matmuls.
 #[cfg(tract_amx_int8)]
 MMMExternKernel! { x86_64; avx512amx_mmm_i32_16x16<i32>(16,16)@(64,4) isa(X86_64Avx512f, X86_64AmxInt8)
-    packing[1] = i8i8 => |k| k.with_packing(PackedAmxA::new(16), PackedI8K4::new(16));
+    packing[1] = i8i8 => |k| k.with_packing(PackedAmxA::new(16), PackedI8K4::new(16).with_k_pad(64));
 
     boost(|| 100)
     store(i8)
