@@ -31,6 +31,7 @@ pub mod math;
 pub mod matmul;
 pub mod nn;
 pub mod quant;
+pub mod requant;
 pub mod scan;
 pub mod source;
 pub mod submodel;

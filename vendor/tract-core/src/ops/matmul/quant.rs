@@ -152,6 +152,29 @@ pub(crate) fn compensate_zero_points(
     Ok(result)
 }
 
+/// The value of `outlet` when it is computed from constants alone (through at most
+/// `depth` nodes): the combined scales of a quantized product are wired as a `Mul` and a
+/// `Div` of constants, which eager folding skips once they hold 16 values or more.
+fn constant_value(
+    model: &TypedModel,
+    outlet: OutletId,
+    depth: usize,
+) -> TractResult<Option<Arc<Tensor>>> {
+    if let Some(k) = &model.outlet_fact(outlet)?.konst {
+        return Ok(Some(k.clone()));
+    }
+    let node = model.node(outlet.node);
+    if depth == 0 || node.inputs.is_empty() {
+        return Ok(None);
+    }
+    let mut inputs = tvec!();
+    for input in &node.inputs {
+        let Some(value) = constant_value(model, *input, depth - 1)? else { return Ok(None) };
+        inputs.push(value.into_tvalue());
+    }
+    Ok(node.op.eval_out_of_plan(inputs)?.map(|mut outputs| outputs.remove(outlet.slot).into_arc_tensor()))
+}
+
 pub(crate) fn requant(
     model: &mut TypedModel,
     name: &str,
@@ -160,6 +183,16 @@ pub(crate) fn requant(
     scale: OutletId,
     zero_point: OutletId,
 ) -> TractResult<OutletId> {
+    // One scale per channel: one pass (ops::requant) instead of the five below, which
+    // only fuse into the product's kernel for a single scale.
+    let rank = model.outlet_fact(wire)?.rank();
+    if let (Some(s), Some(z)) =
+        (constant_value(model, scale, 8)?, constant_value(model, zero_point, 8)?)
+        && s.volume() > 1
+        && let Some(op) = ops::requant::per_axis(&s, &z, rank, dt)?
+    {
+        return Ok(model.wire_node(format!("{name}.requant"), op, &[wire])?[0]);
+    }
     let wire = wire_with_rank_broadcast(
         format!("{name}.scale"),
         model,

@@ -1,0 +1,216 @@
+//! Per-channel requantization of i32 accumulators to u8 or i8 in one pass.
+//!
+//! `qmm::requant` wires `Scale` then `Add` (zero point), `Min`, `Max` and `Cast`. With a
+//! per-tensor scale the chain fuses into the matrix product's kernel; with one scale per
+//! output channel (the usual form of int8 convolution weights) `Scale` cannot fuse and the
+//! five ops run as five broadcasting passes over the accumulators, the largest cost of a
+//! quantized convolution. `RequantPerAxis` computes the same values, bit for bit, in one
+//! contiguous, vectorizable loop per channel.
+
+use crate::internal::*;
+use num_traits::AsPrimitive;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequantPerAxis {
+    /// One f32 multiplier per position along `axis`.
+    pub scale: Arc<Tensor>,
+    pub axis: usize,
+    pub zero_point: i32,
+    /// u8 or i8.
+    pub dt: DatumType,
+}
+
+impl Eq for RequantPerAxis {}
+
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 below 2^22 in magnitude to an
+/// integer, ties to even (the default rounding mode), in two plain additions that
+/// vectorize everywhere (`f32::round_ties_even` is a libm call on baseline x86_64).
+const ROUND: f32 = 12582912.0;
+
+/// `clamp(round_ties_even(x * scale) + zero_point, lo, hi)`: what `scale_by` (`round(|x|
+/// * scale) * sign(x)`, the same value since IEEE multiplication and ties-to-even rounding
+/// are both symmetric in sign), the zero-point `Add` and the clamping `Min`/`Max` give.
+/// The product is first clamped to `[lo_f, hi_f]`, just outside what can reach
+/// `[lo, hi]` after the zero point: inside, the rounding is exact; outside, both saturate
+/// (the same values whenever `x * scale + zero_point` fits in an i32). Written so that the
+/// loop over a channel vectorizes: no libm call, no saturating float-to-int conversion.
+#[inline(always)]
+fn requant_one(x: i32, scale: f32, zero_point: i32, (lo_f, hi_f): (f32, f32), lo: i32, hi: i32) -> i32 {
+    // max/min return the other operand for NaN: v is finite and below 2^22 in magnitude.
+    let v = (x as f32 * scale).max(lo_f).min(hi_f);
+    // SAFETY: (v + ROUND) - ROUND is an integer-valued finite f32 of magnitude below 2^22.
+    let r = unsafe { ((v + ROUND) - ROUND).to_int_unchecked::<i32>() };
+    (r + zero_point).clamp(lo, hi)
+}
+
+impl RequantPerAxis {
+    fn eval_t<T: Datum + Copy>(&self, input: &Tensor, lo: i32, hi: i32) -> TractResult<Tensor>
+    where
+        i32: AsPrimitive<T>,
+    {
+        let shape = input.shape();
+        let scales = self.scale.try_as_plain_ram()?.as_slice::<f32>()?;
+        ensure!(
+            shape.get(self.axis) == Some(&scales.len()),
+            "RequantPerAxis: expected {} channels on axis {}, got shape {:?}",
+            scales.len(),
+            self.axis,
+            shape
+        );
+        let inner: usize = shape[self.axis + 1..].iter().product();
+        let x = input.try_as_plain_ram()?.as_slice::<i32>()?;
+        let mut output = unsafe { Tensor::uninitialized::<T>(shape)? };
+        if inner > 0 {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let y = view.as_slice_mut::<T>()?;
+            let bounds = ((lo - self.zero_point - 1) as f32, (hi - self.zero_point + 1) as f32);
+            // Chunk i is channel i % channels of outer index i / channels.
+            for (i, (xs, ys)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
+                let scale = scales[i % scales.len()];
+                for (x, y) in xs.iter().zip(ys.iter_mut()) {
+                    *y = requant_one(*x, scale, self.zero_point, bounds, lo, hi).as_();
+                }
+            }
+        }
+        // The quantized type (QU8/QI8 with its parameters) the chain's Cast gave.
+        unsafe { output.set_datum_type(self.dt) };
+        Ok(output)
+    }
+}
+
+impl Op for RequantPerAxis {
+    fn name(&self) -> StaticName {
+        "RequantPerAxis".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} scales on axis {}, zero point {}, to {:?}",
+            self.scale.len(),
+            self.axis,
+            self.zero_point,
+            self.dt
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for RequantPerAxis {
+    op_out_of_plan!();
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        ensure!(input.datum_type() == i32::datum_type(), "RequantPerAxis: expected i32 input, got {:?}", input.datum_type());
+        let output = match self.dt.unquantized() {
+            DatumType::U8 => self.eval_t::<u8>(input, 0, 255)?,
+            DatumType::I8 => self.eval_t::<i8>(input, -128, 127)?,
+            dt => bail!("RequantPerAxis: expected u8 or i8 output, got {dt:?}"),
+        };
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for RequantPerAxis {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.dt.fact(inputs[0].shape.clone())))
+    }
+
+    fn axes_mapping(
+        &self,
+        inputs: &[&TypedFact],
+        outputs: &[&TypedFact],
+    ) -> TractResult<AxesMapping> {
+        AxesMapping::natural(inputs, outputs)
+    }
+
+    fn change_axes(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+        _io: InOut,
+        change: &AxisOp,
+    ) -> TractResult<Option<AxisChangeConsequence>> {
+        // The loop walks the channel axis and everything inside it as one contiguous run:
+        // any change that keeps the channel axis keeps the op, with the axis renumbered.
+        let Some(axis) = change.transform_axis(self.axis) else { return Ok(None) };
+        let op = RequantPerAxis { axis, ..self.clone() };
+        Ok(Some(AxisChangeConsequence::new(model, node, Some(Box::new(op)), change)))
+    }
+
+    as_op!();
+}
+
+/// `RequantPerAxis` for `scale` (a constant broadcastable to `rank` axes, aligned to the
+/// right as `wire_with_rank_broadcast` aligns it) when it varies along exactly one axis
+/// and `zero_point` is a constant scalar; `None` for any other form.
+pub fn per_axis(scale: &Tensor, zero_point: &Tensor, rank: usize, dt: DatumType) -> TractResult<Option<RequantPerAxis>> {
+    if !matches!(dt.unquantized(), DatumType::U8 | DatumType::I8) || zero_point.len() != 1 || scale.rank() > rank {
+        return Ok(None);
+    }
+    let varying: Vec<usize> = (0..scale.rank()).filter(|&a| scale.shape()[a] != 1).collect();
+    let [axis] = varying[..] else { return Ok(None) };
+    Ok(Some(RequantPerAxis {
+        scale: scale.cast_to::<f32>()?.into_owned().into_shape(&[scale.len()])?.into_arc_tensor(),
+        axis: rank - scale.rank() + axis,
+        zero_point: zero_point.cast_to_scalar::<i32>()?,
+        dt,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::math::{add, max, min};
+    use crate::ops::quant::scale;
+
+    /// The chain `qmm::requant` wires without this op, on `x` (i32, NCHW, 3 channels).
+    fn chain(x: &Tensor, scales: &[f32], zp: i32, dt: DatumType) -> TractResult<Tensor> {
+        let mut model = TypedModel::default();
+        let wire = model.add_source("x", i32::fact(x.shape()))?;
+        let s = model.add_const("s", tensor1(scales).into_shape(&[1, scales.len(), 1, 1])?)?;
+        let wire = model.wire_node("scale", scale(), &[s, wire])?[0];
+        let z = model.add_const("z", tensor0(zp).broadcast_into_rank(4)?)?;
+        let wire = model.wire_node("zp", add(), &[wire, z])?[0];
+        let (lo, hi) = if dt == u8::datum_type() { (0, 255) } else { (-128, 127) };
+        let hi = model.add_const("hi", tensor0(hi).broadcast_into_rank(4)?)?;
+        let lo = model.add_const("lo", tensor0(lo).broadcast_into_rank(4)?)?;
+        let wire = model.wire_node("min", min(), &[wire, hi])?[0];
+        let wire = model.wire_node("max", max(), &[wire, lo])?[0];
+        let wire = model.wire_node("cast", crate::ops::cast::cast(dt), &[wire])?[0];
+        model.select_output_outlets(&[wire])?;
+        Ok(SimplePlan::new(model)?.run(tvec!(x.clone().into_tvalue()))?.remove(0).into_tensor())
+    }
+
+    #[test]
+    fn same_values_as_the_chain_it_replaces() -> TractResult<()> {
+        // Accumulators across the range, ties (x * scale = n + 0.5) and saturation included.
+        let values: Vec<i32> = (-2000..2000).map(|v| v * 97).chain([i32::MIN + 1, i32::MAX, 0, 1, -1, 3, -3, 5, -5]).collect();
+        let n = values.len() / 3;
+        let x = tensor1(&values[..3 * n]).into_shape(&[1, 3, n, 1])?;
+        let scales = [0.5f32, 0.0123, 1.0 / 3.0];
+        for (dt, zp) in [(u8::datum_type(), 128), (u8::datum_type(), 3), (i8::datum_type(), -5)] {
+            let op = per_axis(&tensor1(&scales).into_shape(&[1, 3, 1, 1])?, &tensor0(zp), 4, dt)?
+                .expect("one varying axis");
+            assert_eq!(op.axis, 1);
+            let got = op.eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue()))?.remove(0);
+            let want = chain(&x, &scales, zp, dt)?;
+            assert_eq!(got.into_tensor(), want, "{dt:?} zero point {zp}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn only_one_varying_axis_and_8_bit_outputs() -> TractResult<()> {
+        let s = tensor1(&[0.5f32, 0.25]).into_shape(&[2, 1])?;
+        assert!(per_axis(&s, &tensor0(0i32), 4, u8::datum_type())?.is_some_and(|op| op.axis == 2));
+        assert!(per_axis(&s, &tensor0(0i32), 4, i32::datum_type())?.is_none());
+        let two = tensor1(&[0.5f32, 0.25, 1., 2.]).into_shape(&[2, 2])?;
+        assert!(per_axis(&two, &tensor0(0i32), 4, u8::datum_type())?.is_none());
+        assert!(per_axis(&tensor0(0.5f32), &tensor0(0i32), 4, u8::datum_type())?.is_none());
+        Ok(())
+    }
+}
