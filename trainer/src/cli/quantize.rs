@@ -27,7 +27,8 @@ pub enum Calibration {
 /// Quantization settings shared by `quantize` and `train --quantize`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QuantArgs {
-    /// Weight-only int8 (float compute, 4x smaller) or full static int8 (integer kernels).
+    /// Weight-only int8 (float compute, 4x smaller), full static int8 (integer kernels), or
+    /// mixed (static int8 but depthwise convs, which stay float).
     #[arg(long, value_enum, default_value_t = Mode::Weights)]
     pub mode: Mode,
     /// How activation ranges are calibrated (static mode).
@@ -239,7 +240,7 @@ pub fn quantize_and_gate(
             "int8 model refused: top-1 drop of {:.2} points exceeds --max-drop {} ({}); no int8 model written",
             cmp.drop_points,
             q.max_drop,
-            if opts.mode == Mode::Static {
+            if opts.mode != Mode::Weights {
                 "check that the calibration images look like the real inputs, or try --calibration minmax, --granularity per-channel or --mode weights"
             } else {
                 "try --granularity per-channel"

@@ -26,6 +26,10 @@ pub enum Mode {
     Weights,
     /// int8 weights and calibrated uint8 activations: QLinearConv integer kernels.
     Static,
+    /// Static int8 for every convolution but the depthwise ones (one group per channel),
+    /// which stay float with int8 weights: for runtimes whose integer depthwise kernels
+    /// are slower than their float ones.
+    Mixed,
 }
 
 /// Per output channel or one scale per weight tensor.
@@ -78,7 +82,11 @@ pub fn quantize(
         Granularity::PerTensor => "per-tensor",
     };
     // One calibration pass observes everything any step needs.
-    let plan = (opts.mode == Mode::Static).then(|| rewrite::static_plan(graph));
+    let plan = match opts.mode {
+        Mode::Weights => None,
+        Mode::Static => Some(rewrite::static_plan(graph, true)),
+        Mode::Mixed => Some(rewrite::static_plan(graph, false)),
+    };
     let mut observe: Vec<String> = plan.as_ref().map(|p| p.tensors.clone()).unwrap_or_default();
     if opts.bias_correction {
         for t in rewrite::bias_correction_inputs(graph) {
@@ -122,10 +130,15 @@ pub fn quantize(
         ),
         Some(plan) => {
             let g = rewrite::static_int8(&corrected, plan, &obs.ranges, per_channel)?;
+            // Convs left out of the plan (mixed: the depthwise ones) get int8 weights too.
+            let (float_ops, kind): (&[&str], _) = match opts.mode {
+                Mode::Mixed => (&["Conv", "Gemm", "MatMul"], "mixed int8 (depthwise convs float)"),
+                _ => (&["Gemm", "MatMul"], "static int8"),
+            };
             (
-                rewrite::weight_only(&g, &["Gemm", "MatMul"], per_channel)?,
+                rewrite::weight_only(&g, float_ops, per_channel)?,
                 format!(
-                    "static int8: QLinearConv with int8 weights ({weights}, symmetric) and uint8 activations calibrated by {} on {} images; other layers float with int8 weights{correction}",
+                    "{kind}: QLinearConv with int8 weights ({weights}, symmetric) and uint8 activations calibrated by {} on {} images; other layers float with int8 weights{correction}",
                     opts.method,
                     calib.len()
                 ),
