@@ -99,6 +99,8 @@ impl Classifier {
                 input
             );
         }
+        // Before the non-finite check: a NaN scale is reported with its node.
+        file.check_quantization()?;
         if let Some((name, count)) = file.non_finite_weights() {
             bail!("expected finite weights, got {count} non-finite values (NaN or infinity) in initializer {name:?}");
         }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod fsutil;
 pub mod onnx_file;
 pub mod preprocess;
+mod quant_check;
 pub mod serve;
 pub mod stream;
 
@@ -19,6 +20,18 @@ pub use classifier::{Classifier, Overrides, Ranked, Timings};
 pub use decode::{decode, DecodeError, Limits};
 pub use onnx_file::OnnxFile;
 pub use preprocess::{Channels, Layout, Preprocess, Resize};
+
+/// Keeps error values from capturing backtraces (`RUST_LIB_BACKTRACE=0`) unless the user
+/// asked for them by that name; call first thing in `main`, before any thread starts.
+/// tract reports many errors to itself while it optimizes a model (every rewrite that
+/// does not apply), and with `RUST_BACKTRACE=1` in the environment anyhow captured a
+/// backtrace for each: loading EfficientNet-Lite0 cost 8.0 G ARM instructions instead of
+/// 1.3 G (qemu, Cortex-A76). Panics still print their backtrace under `RUST_BACKTRACE`.
+pub fn no_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
 
 /// File name of the model glimpse uses when no `--model` is given.
 pub const DEFAULT_MODEL: &str = "efficientnet-lite0.onnx";

@@ -160,6 +160,13 @@ impl OnnxFile {
         check(self.graph(), &Default::default())
     }
 
+    /// The quantization parameters of `QuantizeLinear`, `DequantizeLinear`, `QLinearConv`
+    /// and `QLinearMatMul` nodes: positive finite scales, zero points in their type's
+    /// range, per-channel lengths that match (an error names the node and parameter).
+    pub fn check_quantization(&self) -> Result<()> {
+        crate::quant_check::check(self.graph())
+    }
+
     /// The first float initializer holding NaN or infinite values, with how many: such
     /// weights (a diverged training run, a broken conversion) make every output NaN.
     pub fn non_finite_weights(&self) -> Option<(&str, usize)> {

@@ -518,7 +518,108 @@ fn model_cases() -> Vec<Case> {
             Expect::Err("invalid ONNX graph"),
             tiny_model(|m| graph(m).node[2].input[1] = "missing_weights".into()),
         ),
+        // Quantized (QDQ) forms of the tiny model, the input through QuantizeLinear and
+        // DequantizeLinear: one valid, then each way its parameters can be broken.
+        model(
+            "models/quant-ok.onnx",
+            Expect::Ok,
+            tiny_model(|m| quantize_input(m, &[2.0 / 255.0], &[128])),
+        ),
+        model(
+            "models/quant-scale-zero.onnx",
+            Expect::Err("is 0, expected a positive finite number"),
+            tiny_model(|m| quantize_input(m, &[0.0], &[128])),
+        ),
+        model(
+            "models/quant-scale-nan.onnx",
+            Expect::Err("is NaN, expected a positive finite number"),
+            tiny_model(|m| quantize_input(m, &[f32::NAN], &[128])),
+        ),
+        model(
+            "models/quant-scale-negative.onnx",
+            Expect::Err("is -0.5, expected a positive finite number"),
+            tiny_model(|m| quantize_input(m, &[-0.5], &[128])),
+        ),
+        model(
+            "models/quant-zero-point-range.onnx",
+            Expect::Err("zero point \"input.zero_point\"[0] is 300, outside the Uint8 range"),
+            tiny_model(|m| quantize_input(m, &[2.0 / 255.0], &[300])),
+        ),
+        model(
+            "models/quant-per-channel-length.onnx",
+            Expect::Err("2 per-channel scales in \"w.scale\" for 4 channels on axis 0"),
+            tiny_model(|m| {
+                // The Gemm's [4, 3] weights as int8 with 2 scales along axis 0.
+                let g = graph(m);
+                let w = g.initializer.remove(0);
+                let q: Vec<i32> = w.float_data.iter().map(|v| (v * 25.0) as i32).collect();
+                g.initializer.push(pb::TensorProto {
+                    name: "w.int8".into(),
+                    dims: w.dims.clone(),
+                    data_type: pb::tensor_proto::DataType::Int8 as i32,
+                    int32_data: q,
+                    ..Default::default()
+                });
+                g.initializer.push(scalars("w.scale", &[2], &[0.04, 0.04]));
+                g.node.insert(0, dequantize("w.int8", "w.scale", None, "w", Some(0)));
+            }),
+        ),
     ]
+}
+
+/// A float initializer.
+fn scalars(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn dequantize(x: &str, scale: &str, zp: Option<&str>, out: &str, axis: Option<i64>) -> pb::NodeProto {
+    let mut input = vec![x.to_string(), scale.to_string()];
+    input.extend(zp.map(String::from));
+    pb::NodeProto {
+        name: format!("{out}.dequantize"),
+        op_type: "DequantizeLinear".into(),
+        input,
+        output: vec![out.into()],
+        attribute: axis
+            .map(|i| pb::AttributeProto {
+                name: "axis".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i,
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The image input through QuantizeLinear and DequantizeLinear with these parameters
+/// (per tensor; the uint8 zero point kept in `int32_data`, as ONNX stores 8-bit values).
+fn quantize_input(m: &mut pb::ModelProto, scale: &[f32], zero_point: &[i32]) {
+    let g = graph(m);
+    g.initializer.push(scalars("input.scale", &[], scale));
+    g.initializer.push(pb::TensorProto {
+        name: "input.zero_point".into(),
+        data_type: pb::tensor_proto::DataType::Uint8 as i32,
+        int32_data: zero_point.to_vec(),
+        ..Default::default()
+    });
+    let quantize = pb::NodeProto {
+        name: "input.quantize".into(),
+        op_type: "QuantizeLinear".into(),
+        input: vec!["image".into(), "input.scale".into(), "input.zero_point".into()],
+        output: vec!["image.uint8".into()],
+        ..Default::default()
+    };
+    g.node[0].input[0] = "image.float".into();
+    g.node.insert(0, dequantize("image.uint8", "input.scale", Some("input.zero_point"), "image.float", None));
+    g.node.insert(0, quantize);
 }
 
 fn http_cases() -> Vec<Case> {
