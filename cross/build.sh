@@ -41,7 +41,7 @@ for arch in "${which[@]}"; do
   export "$var=--target=$GNU -I$headers"
   # Size: dependencies at opt-level "s" but the crates an image goes through at 3 (see
   # HOT_CRATES in targets.sh).
-  size_profile "$arch"
+  size_profile
   echo "=== $triple" >&2
   start=$(date +%s)
   # zig links against glibc $GLIBC (cargo-zigbuild's `<triple>.<glibc>` target); the

@@ -21,19 +21,18 @@ ZIG_VENV=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
 # at 3: a blanket "s" made inference 2.3x slower. The optsize attribute is per function,
 # so it survives fat LTO. check.sh fails when one is no longer a dependency (renamed or
 # replaced), which would silently put it at "s".
-HOT_CRATES=(tract-linalg tract-data ndarray matrixmultiply half num-traits smallvec
+# tract-core is among them on both targets: at "s" (2.8 MB less on aarch64) float models
+# lost only 0.3% (their work is in tract-linalg's NEON kernels), but int8 ones run
+# tract-core's own loops (requantization, quantize/dequantize, zero-point sums) and "s"
+# keeps LLVM from vectorizing them (BENCHMARKS.md, int8 on ARM).
+HOT_CRATES=(tract-linalg tract-core tract-data ndarray matrixmultiply half num-traits smallvec
   fast_image_resize image zune-jpeg zune-core png fdeflate miniz_oxide adler2 simd-adler32
   crc32fast image-webp gif weezl moxcms pxfm bytemuck prost sha2)
-# tract-core (2.8 MB of the aarch64 binary at 3) is at "s" on aarch64, where the work is
-# in tract-linalg's NEON kernels (depthwise included): +0.3% instructions per image. On
-# armv7 tract has no depthwise kernel and tract-core's own loops do that work: at 3.
-HOT_CRATES_ARMV7=(tract-core)
-# Sets PROFILE_ARGS for target ARCH: cargo --config arguments for the opt-levels above.
+# Sets PROFILE_ARGS: cargo --config arguments for the opt-levels above (every target).
 size_profile() {
   PROFILE_ARGS=(--config 'profile.release.package."*".opt-level="s"')
-  local crate hot=("${HOT_CRATES[@]}")
-  [ "$1" != armv7 ] || hot+=("${HOT_CRATES_ARMV7[@]}")
-  for crate in "${hot[@]}"; do
+  local crate
+  for crate in "${HOT_CRATES[@]}"; do
     PROFILE_ARGS+=(--config "profile.release.package.$crate.opt-level=3")
   done
 }
