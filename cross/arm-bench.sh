@@ -45,7 +45,7 @@ say() { printf '[arm-bench] %s\n' "$*" >&2; }
 # --- what the runs need -----------------------------------------------------------------
 insn_ready
 for p in libstdc++6:arm64 libgcc-s1:arm64; do
-  insn_installed "$p" && continue
+  deb_installed "$p" && continue
   say "installing $p (ONNX Runtime's C++ runtime under qemu)"
   DEBIAN_FRONTEND=noninteractive insn_sudo apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
@@ -174,8 +174,6 @@ counted() { # cpu cmd...
   rm -f "$info"
 }
 
-part() { case "$1" in cortex-a72) echo 0xd08 ;; cortex-a76) echo 0xd0b ;; *) echo "" ;; esac; }
-
 per_image() { # one six -> instructions per image
   (( $2 > $1 )) || { say "six runs counted no more than one ($2 <= $1)"; return 1; }
   echo $(( ($2 - $1) / 5 ))
@@ -188,7 +186,7 @@ glimpse_count() { # cpu bin model photos...
     export RUST_LOG=error
     case "$cpu" in
       cortex-a15) target armv7; export QEMU_LD_PREFIX="$QEMU_PREFIX" TRACT_CPU_ARM32_NEON=true ;;
-      *) export TRACT_CPU_AARCH64_OVERRIDE_CPU_PART="$(part "$cpu")" ;;
+      *) export TRACT_CPU_AARCH64_OVERRIDE_CPU_PART="$(cpu_part "$cpu")" ;;
     esac
     one=$(counted "$cpu" "$bin" classify --jobs 1 --top-k 1 --model "$model" "$1")
     six=$(counted "$cpu" "$bin" classify --jobs 1 --top-k 1 --model "$model" "$@")

@@ -13,12 +13,12 @@
 # The plugin's inline counter is one plain 64-bit add shared by every guest thread, so a
 # counted program must run one thread at a time (threads running at once lose counts).
 
+. "$(dirname "${BASH_SOURCE[0]}")/targets.sh"
 INSN_DIR="${GLIMPSE_QEMU_PLUGIN_DIR:-$HOME/.cache/glimpse-qemu-plugin}"
 
 insn_say() { printf '[insn] %s\n' "$*" >&2; }
 insn_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   insn_say "needs root or sudo to run: $*"; return 1; fi; }
-insn_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
 # Debian's source package of the installed qemu-user into the current folder, through an
 # apt configuration of its own: the deb-src twins of the system's deb sources, so that
@@ -56,7 +56,7 @@ insn_build_plugin() { # plugin-path qemu-source-version
 
 insn_ready() {
   local pkgs=() p
-  for p in qemu-user libglib2.0-dev pkg-config dpkg-dev xz-utils; do insn_installed "$p" || pkgs+=("$p"); done
+  for p in qemu-user libglib2.0-dev pkg-config dpkg-dev xz-utils; do deb_installed "$p" || pkgs+=("$p"); done
   if [ ${#pkgs[@]} -gt 0 ]; then
     insn_say "installing ${pkgs[*]}"
     insn_sudo apt-get update -qq || insn_say "apt-get update reported errors; going on"

@@ -24,7 +24,7 @@ pkgs=(rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu gcc-arm-linux-gnuea
       linux-libc-dev-armhf-cross qemu-user-static libclang-dev binutils dpkg)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  deb_installed "$p" || missing+=("$p")
 done
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   say "adding the arm64 dpkg architecture (for Debian's aarch64 std)"
@@ -43,7 +43,7 @@ fi
 
 # qemu runs aarch64 programs with the multiarch loader and libc (qemu 7.2 hangs
 # multi-threaded aarch64 programs given the cross sysroot as a prefix).
-if ! dpkg-query -W -f='${Status}' libc6:arm64 2>/dev/null | grep -q "install ok installed"; then
+if ! deb_installed libc6:arm64; then
   say "installing libc6:arm64"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libc6:arm64 >/dev/null
 fi

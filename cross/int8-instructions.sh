@@ -42,20 +42,10 @@ esac
 CPUS="${CPUS:-$CPUS_DEFAULT}"
 insn_ready
 
-# Under qemu-user, tract reads the host's /proc/cpuinfo: tell it the emulated core's part
-# number so it picks the kernels it would pick on the board (SDOT support it reads from
-# the auxiliary vector, which qemu fills in for the chosen CPU).
-part() {
-  case "$1" in
-    cortex-a53) echo 0xd03 ;; cortex-a55) echo 0xd05 ;; cortex-a72) echo 0xd08 ;;
-    cortex-a76) echo 0xd0b ;; *) echo "" ;;
-  esac
-}
-
 count() { # cpu model n
   local cpu="$1" model="$2" n="$3" images=()
   for _ in $(seq "$n"); do images+=("$IMAGE"); done
-  TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=$(part "$cpu") RUST_LOG=error \
+  TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=$(cpu_part "$cpu") RUST_LOG=error \
     insn_count "$QEMU_USER" "$cpu" "$BIN" classify --jobs 1 --model "$model" --top-k 1 "${images[@]}"
 }
 

@@ -36,6 +36,16 @@ size_profile() {
     PROFILE_ARGS+=(--config "profile.release.package.$crate.opt-level=3")
   done
 }
+# Whether Debian package $1 is installed (not merely known, removed or half-configured).
+deb_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+# The part number tract reads from /proc/cpuinfo for an emulated core (under qemu-user it
+# reads the host's: TRACT_CPU_AARCH64_OVERRIDE_CPU_PART takes this instead); empty if unknown.
+cpu_part() {
+  case "$1" in
+    cortex-a53) echo 0xd03 ;; cortex-a55) echo 0xd05 ;; cortex-a72) echo 0xd08 ;;
+    cortex-a76) echo 0xd0b ;; *) echo "" ;;
+  esac
+}
 # The newest glibc symbol version a binary needs ("2.17"): what a board's glibc must be.
 newest_glibc() {
   readelf --dyn-syms -W "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1
