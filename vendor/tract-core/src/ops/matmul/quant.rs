@@ -99,57 +99,77 @@ pub(crate) fn compensate_zero_points(
     ensure!(model.outlet_fact(sum_a)?.rank() == output_rank);
     ensure!(model.outlet_fact(sum_b)?.rank() == output_rank);
 
+    // Symmetric quantization (a zero point of 0, the usual one for weights) zeroes the
+    // terms of that zero point: skipping them leaves the sum over the other operand
+    // unused, and with it a cast, a reduction and two passes over the whole output.
+    let a0_is_zero = is_zero_constant(model, a0)?;
+    let b0_is_zero = is_zero_constant(model, b0)?;
+
     let a0 =
         model.wire_node(format!("{name}.cast_a0"), ops::cast::cast(i32::datum_type()), &[a0])?[0];
 
     let b0 =
         model.wire_node(format!("{name}.cast_b0"), ops::cast::cast(i32::datum_type()), &[b0])?[0];
 
-    let k = model.add_const(format!("{name}.k"), rctensor0(k))?;
-    let k = model.wire_node(format!("{name}.cast_k"), ops::cast::cast(i32::datum_type()), &[k])?[0];
-
-    let a0_sum_b = wire_with_rank_broadcast(
-        format!("{name}.a0_sum_b"),
-        model,
-        ops::math::mul(),
-        &[a0, sum_b],
-    )?[0];
-
-    let b0_sum_a = wire_with_rank_broadcast(
-        format!("{name}.b0_sum_a"),
-        model,
-        ops::math::mul(),
-        &[b0, sum_a],
-    )?[0];
-
-    let a0_k =
-        wire_with_rank_broadcast(format!("{name}.a0_k"), model, ops::math::mul(), &[a0, k])?[0];
-
-    let a0_k_b0 =
-        wire_with_rank_broadcast(format!("{name}.a0_k_b0"), model, ops::math::mul(), &[a0_k, b0])?
-            [0];
-
-    let result = wire_with_rank_broadcast(
-        format!("{}.minus_a0_B", name),
-        model,
-        ops::math::sub(),
-        &[result, a0_sum_b],
-    )?[0];
-    let result = wire_with_rank_broadcast(
-        format!("{}.minus_b0_A", name),
-        model,
-        ops::math::sub(),
-        &[result, b0_sum_a],
-    )?[0];
-
-    let result = wire_with_rank_broadcast(
-        format!("{}.plus_a0_k_b0", name),
-        model,
-        ops::math::add(),
-        &[result, a0_k_b0],
-    )?[0];
+    let mut result = result;
+    if !a0_is_zero {
+        let a0_sum_b = wire_with_rank_broadcast(
+            format!("{name}.a0_sum_b"),
+            model,
+            ops::math::mul(),
+            &[a0, sum_b],
+        )?[0];
+        result = wire_with_rank_broadcast(
+            format!("{}.minus_a0_B", name),
+            model,
+            ops::math::sub(),
+            &[result, a0_sum_b],
+        )?[0];
+    }
+    if !b0_is_zero {
+        let b0_sum_a = wire_with_rank_broadcast(
+            format!("{name}.b0_sum_a"),
+            model,
+            ops::math::mul(),
+            &[b0, sum_a],
+        )?[0];
+        result = wire_with_rank_broadcast(
+            format!("{}.minus_b0_A", name),
+            model,
+            ops::math::sub(),
+            &[result, b0_sum_a],
+        )?[0];
+    }
+    if !a0_is_zero && !b0_is_zero {
+        let k = model.add_const(format!("{name}.k"), rctensor0(k))?;
+        let k =
+            model.wire_node(format!("{name}.cast_k"), ops::cast::cast(i32::datum_type()), &[k])?[0];
+        let a0_k =
+            wire_with_rank_broadcast(format!("{name}.a0_k"), model, ops::math::mul(), &[a0, k])?[0];
+        let a0_k_b0 = wire_with_rank_broadcast(
+            format!("{name}.a0_k_b0"),
+            model,
+            ops::math::mul(),
+            &[a0_k, b0],
+        )?[0];
+        result = wire_with_rank_broadcast(
+            format!("{}.plus_a0_k_b0", name),
+            model,
+            ops::math::add(),
+            &[result, a0_k_b0],
+        )?[0];
+    }
 
     Ok(result)
+}
+
+/// Whether `zero_point` is a constant (possibly computed from constants) that is zero in
+/// every element.
+fn is_zero_constant(model: &TypedModel, zero_point: OutletId) -> TractResult<bool> {
+    match constant_value(model, zero_point, 8)? {
+        Some(value) => value.cast_to::<i32>()?.is_all_zero(),
+        None => Ok(false),
+    }
 }
 
 /// The value of `outlet` when it is computed from constants alone (through at most
@@ -294,6 +314,53 @@ mod test {
         #[test]
         fn prop_u8_u8_u8(pb in any::<QMatMulProblemU8U8U8>()) {
             pb.check();
+        }
+    }
+
+    /// The operation names of the optimized plan of `model`.
+    fn optimized_ops(model: TypedModel) -> Vec<String> {
+        let model = model.into_optimized().unwrap();
+        model.nodes().iter().map(|n| n.op().name().to_string()).collect()
+    }
+
+    #[test]
+    fn symmetric_zero_points_skip_operand_sums() {
+        // b0 = 128 is u8's zero, 0 once b is offset to i8
+        let pb = QMatMulProblemI8U8I8 {
+            a: arr2(&[[1, -2, 3], [-4, 5, -6]]),
+            b: arr2(&[[0, 200], [17, 255], [128, 3]]),
+            bias: tensor0(0i32),
+            a0: 0,
+            b0: 128,
+            c0: 3,
+            a_scale: 0.5,
+            b_scale: 0.25,
+            c_scale: 1.0,
+        };
+        pb.check();
+        let ops = optimized_ops(pb.model(false));
+        assert!(!ops.iter().any(|op| op.starts_with("Reduce")), "{ops:?}");
+    }
+
+    #[test]
+    fn one_zero_point_keeps_the_other_sum() {
+        let a = arr2(&[[1, -2, 3], [-4, 5, -6]]);
+        let b = arr2(&[[0, -100], [17, 127], [-128, 3]]);
+        for (a0, b0) in [(0, -7), (9, 0)] {
+            let pb = QMatMulProblemI8I8I8 {
+                a: a.clone(),
+                b: b.clone(),
+                bias: tensor0(0i32),
+                a0,
+                b0,
+                c0: -2,
+                a_scale: 0.5,
+                b_scale: 0.25,
+                c_scale: 0.75,
+            };
+            pb.check();
+            let ops = optimized_ops(pb.model(false));
+            assert_eq!(ops.iter().filter(|op| op.starts_with("Reduce")).count(), 1, "{ops:?}");
         }
     }
 
@@ -478,6 +545,44 @@ mod test {
                 }
 
                 fn tract(&self, opt: bool, qp: bool) -> Array2<$c> {
+                    let model = self.model(qp);
+                    let inputs = if qp {
+                        tvec![
+                            self.a.clone().into_tensor(),
+                            self.b.clone().into_tensor(),
+                            self.bias.clone(),
+                            self.a0.into(),
+                            self.a_scale.into(),
+                            self.b0.into(),
+                            self.b_scale.into(),
+                            self.c0.into(),
+                            self.c_scale.into(),
+                        ]
+                    } else {
+                        tvec![
+                            self.a.clone().into_tensor(),
+                            self.b.clone().into_tensor(),
+                            self.bias.clone(),
+                        ]
+                    };
+                    let inputs = inputs.into_iter().map(|t| t.into_tvalue()).collect();
+                    let optimized = if opt { model.into_optimized().unwrap() } else { model };
+                    let mut outputs = optimized.into_runnable()
+                        .unwrap()
+                        .run(inputs)
+                        .unwrap();
+                    outputs
+                        .remove(0)
+                        .into_tensor()
+                        .into_plain_array::<$c>()
+                        .unwrap()
+                        .into_dimensionality()
+                        .unwrap()
+                }
+
+                /// The quantized product, its zero points and scales as inputs (`qp`) or
+                /// as constants.
+                fn model(&self, qp: bool) -> TypedModel {
                     let mut model = TypedModel::default();
                     let mut inputs = tvec![];
                     inputs.push(
@@ -527,39 +632,7 @@ mod test {
                             &inputs,
                         ).unwrap();
                     model.select_output_outlets(&result).unwrap();
-
-                    let inputs = if qp {
-                        tvec![
-                            self.a.clone().into_tensor(),
-                            self.b.clone().into_tensor(),
-                            self.bias.clone(),
-                            self.a0.into(),
-                            self.a_scale.into(),
-                            self.b0.into(),
-                            self.b_scale.into(),
-                            self.c0.into(),
-                            self.c_scale.into(),
-                        ]
-                    } else {
-                        tvec![
-                            self.a.clone().into_tensor(),
-                            self.b.clone().into_tensor(),
-                            self.bias.clone(),
-                        ]
-                    };
-                    let inputs = inputs.into_iter().map(|t| t.into_tvalue()).collect();
-                    let optimized = if opt { model.into_optimized().unwrap() } else { model };
-                    let mut outputs = optimized.into_runnable()
-                        .unwrap()
-                        .run(inputs)
-                        .unwrap();
-                    outputs
-                        .remove(0)
-                        .into_tensor()
-                        .into_plain_array::<$c>()
-                        .unwrap()
-                        .into_dimensionality()
-                        .unwrap()
+                    model
                 }
             }
 
