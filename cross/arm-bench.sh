@@ -203,20 +203,19 @@ ort_count() { # cpu harness lib model
 
 # --- the run -------------------------------------------------------------------------------
 models=("$@")
-declare -A photos_of
 if [ ${#models[@]} -eq 0 ]; then
   effnet=models/efficientnet-lite0.onnx
   fashion=$(fashion_model)
-  read -r -a fashion_photos <<<"$(photos_fashion)"
   # Through files, not process substitution: a failure here must stop the run.
   quantized "$effnet" --calib /usr/share/darknet/data --calib samples > "$WORK/effnet.int8.list"
   quantized "$fashion" --calib /usr/share/datasets/fashion-mnist --eval-images 2000 > "$WORK/fashion.int8.list"
   mapfile -t eff_q < "$WORK/effnet.int8.list"
   mapfile -t fm_q < "$WORK/fashion.int8.list"
   models=("$effnet" "${eff_q[@]}" "$fashion" "${fm_q[@]}")
-  for m in "$fashion" "${fm_q[@]}"; do photos_of[$m]="${fashion_photos[*]}"; done
 fi
-default_photos=$(photos_imagenet)
+# What each model is for: Fashion-MNIST files (by name) classify Fashion-MNIST images.
+imagenet_photos=$(photos_imagenet)
+fashion_photos=$(photos_fashion)
 
 need_aarch64=0; need_armv7=0
 for cpu in $CPUS; do [ "$cpu" = cortex-a15 ] && need_armv7=1 || need_aarch64=1; done
@@ -226,8 +225,11 @@ for cpu in $CPUS; do [ "$cpu" = cortex-a15 ] && need_armv7=1 || need_aarch64=1; 
 table=("| model | engine | $(echo $CPUS | sed 's/ / | /g') |" "|---|---|$(for _ in $CPUS; do printf -- '---:|'; done)")
 json=()
 for model in "${models[@]}"; do
-  read -r -a photos <<<"${photos_of[$model]:-$default_photos}"
   name=$(basename "$model")
+  case "$name" in
+    fashion-mnist*) read -r -a photos <<<"$fashion_photos" ;;
+    *) read -r -a photos <<<"$imagenet_photos" ;;
+  esac
   for engine in glimpse onnxruntime; do
     row="| $name | $engine"
     for cpu in $CPUS; do
