@@ -1276,20 +1276,24 @@ impl PackedI8K4 {
         unsafe {
             let src = t.as_ptr_unchecked::<i8>();
             let dst = blob.as_mut_ptr() as *mut i8;
-            for p in 0..panels {
-                let pw = self.r.min(mn - p * self.r);
-                let panel = dst.add(p * pl);
-                let mn0 = (p * self.r) as isize;
-                for kb in 0..kblocks {
-                    for kr in 0..4 {
-                        let kk = kb * 4 + kr;
-                        if kk >= k {
-                            break;
-                        }
-                        let srow = src.offset(kk as isize * ks + mn0 * ms);
-                        let dcol = panel.add(kb * self.r * 4 + kr);
-                        for lm in 0..pw {
-                            *dcol.add(lm * 4) = *srow.offset(lm as isize * ms);
+            if ks == 1 {
+                self.pack_k_contiguous(src, dst, k, mn, ms);
+            } else {
+                for p in 0..panels {
+                    let pw = self.r.min(mn - p * self.r);
+                    let panel = dst.add(p * pl);
+                    let mn0 = (p * self.r) as isize;
+                    for kb in 0..kblocks {
+                        for kr in 0..4 {
+                            let kk = kb * 4 + kr;
+                            if kk >= k {
+                                break;
+                            }
+                            let srow = src.offset(kk as isize * ks + mn0 * ms);
+                            let dcol = panel.add(kb * self.r * 4 + kr);
+                            for lm in 0..pw {
+                                *dcol.add(lm * 4) = *srow.offset(lm as isize * ms);
+                            }
                         }
                     }
                 }
@@ -1303,6 +1307,34 @@ impl PackedI8K4 {
         }))
     }
 }
+impl PackedI8K4 {
+    /// `pack_view` when K is the contiguous axis (channel-last activations, `[mn, k]`
+    /// weights): each group of 4 K of one row is 4 adjacent bytes in the source and in the
+    /// panel, so it moves as one 32-bit word instead of four strided bytes.
+    ///
+    /// # Safety
+    /// `src` holds `mn` rows of `k` contiguous i8 at a stride of `ms`; `dst` is the zeroed
+    /// buffer of `mn.div_ceil(r)` panels of `self.panel(k)` bytes.
+    unsafe fn pack_k_contiguous(&self, src: *const i8, dst: *mut i8, k: usize, mn: usize, ms: isize) {
+        let pl = self.panel(k);
+        let whole = k / 4;
+        unsafe {
+            for m in 0..mn {
+                let (p, lm) = (m / self.r, m % self.r);
+                let row = src.offset(m as isize * ms);
+                let col = dst.add(p * pl + lm * 4);
+                for kb in 0..whole {
+                    let word = (row.add(kb * 4) as *const [i8; 4]).read_unaligned();
+                    (col.add(kb * self.r * 4) as *mut [i8; 4]).write_unaligned(word);
+                }
+                for kk in whole * 4..k {
+                    *col.add(whole * self.r * 4 + kk % 4) = *row.add(kk);
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for PackedI8K4 {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         if self.k_pad == 4 {
