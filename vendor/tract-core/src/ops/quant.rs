@@ -9,16 +9,20 @@ use tract_linalg::lut::Lut;
 use tract_linalg::mmm::RoundingPolicy;
 
 use super::binary::TypedBinOp;
+use super::requant::round_to_range;
 use super::math::round_ties_to_even;
 
+// Through `round_to_range`, which vectorizes (tract-data's `round_ties_to_even` branches
+// on the exponent and sign): the same values for every finite input; beyond the i32
+// range, where the sum with the zero point used to overflow, it saturates.
+#[inline]
 pub fn quantize_linear_f32_u8(x: f32, scale: f32, zero_point: i32) -> u8 {
-    ((round_ties_to_even(x * scale) as i32) + zero_point).clamp(u8::MIN as i32, u8::MAX as i32)
-        as u8
+    round_to_range(x * scale, zero_point, u8::MIN as i32, u8::MAX as i32) as u8
 }
 
+#[inline]
 pub fn quantize_linear_f32_i8(x: f32, scale: f32, zero_point: i32) -> i8 {
-    ((round_ties_to_even(x * scale) as i32) + zero_point).clamp(i8::MIN as i32, i8::MAX as i32)
-        as i8
+    round_to_range(x * scale, zero_point, i8::MIN as i32, i8::MAX as i32) as i8
 }
 
 element_wise_oop!(quantize_linear_u8,

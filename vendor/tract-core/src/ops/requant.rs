@@ -27,17 +27,20 @@ impl Eq for RequantPerAxis {}
 /// vectorize everywhere (`f32::round_ties_even` is a libm call on baseline x86_64).
 const ROUND: f32 = 12582912.0;
 
-/// `clamp(round_ties_even(x * scale) + zero_point, lo, hi)`: what `scale_by` (`round(|x|
-/// * scale) * sign(x)`, the same value since IEEE multiplication and ties-to-even rounding
-/// are both symmetric in sign), the zero-point `Add` and the clamping `Min`/`Max` give.
-/// The product is first clamped to `[lo_f, hi_f]`, just outside what can reach
-/// `[lo, hi]` after the zero point: inside, the rounding is exact; outside, both saturate
-/// (the same values whenever `x * scale + zero_point` fits in an i32). Written so that the
-/// loop over a channel vectorizes: no libm call, no saturating float-to-int conversion.
+/// `clamp(round_ties_even(v) + zero_point, lo, hi)` for `v = x * scale`: what `scale_by`
+/// (`round(|x| * scale) * sign(x)`, the same value since IEEE multiplication and
+/// ties-to-even rounding are both symmetric in sign), the zero-point `Add` and the
+/// clamping `Min`/`Max` give, and what `QuantizeLinear` computes. `v` is first clamped to
+/// just outside what can reach `[lo, hi]` after the zero point: inside, the rounding is
+/// exact; outside, both saturate (the same values wherever `round(v) + zero_point` fits in
+/// an i32). Written so that a loop over it vectorizes: no libm call, no
+/// branch, no saturating float-to-int conversion.
 #[inline(always)]
-fn requant_one(x: i32, scale: f32, zero_point: i32, (lo_f, hi_f): (f32, f32), lo: i32, hi: i32) -> i32 {
-    // max/min return the other operand for NaN: v is finite and below 2^22 in magnitude.
-    let v = (x as f32 * scale).max(lo_f).min(hi_f);
+pub(crate) fn round_to_range(v: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
+    // NaN maps to the zero point, as `NaN as i32` (0) did; then v is finite and below
+    // 2^22 in magnitude.
+    let v = if v.is_nan() { 0.0 } else { v };
+    let v = v.max((lo - zero_point - 1) as f32).min((hi - zero_point + 1) as f32);
     // SAFETY: (v + ROUND) - ROUND is an integer-valued finite f32 of magnitude below 2^22.
     let r = unsafe { ((v + ROUND) - ROUND).to_int_unchecked::<i32>() };
     (r + zero_point).clamp(lo, hi)
@@ -63,12 +66,11 @@ impl RequantPerAxis {
         if inner > 0 {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = view.as_slice_mut::<T>()?;
-            let bounds = ((lo - self.zero_point - 1) as f32, (hi - self.zero_point + 1) as f32);
             // Chunk i is channel i % channels of outer index i / channels.
             for (i, (xs, ys)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
                 let scale = scales[i % scales.len()];
                 for (x, y) in xs.iter().zip(ys.iter_mut()) {
-                    *y = requant_one(*x, scale, self.zero_point, bounds, lo, hi).as_();
+                    *y = round_to_range(*x as f32 * scale, self.zero_point, lo, hi).as_();
                 }
             }
         }
@@ -201,6 +203,21 @@ mod tests {
             assert_eq!(got.into_tensor(), want, "{dt:?} zero point {zp}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn round_to_range_is_round_ties_even_then_clamp() {
+        let reference = |v: f32, zp: i32, lo: i32, hi: i32| {
+            let r = if v.is_nan() { 0 } else { v.round_ties_even() as i64 };
+            r.saturating_add(zp as i64).clamp(lo as i64, hi as i64) as i32
+        };
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, -0.0, 1e9, -1e9, 4194303.5];
+        let values = (-4000..4000).map(|v| v as f32 * 0.125).chain(special);
+        for v in values {
+            for (zp, lo, hi) in [(0, 0, 255), (128, 0, 255), (-7, -128, 127), (127, -128, 127)] {
+                assert_eq!(round_to_range(v, zp, lo, hi), reference(v, zp, lo, hi), "{v} zero point {zp}");
+            }
+        }
     }
 
     #[test]
