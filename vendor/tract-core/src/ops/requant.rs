@@ -66,11 +66,22 @@ impl RequantPerAxis {
         if inner > 0 {
             let mut view = output.try_as_plain_ram_mut()?;
             let y = view.as_slice_mut::<T>()?;
-            // Chunk i is channel i % channels of outer index i / channels.
-            for (i, (xs, ys)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
-                let scale = scales[i % scales.len()];
-                for (x, y) in xs.iter().zip(ys.iter_mut()) {
-                    *y = round_to_range(*x as f32 * scale, self.zero_point, lo, hi).as_();
+            let zp = self.zero_point;
+            if inner == 1 {
+                // Channel last (NHWC): a run per position, one value per channel.
+                let channels = scales.len();
+                for (xs, ys) in x.chunks_exact(channels).zip(y.chunks_exact_mut(channels)) {
+                    for ((x, y), scale) in xs.iter().zip(ys.iter_mut()).zip(scales) {
+                        *y = round_to_range(*x as f32 * scale, zp, lo, hi).as_();
+                    }
+                }
+            } else {
+                // Chunk i is channel i % channels of outer index i / channels.
+                for (i, (xs, ys)) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).enumerate() {
+                    let scale = scales[i % scales.len()];
+                    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+                        *y = round_to_range(*x as f32 * scale, zp, lo, hi).as_();
+                    }
                 }
             }
         }
@@ -169,17 +180,19 @@ mod tests {
     use crate::ops::math::{add, max, min};
     use crate::ops::quant::scale;
 
-    /// The chain `qmm::requant` wires without this op, on `x` (i32, NCHW, 3 channels).
-    fn chain(x: &Tensor, scales: &[f32], zp: i32, dt: DatumType) -> TractResult<Tensor> {
+    /// The chain `qmm::requant` wires without this op, on `x` (i32), `scales` shaped to
+    /// broadcast against it.
+    fn chain(x: &Tensor, scales: &Tensor, zp: i32, dt: DatumType) -> TractResult<Tensor> {
         let mut model = TypedModel::default();
+        let rank = x.rank();
         let wire = model.add_source("x", i32::fact(x.shape()))?;
-        let s = model.add_const("s", tensor1(scales).into_shape(&[1, scales.len(), 1, 1])?)?;
+        let s = model.add_const("s", scales.clone())?;
         let wire = model.wire_node("scale", scale(), &[s, wire])?[0];
-        let z = model.add_const("z", tensor0(zp).broadcast_into_rank(4)?)?;
+        let z = model.add_const("z", tensor0(zp).broadcast_into_rank(rank)?)?;
         let wire = model.wire_node("zp", add(), &[wire, z])?[0];
         let (lo, hi) = if dt == u8::datum_type() { (0, 255) } else { (-128, 127) };
-        let hi = model.add_const("hi", tensor0(hi).broadcast_into_rank(4)?)?;
-        let lo = model.add_const("lo", tensor0(lo).broadcast_into_rank(4)?)?;
+        let hi = model.add_const("hi", tensor0(hi).broadcast_into_rank(rank)?)?;
+        let lo = model.add_const("lo", tensor0(lo).broadcast_into_rank(rank)?)?;
         let wire = model.wire_node("min", min(), &[wire, hi])?[0];
         let wire = model.wire_node("max", max(), &[wire, lo])?[0];
         let wire = model.wire_node("cast", crate::ops::cast::cast(dt), &[wire])?[0];
@@ -192,15 +205,19 @@ mod tests {
         // Accumulators across the range, ties (x * scale = n + 0.5) and saturation included.
         let values: Vec<i32> = (-2000..2000).map(|v| v * 97).chain([i32::MIN + 1, i32::MAX, 0, 1, -1, 3, -3, 5, -5]).collect();
         let n = values.len() / 3;
-        let x = tensor1(&values[..3 * n]).into_shape(&[1, 3, n, 1])?;
         let scales = [0.5f32, 0.0123, 1.0 / 3.0];
-        for (dt, zp) in [(u8::datum_type(), 128), (u8::datum_type(), 3), (i8::datum_type(), -5)] {
-            let op = per_axis(&tensor1(&scales).into_shape(&[1, 3, 1, 1])?, &tensor0(zp), 4, dt)?
-                .expect("one varying axis");
-            assert_eq!(op.axis, 1);
-            let got = op.eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue()))?.remove(0);
-            let want = chain(&x, &scales, zp, dt)?;
-            assert_eq!(got.into_tensor(), want, "{dt:?} zero point {zp}");
+        // Channels first (NCHW, a run per channel) and last (NHWC, a run per position).
+        let layouts = [([1, 3, n, 1], [1, 3, 1, 1], 1), ([1, 1, n, 3], [1, 1, 1, 3], 3)];
+        for (x_shape, s_shape, axis) in layouts {
+            let x = tensor1(&values[..3 * n]).into_shape(&x_shape)?;
+            let s = tensor1(&scales).into_shape(&s_shape)?;
+            for (dt, zp) in [(u8::datum_type(), 128), (u8::datum_type(), 3), (i8::datum_type(), -5)] {
+                let op = per_axis(&s, &tensor0(zp), 4, dt)?.expect("one varying axis");
+                assert_eq!(op.axis, axis);
+                let got = op.eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue()))?.remove(0);
+                let want = chain(&x, &s, zp, dt)?;
+                assert_eq!(got.into_tensor(), want, "{dt:?} zero point {zp}, axis {axis}");
+            }
         }
         Ok(())
     }
