@@ -9,7 +9,7 @@ use tract_linalg::lut::Lut;
 use tract_linalg::mmm::RoundingPolicy;
 
 use super::binary::TypedBinOp;
-use super::requant::round_to_range;
+use super::requant::{RequantPerAxis, round_to_range};
 use super::math::round_ties_to_even;
 
 // Through `round_to_range`, which vectorizes (tract-data's `round_ties_to_even` branches
@@ -449,6 +449,35 @@ impl ElementWiseMiniOp for OffsetU8asI8 {
 
         bail!("{} does not support {:?}", self.name(), t.datum_type());
     }
+
+    /// Folds the offset into the op that made the u8 values, when nothing else reads
+    /// them: a quantized product's u8 output feeding the next one (which computes in i8)
+    /// is then written once, as i8, instead of written, read and written again.
+    fn declutter(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let Some(prec) = model.linear_prec(node.id)? else { return Ok(None) };
+        let op: Box<dyn TypedOp> = if let Some(requant) = prec.op_as::<RequantPerAxis>() {
+            let Some(dt) = self.output_type(requant.dt).filter(|_| requant.dt.unquantized() == DatumType::U8)
+            else {
+                return Ok(None);
+            };
+            Box::new(RequantPerAxis { dt, zero_point: requant.zero_point - 128, ..requant.clone() })
+        } else if let Some(quant) =
+            prec.op_as::<ElementWiseOp>().and_then(|op| op.0.downcast_ref::<QuantizeLinearU8>())
+        {
+            Box::new(quantize_linear_i8(quant.scale, (quant.zero_point as i32 - 128) as i8))
+        } else {
+            return Ok(None);
+        };
+        let mut patch = TypedModelPatch::default();
+        let wire = patch.tap_model(model, prec.inputs[0])?;
+        let wire = patch.wire_node(&prec.name, op, &[wire])?[0];
+        patch.shunt_outside(model, node.id.into(), wire)?;
+        Ok(Some(patch))
+    }
 }
 pub fn offset_u8_as_i8() -> ElementWiseOp {
     ElementWiseOp(Box::new(OffsetU8asI8 {}), None)
@@ -518,5 +547,50 @@ pub mod scale {
     #[test]
     fn t3() {
         test_scale(120, 101, 692.5715);
+    }
+}
+
+#[cfg(test)]
+mod offset_folding {
+    use super::*;
+
+    /// `op` then `OffsetU8asI8` on `input`, decluttered: the op names left and the values,
+    /// with the values of the same two ops run one after the other.
+    fn fold(op: Box<dyn TypedOp>, input: Tensor) -> TractResult<(Vec<String>, Tensor, Tensor)> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", input.datum_type().fact(input.shape()))?;
+        let u8s = model.wire_node("q", op, &[source])?;
+        let i8s = model.wire_node("offset", offset_u8_as_i8(), &u8s)?;
+        model.select_output_outlets(&i8s)?;
+        let run = |m: TypedModel| -> TractResult<Tensor> {
+            Ok(m.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?.remove(0).into_tensor())
+        };
+        let unfolded = run(model.clone())?;
+        let folded = model.into_decluttered()?;
+        let ops = folded.nodes().iter().map(|n| n.op().name().to_string()).collect();
+        Ok((ops, run(folded)?, unfolded))
+    }
+
+    #[test]
+    fn quantize_linear_u8_then_offset_is_quantize_linear_i8() -> TractResult<()> {
+        let x: Vec<f32> = (-300..300).map(|i| i as f32 * 0.37).collect();
+        let op = Box::new(quantize_linear_u8(2.5, 131));
+        let (ops, folded, unfolded) = fold(op, tensor1(&x))?;
+        assert_eq!(ops, ["Source", "QuantizeLinearI8"]);
+        assert_eq!(folded.datum_type(), DatumType::I8);
+        assert_eq!(folded, unfolded);
+        Ok(())
+    }
+
+    #[test]
+    fn requant_to_u8_then_offset_is_requant_to_i8() -> TractResult<()> {
+        let x = tensor1(&(-300..300).map(|i| i * 7).collect::<Vec<i32>>()).into_shape(&[2, 300])?;
+        let scale = tensor1(&[0.25f32, 0.031]).into_arc_tensor();
+        let op = Box::new(RequantPerAxis { scale, axis: 0, zero_point: 117, dt: DatumType::U8 });
+        let (ops, folded, unfolded) = fold(op, x)?;
+        assert_eq!(ops, ["Source", "RequantPerAxis"]);
+        assert_eq!(folded.datum_type(), DatumType::I8);
+        assert_eq!(folded, unfolded);
+        Ok(())
     }
 }
