@@ -32,17 +32,35 @@ fn fashion_pngs(dir: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 /// tract and ONNX Runtime give the same top-1 for every photo on `model`.
-fn onnxruntime_agrees(model: &Path, photos: &[PathBuf], test: &str) {
+/// The largest difference of a class probability between tract and ONNX Runtime on the same
+/// quantized file. With float compute (`weights`) the two differ by float rounding only.
+/// With integer compute an accumulator near a rounding tie can requantize one int8 step
+/// apart (the two runtimes requantize and run the float ops between the integer ones each
+/// their own way), and the step travels through the layers after it: up to 0.022 seen on EfficientNet-Lite0
+/// mixed over the sample photos, 6e-8 on Fashion-MNIST.
+fn onnxruntime_bound(mode: &str) -> f32 {
+    if mode == "weights" {
+        1e-4
+    } else {
+        0.05
+    }
+}
+
+fn onnxruntime_agrees(model: &Path, mode: &str, photos: &[PathBuf], test: &str) {
     let classifier = Classifier::load(model, &Overrides::default()).unwrap();
+    let bound = onnxruntime_bound(mode);
     for photo in photos {
         match tract_and_onnxruntime(&classifier, model, photo) {
             Some((ours, theirs)) => {
                 let (diff, same_top1) = compare(&ours, &theirs);
+                let (model, photo) = (model.display(), photo.display());
                 assert!(
                     same_top1,
-                    "{} on {}: tract and ONNX Runtime disagree on top-1 (max prob diff {diff})",
-                    model.display(),
-                    photo.display()
+                    "{model} on {photo}: tract and ONNX Runtime disagree on top-1 (max prob diff {diff})"
+                );
+                assert!(
+                    diff <= bound,
+                    "{model} on {photo}: max prob diff {diff}, expected at most {bound}"
                 );
             }
             None => {
@@ -112,7 +130,7 @@ fn fashion_mnist_int8_both_modes_keep_accuracy_and_run_on_onnxruntime() {
             "{}",
             stdout(&info)
         );
-        onnxruntime_agrees(&out, &pngs, test);
+        onnxruntime_agrees(&out, mode, &pngs, test);
     }
 }
 
@@ -211,7 +229,7 @@ fn efficientnet_mode_agrees(photos: &Path, mode: &str, out: &Path, test: &str) {
         .filter(|p| glimpse_runtime::decode::has_image_extension(p))
         .collect();
     all.push(photos.join("dog.jpg"));
-    onnxruntime_agrees(out, &all, test);
+    onnxruntime_agrees(out, mode, &all, test);
     // Many inferences in one process, on worker threads: tract's AMX int8 kernels read
     // past the packed activations here once (a segfault on AMX x86 CPUs, fixed in
     // vendor/tract-linalg).
@@ -221,7 +239,12 @@ fn efficientnet_mode_agrees(photos: &Path, mode: &str, out: &Path, test: &str) {
         .args(["--iterations", "5", "--threads", "2", "-f", "json"])
         .output()
         .unwrap();
-    assert!(bench.status.success(), "{mode}: glimpse bench: {:?} {}", bench.status, stderr(&bench));
+    assert!(
+        bench.status.success(),
+        "{mode}: glimpse bench: {:?} {}",
+        bench.status,
+        stderr(&bench)
+    );
 }
 
 #[test]
