@@ -14,9 +14,11 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
+        // The reader went away (`glimpse info | head -1`): nothing left to say, to anyone.
+        Err(err) if cli::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("glimpse: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(cli::FATAL)
         }
     }
 }

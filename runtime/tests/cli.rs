@@ -232,7 +232,7 @@ fn parallel_jobs_keep_input_order_and_report_failures() {
     let folder = dir.path().display().to_string();
     let run = |jobs: &str| {
         let out = glimpse(&["classify", &folder, "-f", "json", "-k", "2", "--jobs", jobs]);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("05b.jpg: "),
             "{}",
@@ -400,4 +400,61 @@ fn info_describes_the_shipped_model() {
     assert!(doc["ops"]["Conv"].as_u64().unwrap() > 40);
     assert!(doc["error"].is_null());
     assert_eq!(doc["license"], "Apache-2.0");
+}
+
+/// Exit status: 0 when every input was classified, 1 when some failed and the others were
+/// classified, 2 when the run could not go on (bad model, bad arguments).
+#[test]
+fn exit_status_says_what_failed() {
+    let coffee = sample("coffee.png");
+    let missing = root()
+        .join("samples/no-such-photo.jpg")
+        .display()
+        .to_string();
+    let out = glimpse(&["classify", &coffee]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = glimpse(&["classify", &coffee, &missing, "-f", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        json_lines(&out).len(),
+        1,
+        "the good photo is still classified"
+    );
+    assert!(
+        text(&out.stderr).contains("no-such-photo.jpg"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = glimpse(&["classify", "--model", &missing, &coffee]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = glimpse(&["classify", &coffee, "--top-k", "many"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// A reader that goes away (`glimpse info | head -1`) ends the program quietly: exit 0,
+/// nothing on stderr, no panic. The pipe is closed before the program writes (loading the
+/// model takes longer than the close), so every write meets the closed pipe.
+#[test]
+fn closed_pipe_ends_quietly() {
+    let samples = root().join("samples").display().to_string();
+    let runs: [&[&str]; 4] = [
+        &["info"],
+        &["info", "--format", "json"],
+        &["classify", &samples],
+        &["classify", &samples, "-f", "json", "--jobs", "2"],
+    ];
+    for args in runs {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
 }

@@ -2,6 +2,7 @@
 //! inference, then decode, preprocessing and inference latency percentiles over real
 //! images, throughput with N worker threads, and peak memory. A table, or JSON.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,41 +181,50 @@ pub fn run(args: Args) -> Result<ExitCode> {
         images_per_second: samples.len() as f64 / wall.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
     };
+    let mut text = String::new();
     match args.format {
-        BenchFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        BenchFormat::Json => writeln!(text, "{}", serde_json::to_string_pretty(&report)?)?,
         BenchFormat::Table => {
-            println!(
+            writeln!(
+                text,
                 "{}: {} images x {} passes, {} worker thread(s), {} thread(s) per inference",
                 report.model,
                 report.images,
                 report.iterations,
                 report.threads,
                 report.intra_threads
-            );
-            println!(
+            )?;
+            writeln!(
+                text,
                 "model load {:.1} ms, first inference {:.1} ms",
                 report.load_ms, report.first_inference_ms
-            );
-            println!("| stage | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|");
+            )?;
+            writeln!(
+                text,
+                "| stage | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|"
+            )?;
             for (name, p) in [
                 ("decode", &report.decode_ms),
                 ("preprocess", &report.preprocess_ms),
                 ("inference", &report.inference_ms),
                 ("total", &report.total_ms),
             ] {
-                println!(
+                writeln!(
+                    text,
                     "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
                     p.p50, p.p90, p.p99, p.mean
-                );
+                )?;
             }
-            println!(
+            writeln!(
+                text,
                 "throughput {:.1} images/s; peak RSS {}",
                 report.images_per_second,
                 report
                     .peak_rss_mib
                     .map_or_else(|| "unknown".into(), |m| format!("{m:.1} MiB"))
-            );
+            )?;
         }
     }
+    super::print(&text).context("writing output")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -367,11 +367,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ""
         }
     );
-    Ok(
-        if stats.errors > 0 || failed_saves > 0 || (stats.source_errors > 0 && !reopen) {
-            ExitCode::from(2)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+    let failed = stats.errors > 0 || failed_saves > 0 || (stats.source_errors > 0 && !reopen);
+    Ok(super::exit_code(failed as usize))
 }

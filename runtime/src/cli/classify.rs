@@ -116,11 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         in_parallel(&inputs, jobs, classify, &mut emit)?;
     }
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(super::exit_code(failures))
 }
 
 /// Runs `classify` on the inputs with `jobs` worker threads and hands the results to

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde_json::json;
 
@@ -85,10 +85,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "metadata": props.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
                 "error": error,
             });
-            println!("{doc}");
+            super::print(&format!("{doc}\n")).context("writing output")?;
         }
         InfoFormat::Text => {
-            let row = |k: &str, v: String| println!("{k:<12}{v}");
+            let mut text = String::new();
+            let mut row = |k: &str, v: String| text.push_str(&format!("{k:<12}{v}\n"));
             row(
                 "model",
                 format!(
@@ -164,6 +165,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 };
                 row("metadata", format!("{k} = {v}"));
             }
+            super::print(&text).context("writing output")?;
         }
     }
     match classifier {

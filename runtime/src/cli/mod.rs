@@ -43,6 +43,37 @@ enum Command {
     Serve(Box<serve::Args>),
 }
 
+/// Exit status when some inputs (files, frames) failed and the others were classified.
+pub const PARTIAL: u8 = 1;
+/// Exit status when the run could not go on: a bad model, bad arguments.
+pub const FATAL: u8 = 2;
+
+/// `SUCCESS`, or `PARTIAL` when `failures` is not 0.
+pub fn exit_code(failures: usize) -> ExitCode {
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(PARTIAL)
+    }
+}
+
+/// Whether `err` comes from writing to a pipe whose reader has closed it.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes `text` to stdout: an error (a closed pipe) is returned, where `println!` panics.
+pub fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
