@@ -25,7 +25,12 @@ fn params_of(node: &pb::NodeProto) -> Vec<Params> {
         .iter()
         .find(|a| a.name == "axis")
         .map_or(1, |a| a.i);
-    let p = |scale, zero_point, quantized, axis| Params { scale, zero_point, quantized, axis };
+    let p = |scale, zero_point, quantized, axis| Params {
+        scale,
+        zero_point,
+        quantized,
+        axis,
+    };
     match node.op_type.as_str() {
         // x, y_scale, y_zero_point; x, x_scale, x_zero_point.
         "QuantizeLinear" => vec![p(1, 2, 0, Some(axis))],
@@ -75,8 +80,11 @@ fn zero_point_range(dt: DataType) -> Option<(f64, f64)> {
 
 /// Checks every quantized node of `graph` whose parameters are initializers.
 pub fn check(graph: &pb::GraphProto) -> Result<()> {
-    let inits: HashMap<&str, &pb::TensorProto> =
-        graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let inits: HashMap<&str, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     for node in &graph.node {
         for p in params_of(node) {
             check_params(node, &p, &inits)?;
@@ -114,7 +122,11 @@ fn check_params(
     );
     if let Some((dt, zps)) = init(p.zero_point).and_then(values) {
         if let Some((lo, hi)) = zero_point_range(dt) {
-            if let Some((i, z)) = zps.iter().enumerate().find(|(_, z)| !(lo..=hi).contains(*z)) {
+            if let Some((i, z)) = zps
+                .iter()
+                .enumerate()
+                .find(|(_, z)| !(lo..=hi).contains(*z))
+            {
                 bail!(
                     "invalid quantization in {at}: zero point {:?}[{i}] is {z}, outside the {dt:?} range {lo}..={hi}",
                     what(p.zero_point)

@@ -561,7 +561,8 @@ fn model_cases() -> Vec<Case> {
                     ..Default::default()
                 });
                 g.initializer.push(scalars("w.scale", &[2], &[0.04, 0.04]));
-                g.node.insert(0, dequantize("w.int8", "w.scale", None, "w", Some(0)));
+                g.node
+                    .insert(0, dequantize("w.int8", "w.scale", None, "w", Some(0)));
             }),
         ),
     ]
@@ -578,7 +579,13 @@ fn scalars(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
     }
 }
 
-fn dequantize(x: &str, scale: &str, zp: Option<&str>, out: &str, axis: Option<i64>) -> pb::NodeProto {
+fn dequantize(
+    x: &str,
+    scale: &str,
+    zp: Option<&str>,
+    out: &str,
+    axis: Option<i64>,
+) -> pb::NodeProto {
     let mut input = vec![x.to_string(), scale.to_string()];
     input.extend(zp.map(String::from));
     pb::NodeProto {
@@ -613,12 +620,25 @@ fn quantize_input(m: &mut pb::ModelProto, scale: &[f32], zero_point: &[i32]) {
     let quantize = pb::NodeProto {
         name: "input.quantize".into(),
         op_type: "QuantizeLinear".into(),
-        input: vec!["image".into(), "input.scale".into(), "input.zero_point".into()],
+        input: vec![
+            "image".into(),
+            "input.scale".into(),
+            "input.zero_point".into(),
+        ],
         output: vec!["image.uint8".into()],
         ..Default::default()
     };
     g.node[0].input[0] = "image.float".into();
-    g.node.insert(0, dequantize("image.uint8", "input.scale", Some("input.zero_point"), "image.float", None));
+    g.node.insert(
+        0,
+        dequantize(
+            "image.uint8",
+            "input.scale",
+            Some("input.zero_point"),
+            "image.float",
+            None,
+        ),
+    );
     g.node.insert(0, quantize);
 }
 

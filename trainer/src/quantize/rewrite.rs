@@ -507,36 +507,72 @@ mod tests {
     /// x -> 1x1 conv (8 -> 8) -> ReLU6 -> 3x3 depthwise conv -> ReLU6 -> 1x1 conv (8 -> 4).
     fn mobile_block() -> pb::GraphProto {
         let mut b = GraphBuilder::continuing(&pb::GraphProto::default());
-        let w = |o: usize, i: usize, k: usize| Weights::new(vec![o, i, k, k], vec![0.1; o * i * k * k]);
-        let plain = ConvOpts { stride: 1, pads: [0; 4], group: 1 };
+        let w =
+            |o: usize, i: usize, k: usize| Weights::new(vec![o, i, k, k], vec![0.1; o * i * k * k]);
+        let plain = ConvOpts {
+            stride: 1,
+            pads: [0; 4],
+            group: 1,
+        };
         let expand = b.conv("expand", "x", &w(8, 8, 1), &[0.0; 8], plain);
         let a = b.relu6("expand.relu6", &expand);
-        let dw = b.conv("dw", &a, &w(8, 1, 3), &[0.0; 8], ConvOpts { pads: [1; 4], group: 8, ..plain });
+        let dw = b.conv(
+            "dw",
+            &a,
+            &w(8, 1, 3),
+            &[0.0; 8],
+            ConvOpts {
+                pads: [1; 4],
+                group: 8,
+                ..plain
+            },
+        );
         let a = b.relu6("dw.relu6", &dw);
         b.conv("project", &a, &w(4, 8, 1), &[0.0; 4], plain);
         let (node, initializer) = b.into_parts();
-        pb::GraphProto { node, initializer, ..Default::default() }
+        pb::GraphProto {
+            node,
+            initializer,
+            ..Default::default()
+        }
     }
 
     fn planned(graph: &pb::GraphProto, plan: &StaticPlan) -> Vec<String> {
-        plan.convs.iter().map(|c| graph.node[c.conv].name.clone()).collect()
+        plan.convs
+            .iter()
+            .map(|c| graph.node[c.conv].name.clone())
+            .collect()
     }
 
     #[test]
     fn mixed_plan_leaves_depthwise_convs_float() {
         let g = mobile_block();
-        assert_eq!(planned(&g, &static_plan(&g, true)), ["expand", "dw", "project"]);
+        assert_eq!(
+            planned(&g, &static_plan(&g, true)),
+            ["expand", "dw", "project"]
+        );
         let mixed = static_plan(&g, false);
         assert_eq!(planned(&g, &mixed), ["expand", "project"]);
         // The float depthwise conv reads the expand conv's (ReLU6-folded) output as float
         // and the project conv quantizes the depthwise output again.
-        let ranges: HashMap<String, (f32, f32)> =
-            mixed.tensors.iter().map(|t| (t.clone(), (0.0, 6.0))).collect();
+        let ranges: HashMap<String, (f32, f32)> = mixed
+            .tensors
+            .iter()
+            .map(|t| (t.clone(), (0.0, 6.0)))
+            .collect();
         let q = static_int8(&g, &mixed, &ranges, true).unwrap();
         let ops: Vec<&str> = q.node.iter().map(|n| n.op_type.as_str()).collect();
         assert_eq!(
             ops,
-            ["QuantizeLinear", "QLinearConv", "DequantizeLinear", "Conv", "Clip", "QuantizeLinear", "QLinearConv"]
+            [
+                "QuantizeLinear",
+                "QLinearConv",
+                "DequantizeLinear",
+                "Conv",
+                "Clip",
+                "QuantizeLinear",
+                "QLinearConv"
+            ]
         );
     }
 }
