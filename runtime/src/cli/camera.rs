@@ -211,9 +211,12 @@ fn once(source: Box<dyn FrameSource>) -> Opener {
 fn list_devices() -> Result<ExitCode> {
     #[cfg(feature = "camera")]
     {
+        let mut text = String::new();
         for line in glimpse_runtime::stream::v4l2::describe_devices() {
-            println!("{line}");
+            text.push_str(&line);
+            text.push('\n');
         }
+        super::print(&text).context("writing output")?;
         Ok(ExitCode::SUCCESS)
     }
     #[cfg(not(feature = "camera"))]
@@ -367,6 +370,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ""
         }
     );
-    let failed = stats.errors > 0 || failed_saves > 0 || (stats.source_errors > 0 && !reopen);
-    Ok(super::exit_code(failed as usize))
+    Ok(super::exit_code(
+        stats.errors > 0 || failed_saves > 0 || (stats.source_errors > 0 && !reopen),
+    ))
 }

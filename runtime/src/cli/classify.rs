@@ -116,7 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         in_parallel(&inputs, jobs, classify, &mut emit)?;
     }
-    Ok(super::exit_code(failures))
+    Ok(super::exit_code(failures > 0))
 }
 
 /// Runs `classify` on the inputs with `jobs` worker threads and hands the results to

@@ -45,6 +45,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // next to what the file holds.
     let classifier = args.model.classifier_for(&path, file);
 
+    let mut text = String::new();
     match args.format {
         InfoFormat::Json => {
             let (preprocess, labels, outputs_kind, error) = match &classifier {
@@ -85,10 +86,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "metadata": props.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
                 "error": error,
             });
-            super::print(&format!("{doc}\n")).context("writing output")?;
+            text = format!("{doc}\n");
         }
         InfoFormat::Text => {
-            let mut text = String::new();
             let mut row = |k: &str, v: String| text.push_str(&format!("{k:<12}{v}\n"));
             row(
                 "model",
@@ -165,9 +165,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 };
                 row("metadata", format!("{k} = {v}"));
             }
-            super::print(&text).context("writing output")?;
         }
     }
+    super::print(&text).context("writing output")?;
     match classifier {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e),

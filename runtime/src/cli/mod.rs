@@ -48,12 +48,12 @@ pub const PARTIAL: u8 = 1;
 /// Exit status when the run could not go on: a bad model, bad arguments.
 pub const FATAL: u8 = 2;
 
-/// `SUCCESS`, or `PARTIAL` when `failures` is not 0.
-pub fn exit_code(failures: usize) -> ExitCode {
-    if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
+/// `PARTIAL` when some inputs failed, else `SUCCESS`.
+pub fn exit_code(some_failed: bool) -> ExitCode {
+    if some_failed {
         ExitCode::from(PARTIAL)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

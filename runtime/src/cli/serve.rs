@@ -371,8 +371,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.check {
         let loaded =
             serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
-        println!(
-            "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}",
+        super::print(&format!(
+            "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}\n",
             opts.model_path.display(),
             loaded.sha256,
             loaded.classifier.labels.len(),
@@ -382,7 +382,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if opts.token.is_some() { "bearer token required" } else { "no token" },
             opts.camera.as_ref().map(|c| format!(", camera {}", c.describe)).unwrap_or_default(),
             opts.mqtt.as_ref().map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic)).unwrap_or_default(),
-        );
+        ))
+        .context("writing output")?;
         return Ok(ExitCode::SUCCESS);
     }
     serve::run(opts)?;
