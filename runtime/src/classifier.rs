@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
 use fast_image_resize::Resizer;
 use image::RgbImage;
 use tract_onnx::prelude::*;
 
 use crate::bundle::{default_short_side, BundleMeta, OutputKind};
 use crate::decode::{self, Limits};
+use crate::error::{model_error, Error, Result};
 use crate::onnx_file::{Dim, OnnxFile};
 use crate::preprocess::{Channels, Layout, Preprocess, Resize};
 
@@ -75,138 +75,75 @@ pub struct Classifier {
     /// `None`: the file does not say; decided per output (probabilities if they already
     /// sum to one, logits otherwise).
     pub output: Option<OutputKind>,
+    /// What the model does not say and was assumed ("layout NCHW", "labels"): for a
+    /// warning that says how to set it.
+    pub assumed: Vec<String>,
 }
 
+/// What `Classifier::build` makes of a file.
+type Built = (
+    Arc<TypedRunnableModel>,
+    Preprocess,
+    Vec<String>,
+    Vec<String>,
+);
+
 impl Classifier {
-    /// Reads, checks and optimizes the model at `path`.
+    /// Reads, checks and optimizes the model at `path`; every error names the file.
     pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<Self> {
         let file = OnnxFile::read(path)?;
-        Self::new(file, overrides)
+        Self::new(file, overrides).map_err(|e| e.in_file(path))
     }
 
+    /// Checks and optimizes a parsed model.
     pub fn new(file: OnnxFile, overrides: &Overrides) -> Result<Self> {
-        ensure!(
-            file.inputs.len() == 1,
-            "expected a model with 1 input, got {}",
-            file.inputs.len()
-        );
-        ensure!(!file.outputs.is_empty(), "model has no outputs");
-        let input = &file.inputs[0];
-        if !matches!(input.elem_type.as_str(), "float" | "unknown") {
-            bail!(
-                "expected a float32 image input, got {} input {}",
-                input.elem_type,
-                input
-            );
+        Self::try_new(file, overrides).map_err(|(e, _)| e)
+    }
+
+    /// `new`, giving the file back with the error (to describe a model that cannot run;
+    /// its weights may have been released by then).
+    pub fn try_new(
+        mut file: OnnxFile,
+        overrides: &Overrides,
+    ) -> std::result::Result<Self, (Error, Box<OnnxFile>)> {
+        match Self::build(&mut file, overrides) {
+            Ok((plan, preprocess, labels, assumed)) => {
+                release_freed_memory();
+                Ok(Classifier {
+                    plan,
+                    output: overrides.output.or(file.meta.output),
+                    file,
+                    preprocess,
+                    labels,
+                    assumed,
+                })
+            }
+            Err(e) => Err((e, Box::new(file))),
         }
+    }
+
+    /// The plan, preprocessing, labels and what was assumed of them.
+    fn build(file: &mut OnnxFile, overrides: &Overrides) -> Result<Built> {
+        let (preprocess, mut assumed) = Self::check(file, overrides)?;
+        let (plan, classes) = plan(file, &preprocess)?;
+        let labels = labels(file, overrides, classes, &mut assumed)?;
+        Ok((plan, preprocess, labels, assumed))
+    }
+
+    /// What can be checked before tract sees the model; the preprocessing it needs and
+    /// what of it was assumed.
+    fn check(file: &OnnxFile, overrides: &Overrides) -> Result<(Preprocess, Vec<String>)> {
+        check_io(file)?;
         // Before the non-finite check: a NaN scale is reported with its node.
         file.check_quantization()?;
         if let Some((name, count)) = file.non_finite_weights() {
-            bail!("expected finite weights, got {count} non-finite values (NaN or infinity) in initializer {name:?}");
+            return Err(model_error!("expected finite weights, got {count} non-finite values (NaN or infinity) in initializer {name:?}"));
         }
-        let preprocess = resolve_preprocess(&file.meta, overrides, &input.dims)?;
-        let want = preprocess.shape(1);
-        if input.dims.len() == 4 {
-            for (axis, (d, w)) in input.dims.iter().zip(want).enumerate() {
-                if let Some(n) = d.fixed() {
-                    // Axis 0 is the batch: a fixed batch of 1 is what we feed.
-                    ensure!(
-                        n == w,
-                        "model input {} does not match the preprocessing: expected shape {:?} ({}), got {} on axis {axis}",
-                        input,
-                        want,
-                        preprocess,
-                        n
-                    );
-                }
-            }
-        } else if !input.dims.is_empty() {
-            bail!("expected a 4-D image input (NCHW or NHWC), got {input}");
-        }
-
+        let input = &file.inputs[0];
+        let resolved = resolve(&file.meta, overrides, &input.dims)?;
+        check_input_shape(input, &resolved.0)?;
         file.check_graph()?;
-        // tract is not written for hostile input: a malformed graph it does not expect
-        // may panic inside it. Turn that into an error about this model (the checks
-        // above and `check_graph` catch the cases known from fuzzing up front).
-        let mut file = file;
-        let (plan, classes) = guard_tract(|| {
-            let model = tract_onnx::onnx()
-                .model_for_proto_model(&file.proto)
-                .context("invalid ONNX graph")?;
-            // tract has its own copy of the weights now; the optimizer makes another, so
-            // free this one first (the load's peak memory is three copies without it).
-            file.release_weights();
-            // tract parses unknown ops into placeholders and only fails later with a generic
-            // message; name them up front.
-            let unsupported: Vec<String> = model
-                .nodes()
-                .iter()
-                .filter(|n| n.op.name().starts_with("Unimplemented"))
-                .map(|n| {
-                    let op = file
-                        .graph()
-                        .node
-                        .iter()
-                        .find(|p| p.name == n.name)
-                        .map_or("?", |p| p.op_type.as_str());
-                    format!("{op} (node {:?})", n.name)
-                })
-                .collect();
-            ensure!(
-                unsupported.is_empty(),
-                "unsupported ONNX op: {} is not implemented by tract {}",
-                unsupported.join(", "),
-                TRACT_VERSION
-            );
-            let typed = optimize(
-                model
-                    .with_input_fact(0, f32::fact(want).into())
-                    .context("setting the input shape")?,
-            )?;
-            let out_shape: Vec<usize> = typed
-                .output_fact(0)?
-                .shape
-                .as_concrete()
-                .context("model output shape is not fixed for a batch of 1")?
-                .to_vec();
-            let classes: usize = out_shape.iter().product();
-            ensure!(classes >= 1, "model output is empty (shape {out_shape:?})");
-            let plan = typed
-                .into_runnable()
-                .context("preparing the model to run")?;
-            Ok::<_, anyhow::Error>((plan, classes))
-        })
-        .map_err(|what| {
-            anyhow::anyhow!("invalid ONNX graph: tract {TRACT_VERSION} failed on it ({what})")
-        })??;
-
-        let labels = match overrides
-            .labels
-            .clone()
-            .or_else(|| file.meta.labels.clone())
-        {
-            Some(labels) => {
-                ensure!(
-                    labels.len() == classes,
-                    "label count does not match the model: the model outputs {classes} classes, got {} labels",
-                    labels.len()
-                );
-                labels
-            }
-            None => {
-                log::warn!("model has no labels; naming classes by index (pass --labels FILE)");
-                (0..classes).map(|i| format!("class {i}")).collect()
-            }
-        };
-        let output = overrides.output.or(file.meta.output);
-        release_freed_memory();
-        Ok(Classifier {
-            plan,
-            file,
-            preprocess,
-            labels,
-            output,
-        })
+        Ok(resolved)
     }
 
     pub fn classes(&self) -> usize {
@@ -246,10 +183,11 @@ impl Classifier {
     /// probability per class.
     pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
         let raw = self.run_raw(input)?;
-        ensure!(
-            raw.iter().all(|v| v.is_finite()),
-            "the model gave non-finite outputs (NaN or infinity) for this image"
-        );
+        if !raw.iter().all(|v| v.is_finite()) {
+            return Err(Error::Inference(
+                "the model gave non-finite outputs (NaN or infinity) for this image".into(),
+            ));
+        }
         Ok(self.to_probabilities(raw))
     }
 
@@ -258,12 +196,14 @@ impl Classifier {
         // As when loading: a tract panic on a pathological model is this model's error.
         let outputs = guard_tract(|| self.plan.run(tvec!(input.into())))
             .map_err(|what| {
-                anyhow::anyhow!("tract {TRACT_VERSION} failed while running the model ({what})")
+                Error::Inference(format!(
+                    "tract {TRACT_VERSION} failed while running the model ({what})"
+                ))
             })?
-            .context("running the model")?;
+            .map_err(|e| Error::Inference(format!("running the model: {e:#}")))?;
         let view = outputs[0]
             .to_plain_array_view::<f32>()
-            .context("reading the model output")?;
+            .map_err(|e| Error::Inference(format!("reading the model output: {e:#}")))?;
         Ok(view.iter().copied().collect())
     }
 
@@ -298,6 +238,83 @@ impl Classifier {
     }
 }
 
+/// tract's optimized plan of the model for `preprocess`'s input, and its class count.
+///
+/// tract is not written for hostile input: a malformed graph it does not expect may
+/// panic inside it. That is turned into an error about this model (`Classifier::check`
+/// catches the cases known from fuzzing up front).
+fn plan(file: &mut OnnxFile, preprocess: &Preprocess) -> Result<(Arc<TypedRunnableModel>, usize)> {
+    let want = preprocess.shape(1);
+    guard_tract(|| {
+        let model = tract_onnx::onnx()
+            .model_for_proto_model(&file.proto)
+            .map_err(|e| Error::model("invalid ONNX graph", e))?;
+        // tract has its own copy of the weights now; the optimizer makes another, so
+        // free this one first (the load's peak memory is three copies without it).
+        file.release_weights();
+        check_implemented(&model, file)?;
+        let model = model
+            .with_input_fact(0, f32::fact(want).into())
+            .map_err(|e| Error::model("setting the input shape", e))?;
+        let typed = optimize(model)?;
+        let classes = output_classes(&typed)?;
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| Error::model("preparing the model to run", e))?;
+        Ok((plan, classes))
+    })
+    .map_err(|what| {
+        model_error!("invalid ONNX graph: tract {TRACT_VERSION} failed on it ({what})")
+    })?
+}
+
+/// tract parses unknown ops into placeholders and only fails later with a generic
+/// message; this names them up front.
+fn check_implemented(model: &InferenceModel, file: &OnnxFile) -> Result<()> {
+    let unsupported: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op.name().starts_with("Unimplemented"))
+        .map(|n| {
+            let op = file
+                .graph()
+                .node
+                .iter()
+                .find(|p| p.name == n.name)
+                .map_or("?", |p| p.op_type.as_str());
+            format!("{op} (node {:?})", n.name)
+        })
+        .collect();
+    if unsupported.is_empty() {
+        Ok(())
+    } else {
+        Err(model_error!(
+            "unsupported ONNX op: {} is not implemented by tract {TRACT_VERSION}",
+            unsupported.join(", ")
+        ))
+    }
+}
+
+/// The labels: the overrides', the file's, or "class N" (noted in `assumed`).
+fn labels(
+    file: &OnnxFile,
+    overrides: &Overrides,
+    classes: usize,
+    assumed: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    match overrides.labels.as_ref().or(file.meta.labels.as_ref()) {
+        Some(labels) if labels.len() != classes => Err(Error::Labels(format!(
+            "label count does not match the model: the model outputs {classes} classes, got {} labels",
+            labels.len()
+        ))),
+        Some(labels) => Ok(labels.clone()),
+        None => {
+            assumed.push("labels \"class 0\", \"class 1\", ...".into());
+            Ok((0..classes).map(|i| format!("class {i}")).collect())
+        }
+    }
+}
+
 /// Returns the memory freed after a model load (parsed protobuf, tract's intermediate
 /// models) to the system. glibc keeps freed heap memory for reuse otherwise, and the
 /// process would stay ~20 MB above what it needs for as long as it runs.
@@ -321,14 +338,75 @@ thread_local! {
 pub fn optimize(model: InferenceModel) -> Result<TypedModel> {
     let mut typed = model
         .into_typed()
-        .context("analysing the ONNX graph")?
-        .into_decluttered()
-        .context("analysing the ONNX graph")?;
-    tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
-        .context("tract has no conv_nhwc transform")?
-        .transform(&mut typed)
-        .context("moving convolutions channel-last")?;
-    typed.into_optimized().context("optimizing the ONNX graph")
+        .and_then(|m| m.into_decluttered())
+        .map_err(|e| Error::model("analysing the ONNX graph", e))?;
+    let nhwc = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
+        .ok()
+        .flatten()
+        .ok_or_else(|| model_error!("tract {TRACT_VERSION} has no conv_nhwc transform"))?;
+    nhwc.transform(&mut typed)
+        .map_err(|e| Error::model("moving convolutions channel-last", e))?;
+    typed
+        .into_optimized()
+        .map_err(|e| Error::model("optimizing the ONNX graph", e))
+}
+
+/// Checks the graph's inputs and outputs: one float image input, some output.
+fn check_io(file: &OnnxFile) -> Result<()> {
+    if file.inputs.len() != 1 {
+        return Err(model_error!(
+            "expected a model with 1 input, got {}",
+            file.inputs.len()
+        ));
+    }
+    if file.outputs.is_empty() {
+        return Err(model_error!("model has no outputs"));
+    }
+    let input = &file.inputs[0];
+    if !matches!(input.elem_type.as_str(), "float" | "unknown") {
+        return Err(model_error!(
+            "expected a float32 image input, got {} input {input}",
+            input.elem_type
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the fixed axes of a 4-D input are what the preprocessing makes.
+fn check_input_shape(input: &crate::onnx_file::Io, preprocess: &Preprocess) -> Result<()> {
+    let want = preprocess.shape(1);
+    if input.dims.len() == 4 {
+        for (axis, (d, w)) in input.dims.iter().zip(want).enumerate() {
+            // Axis 0 is the batch: a fixed batch of 1 is what we feed.
+            match d.fixed() {
+                Some(n) if n != w => return Err(model_error!(
+                    "model input {input} does not match the preprocessing: expected shape {want:?} ({preprocess}), got {n} on axis {axis}"
+                )),
+                _ => {}
+            }
+        }
+    } else if !input.dims.is_empty() {
+        return Err(model_error!(
+            "expected a 4-D image input (NCHW or NHWC), got {input}"
+        ));
+    }
+    Ok(())
+}
+
+/// The number of classes: the size of the (fixed) first output for a batch of 1.
+fn output_classes(typed: &TypedModel) -> Result<usize> {
+    let fact = typed
+        .output_fact(0)
+        .map_err(|e| Error::model("reading the model output", e))?;
+    let shape = fact
+        .shape
+        .as_concrete()
+        .ok_or_else(|| model_error!("model output shape is not fixed for a batch of 1"))?;
+    let classes: usize = shape.iter().product();
+    if classes == 0 {
+        return Err(model_error!("model output is empty (shape {shape:?})"));
+    }
+    Ok(classes)
 }
 
 /// Runs `f` (a call into tract), turning a panic inside it into `Err(message)`: tract
@@ -368,8 +446,11 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Reads a labels file: one label per line, blank trailing lines ignored.
 pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading labels {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
+        action: "reading labels",
+        path: path.to_path_buf(),
+        error,
+    })?;
     let labels: Vec<String> = text
         .lines()
         .map(|l| l.trim_end_matches('\r').to_string())
@@ -378,13 +459,23 @@ pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
         .iter()
         .rposition(|l| !l.trim().is_empty())
         .map_or(0, |i| i + 1);
-    ensure!(end > 0, "labels file {} is empty", path.display());
+    if end == 0 {
+        return Err(Error::Labels(format!(
+            "labels file {} is empty",
+            path.display()
+        )));
+    }
     Ok(labels[..end].to_vec())
 }
 
 /// Combines overrides, metadata and what the input shape reveals into a full
-/// preprocessing definition; what had to be guessed is logged once.
+/// preprocessing definition.
 pub fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Result<Preprocess> {
+    resolve(meta, ov, dims).map(|(p, _)| p)
+}
+
+/// `resolve_preprocess`, and what had to be assumed.
+fn resolve(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Result<(Preprocess, Vec<String>)> {
     let mut guessed = Vec::new();
     let fixed = |i: usize| dims.get(i).and_then(Dim::fixed);
     let shape_layout = match (fixed(1), fixed(3)) {
@@ -421,7 +512,7 @@ pub fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Re
             _ => None,
         });
     let Some((width, height)) = size else {
-        bail!("the model's input size is not fixed and the model has no glimpse.input_size: pass --input-size WxH");
+        return Err(Error::NoInputSize);
     };
     let resize = match ov.resize.or(meta.resize) {
         Some(Resize::CenterCrop { short_side: 0 }) => Resize::CenterCrop {
@@ -465,15 +556,8 @@ pub fn resolve_preprocess(meta: &BundleMeta, ov: &Overrides, dims: &[Dim]) -> Re
         channels,
         layout,
     };
-    p.validate()
-        .map_err(|e| anyhow::anyhow!("invalid preprocessing: {e}"))?;
-    if !guessed.is_empty() {
-        log::warn!(
-            "model lacks glimpse metadata for its preprocessing; assuming {} (override with --resize, --mean, --std, --channels, --layout)",
-            guessed.join(", ")
-        );
-    }
-    Ok(p)
+    p.validate().map_err(Error::Preprocess)?;
+    Ok((p, guessed))
 }
 
 #[cfg(test)]
@@ -508,7 +592,7 @@ mod tests {
         ];
         let err =
             resolve_preprocess(&BundleMeta::default(), &Overrides::default(), &dims).unwrap_err();
-        assert!(err.to_string().contains("--input-size"), "{err}");
+        assert!(matches!(err, Error::NoInputSize), "{err}");
     }
 
     #[test]

@@ -3,16 +3,25 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced to
-/// disk and renamed over the target (atomic on POSIX filesystems).
+/// disk and renamed over the target (atomic on POSIX filesystems), then syncs the
+/// directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |error| Error::Io {
+            action,
+            path,
+            error,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     remove_orphans(dir, name);
     let mut tmp = tempfile::Builder::new()
@@ -21,7 +30,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(&format!(".{name}.{}.", std::process::id()))
         .suffix(".tmp")
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .map_err(io("creating a temporary file in", dir))?;
     // Temporary files are created private (0600); a model or report is meant to be read
     // by others (a service user, say), so keep the mode of the file being replaced, or
     // use the usual 0644 for a new one.
@@ -33,14 +42,18 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
             .unwrap_or(0o644);
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting permissions of {}", path.display()))?;
+            .map_err(io("setting permissions of", path))?;
     }
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(io("writing", path))?;
     tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+        .map_err(|e| e.error)
+        .map_err(io("renaming into", path))?;
+    // The rename is durable only once the directory entry is on disk too.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))
 }
 
 /// Removes temporary files of earlier writes of `name` whose writer no longer runs

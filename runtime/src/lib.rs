@@ -4,20 +4,29 @@
 //! input tensor, as the bundle metadata in `bundle` says) → `classifier` (tract plan →
 //! probabilities → ranked labels). The trainer depends on this crate for the same
 //! preprocessing and inference, never the other way round.
+//!
+//! Features: `stream` (live frame sources and the capture/classify loop), `camera` (V4L2,
+//! implies `stream`), `serve` (the daemon, implies `stream`) and `cli` (the `glimpse`
+//! binary). The defaults are `cli` and `serve`; with `default-features = false` this is
+//! the classifier library alone (decode, preprocess, run, rank).
 
 pub mod bundle;
 pub mod classifier;
 pub mod decode;
+pub mod error;
 pub mod fsutil;
 pub mod onnx_file;
 pub mod preprocess;
 mod quant_check;
+#[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "stream")]
 pub mod stream;
 
 pub use bundle::{BundleMeta, OutputKind};
 pub use classifier::{Classifier, Overrides, Ranked, Timings};
 pub use decode::{decode, DecodeError, Limits};
+pub use error::{Error, Result};
 pub use onnx_file::OnnxFile;
 pub use preprocess::{Channels, Layout, Preprocess, Resize};
 

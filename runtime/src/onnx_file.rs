@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
 use prost::Message;
 use tract_onnx::pb::{
     self, tensor_shape_proto::dimension::Value as DimValue, type_proto::Value as TypeValue,
 };
 
 use crate::bundle::BundleMeta;
+use crate::error::{model_error, Error, Result};
 
 /// One dimension of a graph input or output as the file declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,21 +40,26 @@ pub struct OnnxFile {
 }
 
 impl OnnxFile {
+    /// Reads and parses the model at `path`; every error names the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::from_bytes(&bytes)
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {
-            bail!("not an ONNX model: empty file");
+            return Err(Error::NotOnnx("empty file".into()));
         }
         let proto = pb::ModelProto::decode(bytes)
-            .map_err(|e| anyhow::anyhow!("not an ONNX model: protobuf decoding failed ({e})"))?;
+            .map_err(|e| Error::NotOnnx(format!("protobuf decoding failed ({e})")))?;
         // Random bytes occasionally decode as a valid but meaningless protobuf message.
         let graph = match &proto.graph {
             Some(g) if proto.ir_version > 0 && !g.node.is_empty() => g,
-            _ => bail!("not an ONNX model: no IR version or no graph nodes"),
+            _ => return Err(Error::NotOnnx("no IR version or no graph nodes".into())),
         };
         let meta = BundleMeta::from_props(
             proto
@@ -141,11 +146,11 @@ impl OnnxFile {
             );
             for out in &graph.output {
                 if !known.contains(out.name.as_str()) {
-                    bail!(
+                    return Err(model_error!(
                         "invalid ONNX graph: output {:?} of graph {:?} is not produced by any node, input or initializer",
                         out.name,
                         graph.name
-                    );
+                    ));
                 }
             }
             for node in &graph.node {

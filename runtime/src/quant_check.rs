@@ -5,7 +5,17 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, ensure, Result};
+use crate::error::{model_error, Result};
+
+/// Ends the check with `Error::Model`.
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(model_error!($($arg)*)) };
+}
+
+/// Ends the check with `Error::Model` unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
+}
 use tract_onnx::pb::{self, tensor_proto::DataType};
 
 /// One quantization parameter set of a node: which inputs hold the scale and the zero point,

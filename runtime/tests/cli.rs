@@ -365,7 +365,7 @@ fn third_party_model_without_metadata_runs_with_flags() {
     assert!(out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("no labels") && err.contains("assuming"),
+        err.contains("assuming") && err.contains("labels \"class 0\"") && err.contains("--labels"),
         "{err}"
     );
     assert!(

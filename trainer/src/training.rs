@@ -280,7 +280,7 @@ fn write_checkpoint(
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
-    glimpse_runtime::fsutil::atomic_write(path, &buf)
+    Ok(glimpse_runtime::fsutil::atomic_write(path, &buf)?)
 }
 
 /// What a checkpoint file holds: progress, current model and optimizer, best model.

@@ -11,14 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use glimpse_runtime::preprocess::parse_size;
-use glimpse_runtime::stream::{
-    live, Classified, DebounceConfig, Debouncer, FolderSource, FrameSource, LiveOptions, Opener,
-    PixelFormat, RawSource,
-};
+use glimpse_runtime::stream::{live, Classified, Debouncer, LiveOptions, OpenedSource};
 use glimpse_runtime::Limits;
 use serde_json::json;
 
+use super::source_args::{EventArgs, PaceArgs, SourceArgs};
 use super::ModelArgs;
 
 #[derive(Debug, clap::Args)]
@@ -48,122 +45,6 @@ pub struct Args {
     output: FrameFormat,
 }
 
-/// Where frames come from (shared with `glimpse serve`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct SourceArgs {
-    /// The camera to read (`glimpse camera` reads /dev/video0 when no other source is
-    /// given).
-    #[arg(long, value_name = "DEV", conflicts_with_all = ["images", "raw"], help_heading = "Source")]
-    pub device: Option<PathBuf>,
-    /// Play the images of a folder (in name order) as frames, at --fps (without it, as
-    /// fast as they decode: frames the classifier cannot keep up with are dropped).
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "raw",
-        help_heading = "Source"
-    )]
-    pub images: Option<PathBuf>,
-    /// With --images: start over after the last image instead of ending.
-    #[arg(long = "loop", requires = "images", help_heading = "Source")]
-    pub looping: bool,
-    /// Read raw frames from a file or `-` (stdin), e.g. from
-    /// `ffmpeg -i URL -f rawvideo -pix_fmt yuyv422 -s 640x480 -`; needs --size and --format.
-    #[arg(long, value_name = "FILE|-", help_heading = "Source")]
-    pub raw: Option<PathBuf>,
-    /// Frame size WxH: asked of the camera, or the size of --raw frames.
-    #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Source")]
-    pub size: Option<(u32, u32)>,
-    /// Frames per second: asked of the camera, or the pace of --images / --raw.
-    #[arg(long, help_heading = "Source")]
-    pub fps: Option<f64>,
-    /// Pixel format: mjpeg, yuyv, nv12, i420 (yuv420p), rgb24 or grey (asked of the
-    /// camera, or the layout of --raw frames).
-    #[arg(long, value_parser = |s: &str| s.parse::<PixelFormat>(), help_heading = "Source")]
-    pub format: Option<PixelFormat>,
-}
-
-/// How often frames are classified (shared with `glimpse serve`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct PaceArgs {
-    /// Classify only every Nth frame (saves power).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Source")]
-    pub every: u64,
-    /// Classify at most this many frames per second (saves power).
-    #[arg(long, help_heading = "Source")]
-    pub max_fps: Option<f64>,
-}
-
-/// When a label becomes the state (shared with `glimpse serve`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct EventArgs {
-    /// A label becomes the state only at or above this probability.
-    #[arg(short, long, default_value_t = 0.5, help_heading = "Events")]
-    pub threshold: f32,
-    /// Frames a new label must hold before the state changes.
-    #[arg(long, default_value_t = 3, help_heading = "Events")]
-    pub hold_frames: u32,
-    /// Milliseconds a new label must hold, instead of a frame count.
-    #[arg(long, help_heading = "Events")]
-    pub hold_ms: Option<u64>,
-    /// Only these labels are states (comma-separated); anything else is "none".
-    #[arg(long, value_delimiter = ',', help_heading = "Events")]
-    pub watch: Option<Vec<String>>,
-}
-
-impl EventArgs {
-    pub fn debounce(&self) -> DebounceConfig {
-        DebounceConfig {
-            threshold: self.threshold,
-            hold_frames: self.hold_frames,
-            hold: self.hold_ms.map(Duration::from_millis),
-            watch: self.watch.clone(),
-        }
-    }
-}
-
-impl SourceArgs {
-    /// Opens the source given (`None`: none was): its opener, whether a failure is
-    /// retried (a camera) and a description.
-    pub fn opener(&self, limits: Limits) -> Result<Option<(Opener, bool, String)>> {
-        if let Some(dir) = &self.images {
-            let source = FolderSource::open(dir.clone(), self.fps, limits)?.looping(self.looping);
-            let describe = source.describe();
-            Ok(Some((once(Box::new(source)), false, describe)))
-        } else if let Some(raw) = &self.raw {
-            let size = self
-                .size
-                .context("--raw needs --size WxH (the size of each frame)")?;
-            let format = self
-                .format
-                .context("--raw needs --format (yuyv, nv12, i420, rgb24 or grey)")?;
-            let (name, reader): (String, Box<dyn std::io::Read + Send>) = if raw.as_os_str() == "-"
-            {
-                ("stdin".into(), Box::new(std::io::stdin()))
-            } else {
-                (
-                    raw.display().to_string(),
-                    Box::new(
-                        std::fs::File::open(raw)
-                            .with_context(|| format!("opening {}", raw.display()))?,
-                    ),
-                )
-            };
-            let source = RawSource::new(name, reader, size, format, self.fps, &limits)?;
-            let describe = source.describe();
-            Ok(Some((once(Box::new(source)), false, describe)))
-        } else if let Some(device) = &self.device {
-            Ok(Some((
-                camera_opener(self, device.clone())?,
-                true,
-                device.display().to_string(),
-            )))
-        } else {
-            Ok(None)
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FrameFormat {
     /// One readable line per frame.
@@ -180,34 +61,6 @@ struct Prediction {
     infer: Duration,
 }
 
-#[cfg(feature = "camera")]
-fn camera_opener(args: &SourceArgs, device: PathBuf) -> Result<Opener> {
-    use glimpse_runtime::stream::v4l2::{CameraRequest, CameraSource};
-    let req = CameraRequest {
-        device,
-        size: args.size,
-        fps: args.fps.map(|f| f.round().max(1.0) as u32),
-        format: args.format,
-    };
-    Ok(Box::new(move || {
-        Ok(Box::new(CameraSource::open(&req)?) as Box<dyn FrameSource>)
-    }))
-}
-
-#[cfg(not(feature = "camera"))]
-fn camera_opener(_: &SourceArgs, _: PathBuf) -> Result<Opener> {
-    Err(anyhow::anyhow!(NO_CAMERA))
-}
-
-#[cfg(not(feature = "camera"))]
-const NO_CAMERA: &str = "this glimpse was built without camera support (the `camera` feature, which needs libclang at build time): rebuild with `cargo build --release -p glimpse-runtime --features camera`, or read frames with --raw or --images";
-
-/// A source that is opened once: an ended or failed stream is not reopened.
-fn once(source: Box<dyn FrameSource>) -> Opener {
-    let mut source = Some(source);
-    Box::new(move || source.take().context("the stream cannot be reopened"))
-}
-
 fn list_devices() -> Result<ExitCode> {
     #[cfg(feature = "camera")]
     {
@@ -220,7 +73,9 @@ fn list_devices() -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     }
     #[cfg(not(feature = "camera"))]
-    Err(anyhow::anyhow!(NO_CAMERA))
+    Err(super::source_args::hint(
+        glimpse_runtime::stream::open::NoCamera.into(),
+    ))
 }
 
 /// A label made safe for a file name.
@@ -240,17 +95,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (path, file) = args.model.read()?;
     let classifier = args.model.classifier_for(&path, file)?;
     let limits = Limits::default();
-    let (open, reopen, _) = match args.source.opener(limits)? {
-        Some(source) => source,
-        None => {
-            let device = PathBuf::from("/dev/video0");
-            (
-                camera_opener(&args.source, device.clone())?,
-                true,
-                device.display().to_string(),
-            )
-        }
-    };
+    let source = args
+        .source
+        .spec()?
+        .unwrap_or_else(|| args.source.camera("/dev/video0"));
+    let OpenedSource { opener, reopen, .. } =
+        source.open(limits).map_err(super::source_args::hint)?;
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -346,14 +196,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let saved = img
                 .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                 .map_err(anyhow::Error::from)
-                .and_then(|_| glimpse_runtime::fsutil::atomic_write(&dir.join(&name), &png));
+                .and_then(|_| {
+                    Ok(glimpse_runtime::fsutil::atomic_write(
+                        &dir.join(&name),
+                        &png,
+                    )?)
+                });
             if let Err(e) = saved {
                 failed_saves += 1;
                 log::warn!("{}: {e:#}", dir.join(&name).display());
             }
         }
     };
-    let stats = live::run(open, classify, report, &opts, stop.clone());
+    let stats = live::run(opener, classify, report, &opts, stop.clone());
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "glimpse camera: {} frames captured, {} classified ({:.1}/s), {} dropped, {} skipped, {} failed, {} source errors{}",

@@ -87,7 +87,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .clamp(1, inputs.len().max(1));
     log::info!("{} input(s), {jobs} worker(s)", inputs.len());
     let classify = |input: &Input| {
-        read_input(input, &limits).and_then(|bytes| classifier.classify_bytes(&bytes, &limits))
+        read_input(input, &limits).and_then(|bytes| Ok(classifier.classify_bytes(&bytes, &limits)?))
     };
     let mut emit = |input: &Input, result: Result<(Vec<f32>, Timings)>| -> Result<()> {
         let name = match input {

@@ -6,7 +6,9 @@ mod classify;
 mod info;
 mod model_args;
 mod output;
+#[cfg(feature = "serve")]
 mod serve;
+mod source_args;
 
 use std::process::ExitCode;
 
@@ -17,8 +19,9 @@ pub use model_args::ModelArgs;
 
 /// Classify images with a self-describing ONNX model, on the CPU.
 ///
-/// Exit status: 0 when every input was classified, 2 when anything failed (each failure
-/// is reported as `path: reason` on stderr while the other inputs are still processed).
+/// Exit status: 0 when every input was classified; 1 when some failed (each failure is
+/// reported as `path: reason` on stderr while the other inputs are still processed); 2
+/// when the run could not go on (a bad model, bad arguments).
 #[derive(Debug, Parser)]
 #[command(name = "glimpse", version, about, max_term_width = 100)]
 pub struct Cli {
@@ -40,6 +43,7 @@ enum Command {
     Bench(bench::Args),
     /// Run as a daemon: an HTTP API (classify, model, metrics, health), optionally a
     /// camera with debounced events over server-sent events and MQTT; hot model reload.
+    #[cfg(feature = "serve")]
     Serve(Box<serve::Args>),
 }
 
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Camera(args) => camera::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),
     }
 }

@@ -99,15 +99,47 @@ impl ModelArgs {
     /// Reads the model file (without building a runnable plan).
     pub fn read(&self) -> Result<(PathBuf, OnnxFile)> {
         let path = self.path()?;
-        let file =
-            OnnxFile::read(&path).with_context(|| format!("loading model {}", path.display()))?;
+        let file = OnnxFile::read(&path).context("loading model")?;
         Ok((path, file))
     }
 
     pub fn classifier_for(&self, path: &std::path::Path, file: OnnxFile) -> Result<Classifier> {
+        self.try_classifier_for(path, file).map_err(|(e, _)| e)
+    }
+
+    /// `classifier_for`, giving the file back with the error.
+    pub fn try_classifier_for(
+        &self,
+        path: &std::path::Path,
+        file: OnnxFile,
+    ) -> Result<Classifier, (anyhow::Error, Box<OnnxFile>)> {
         glimpse_runtime::classifier::set_inference_threads(self.intra_threads as usize);
-        Classifier::new(file, &self.overrides()?)
-            .with_context(|| format!("loading model {}", path.display()))
+        let overrides = match self.overrides() {
+            Ok(o) => o,
+            Err(e) => return Err((e, Box::new(file))),
+        };
+        let classifier = Classifier::try_new(file, &overrides)
+            .map_err(|(e, file)| (hint(e.in_file(path)).context("loading model"), file))?;
+        warn_assumed(&classifier);
+        Ok(classifier)
+    }
+}
+
+/// The library's error, with the flag that fixes it where there is one.
+pub fn hint(err: glimpse_runtime::Error) -> anyhow::Error {
+    match err.cause() {
+        glimpse_runtime::Error::NoInputSize => anyhow::anyhow!("{err}: pass --input-size WxH"),
+        _ => err.into(),
+    }
+}
+
+/// Warns once about what the model does not say and glimpse assumed, naming the flags.
+pub fn warn_assumed(classifier: &Classifier) {
+    if !classifier.assumed.is_empty() {
+        log::warn!(
+            "the model's metadata does not say everything; assuming {} (set with --labels, --input-size, --resize, --mean, --std, --channels, --layout)",
+            classifier.assumed.join(", ")
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use glimpse_runtime::serve::{self, CameraSetup, MqttConfig, ServeOptions, Token}
 use glimpse_runtime::stream::LiveOptions;
 use glimpse_runtime::{Classifier, Limits, OnnxFile};
 
-use super::camera::{EventArgs, PaceArgs, SourceArgs};
+use super::source_args::{EventArgs, PaceArgs, SourceArgs};
 use super::ModelArgs;
 
 /// Environment variable read for the API token when neither --token nor --token-file is
@@ -301,24 +301,30 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let model_path = args.model.path()?;
     let overrides = args.model.overrides()?;
     glimpse_runtime::classifier::set_inference_threads(args.model.intra_threads as usize);
-    let loader: serve::Loader =
-        Arc::new(move |bytes: &[u8]| Classifier::new(OnnxFile::from_bytes(bytes)?, &overrides));
+    let loader: serve::Loader = Arc::new(move |bytes: &[u8]| {
+        let classifier = Classifier::new(OnnxFile::from_bytes(bytes)?, &overrides)?;
+        super::model_args::warn_assumed(&classifier);
+        Ok(classifier)
+    });
 
-    let camera = args
-        .source
-        .opener(limits)?
-        .map(|(open, reopen, describe)| CameraSetup {
-            open,
-            describe,
-            live: LiveOptions {
-                every: args.pace.every,
-                max_fps: args.pace.max_fps,
-                reopen,
-                ..LiveOptions::default()
-            },
-            debounce: args.events.debounce(),
-            limits,
-        });
+    let camera = match args.source.spec()? {
+        None => None,
+        Some(spec) => {
+            let source = spec.open(limits).map_err(super::source_args::hint)?;
+            Some(CameraSetup {
+                open: source.opener,
+                describe: source.describe,
+                live: LiveOptions {
+                    every: args.pace.every,
+                    max_fps: args.pace.max_fps,
+                    reopen: source.reopen,
+                    ..LiveOptions::default()
+                },
+                debounce: args.events.debounce(),
+                limits,
+            })
+        }
+    };
     let mqtt = match &args.mqtt_host {
         None => None,
         Some(host) => {

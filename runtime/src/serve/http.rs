@@ -22,7 +22,7 @@ use super::auth::Token;
 use super::camera::CameraShared;
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::ModelSlot;
-use crate::{decode, DecodeError, Limits};
+use crate::Limits;
 
 /// Everything a request handler may touch.
 pub struct AppState {
@@ -447,39 +447,12 @@ async fn classify(
         // The permits travel with the work: a client that hangs up does not free a
         // worker that is still busy with its image.
         let _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (worker, admitted);
-        let t = Instant::now();
-        let img = decode::decode(&image, &limits)?;
-        let decode = t.elapsed();
-        let (probs, timings) = loaded
-            .classifier
-            .classify(&img)
-            .map_err(Failure::Inference)?;
-        Ok::<_, Failure>((loaded, probs, decode, timings))
+        let result = loaded.classifier.classify_bytes(&image, &limits);
+        (loaded, result)
     });
-    let (loaded, probs, decode_time, timings) = match job.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(Failure::Decode(e))) if e.is_too_large() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                e.to_string(),
-            ))
-        }
-        Ok(Err(Failure::Decode(e))) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_image",
-                e.to_string(),
-            ))
-        }
-        Ok(Err(Failure::Inference(e))) => {
-            log::error!("inference failed: {e:#}");
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference",
-                format!("{e:#}"),
-            ));
-        }
+    let (loaded, (probs, timings)) = match job.await {
+        Ok((loaded, Ok(r))) => (loaded, r),
+        Ok((_, Err(e))) => return Err(classify_error(e)),
         Err(e) => {
             log::error!("inference panicked: {e}");
             return Err(ApiError::new(
@@ -489,11 +462,10 @@ async fn classify(
             ));
         }
     };
-    let took = decode_time + timings.preprocess + timings.inference;
     st.metrics
         .inference_seconds
         .get_or_create(&SourceLabels { source: "http" })
-        .observe(took.as_secs_f64());
+        .observe(timings.total().as_secs_f64());
     let c = &loaded.classifier;
     let top = c.top_k(&probs, top_k);
     let label = top
@@ -505,7 +477,7 @@ async fn classify(
         "label": label,
         "top": top.iter().map(|r| json!({"label": r.label, "index": r.index, "probability": round6(r.probability)})).collect::<Vec<_>>(),
         "latency_ms": ms(t0.elapsed()),
-        "decode_ms": ms(decode_time),
+        "decode_ms": ms(timings.decode),
         "preprocess_ms": ms(timings.preprocess),
         "inference_ms": ms(timings.inference),
         "model_sha256": loaded.sha256,
@@ -518,14 +490,24 @@ fn round6(p: f32) -> f64 {
     (p as f64 * 1e6).round() / 1e6
 }
 
-enum Failure {
-    Decode(DecodeError),
-    Inference(anyhow::Error),
-}
-
-impl From<DecodeError> for Failure {
-    fn from(e: DecodeError) -> Self {
-        Failure::Decode(e)
+/// The answer to an image the classifier refused: 413 for its size, 400 for its content,
+/// 500 when the model failed on it.
+fn classify_error(e: crate::Error) -> ApiError {
+    match e {
+        crate::Error::Decode(e) if e.is_too_large() => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        crate::Error::Decode(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_image", e.to_string())
+        }
+        e => {
+            log::error!("inference failed: {e}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference",
+                e.to_string(),
+            )
+        }
     }
 }
 

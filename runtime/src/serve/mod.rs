@@ -173,8 +173,8 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     ]);
     // Tests and scripts read the address from this line (with --listen ...:0 the port
     // is chosen by the system).
-    eprintln!(
-        "glimpse serve: listening on http://{local} (model {}{}{}{})",
+    log::info!(
+        "listening on http://{local} (model {}{}{}{})",
         opts.model_path.display(),
         if opts.token.is_some() {
             ", bearer token required"
@@ -220,10 +220,7 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     if let Some(t) = camera_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    eprintln!(
-        "glimpse serve: stopped after {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    log::info!("stopped after {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -304,7 +301,7 @@ fn signals(shutdown: watch::Sender<bool>) {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-        eprintln!("glimpse serve: second signal, exiting without draining");
+        log::warn!("second signal, exiting without draining");
         std::process::exit(130);
     });
 }
@@ -365,8 +362,8 @@ async fn reloader(
                     .reloads
                     .get_or_create(&ResultLabels { result: "ok" })
                     .inc();
-                eprintln!(
-                    "glimpse serve: reloaded {} (sha256 {} -> {}, {} classes)",
+                log::info!(
+                    "reloaded {} (sha256 {} -> {}, {} classes)",
                     path.display(),
                     &old[..12],
                     &new.sha256[..12],
@@ -379,8 +376,8 @@ async fn reloader(
                     .get_or_create(&ResultLabels { result: "failed" })
                     .inc();
                 metrics.error("reload");
-                eprintln!(
-                    "glimpse serve: reload failed, still serving sha256 {}: {e:#}",
+                log::warn!(
+                    "reload failed, still serving sha256 {}: {e:#}",
                     &slot.get().sha256[..12]
                 );
             }

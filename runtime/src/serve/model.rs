@@ -14,7 +14,7 @@ use crate::{decode, Classifier, Limits};
 /// Builds a classifier from the bytes of a model file (with the user's overrides
 /// applied). Bytes, not a path: the file is read once, so the sha256 reported is the
 /// model's that is served even if the file changes meanwhile.
-pub type Loader = Arc<dyn Fn(&[u8]) -> Result<Classifier> + Send + Sync>;
+pub type Loader = Arc<dyn Fn(&[u8]) -> crate::Result<Classifier> + Send + Sync>;
 
 /// A loaded, probed model.
 pub struct Loaded {

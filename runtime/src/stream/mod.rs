@@ -1,12 +1,13 @@
 //! Live classification of frame streams: cameras, image folders played as video, raw
 //! frames on stdin. `frame` (pixel formats and conversion to RGB), `source` (where frames
-//! come from), `live` (the capture/classify loop with the newest-frame policy and
-//! reconnection), `debounce` (state-change events), and `v4l2` (the camera ioctl layer,
-//! behind the `camera` feature).
+//! come from), `open` (a source from its description), `live` (the capture/classify loop
+//! with the newest-frame policy and reconnection), `debounce` (state-change events), and
+//! `v4l2` (the camera ioctl layer, behind the `camera` feature).
 
 pub mod debounce;
 pub mod frame;
 pub mod live;
+pub mod open;
 pub mod source;
 #[cfg(feature = "camera")]
 pub mod v4l2;
@@ -14,4 +15,5 @@ pub mod v4l2;
 pub use debounce::{DebounceConfig, Debouncer, Event};
 pub use frame::{Frame, PixelFormat};
 pub use live::{Classified, LiveOptions, Stats};
+pub use open::{OpenedSource, SourceSpec};
 pub use source::{FolderSource, FrameSource, Opener, RawSource, SourceError};
