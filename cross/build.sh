@@ -4,6 +4,10 @@
 #
 #   cross/build.sh [aarch64|armv7|all]        (default: all)
 #
+# GLIMPSE_FEATURES replaces the cargo feature flags (default `--features camera`: every
+# subcommand with V4L2), e.g. `--no-default-features --features cli,camera` for a board
+# without the daemon (the feature costs: cross/README.md).
+#
 # Linking: with zig (installed by install-toolchain.sh), against glibc 2.17 via
 # cargo-zigbuild (GLIMPSE_GLIBC to change it), so one binary runs on JetPack 5 and 6 and
 # Pi OS bullseye and bookworm; without zig, with the cross gcc against this host's glibc.
@@ -53,8 +57,9 @@ for arch in "${which[@]}"; do
     echo "$triple: zig is not installed (cross/install-toolchain.sh): linking with gcc, the binary needs this host's glibc" >&2
     build=(build --target "$triple")
   fi
+  read -ra features <<<"${GLIMPSE_FEATURES:---features camera}"
   env "${BOOTSTRAP[@]}" cargo +debian "${build[@]}" "${PROFILE_ARGS[@]}" --release -j "${GLIMPSE_JOBS:-2}" \
-    -p glimpse-runtime --features camera "${STD_ARGS[@]}"
+    -p glimpse-runtime "${features[@]}" "${STD_ARGS[@]}"
   bin="${CARGO_TARGET_DIR:-target}/$triple/release/glimpse"
   echo "$bin: $(stat -c %s "$bin") bytes, needs glibc $(newest_glibc "$bin"), built in $(( $(date +%s) - start )) s" >&2
 done
