@@ -63,6 +63,136 @@ pub enum OutputKind {
     Probabilities,
 }
 
+/// The name stored in `glimpse.output`.
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities",
+        })
+    }
+}
+
+impl std::str::FromStr for OutputKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "logits" => Ok(OutputKind::Logits),
+            "probabilities" => Ok(OutputKind::Probabilities),
+            _ => Err(format!("expected logits or probabilities, got {s:?}")),
+        }
+    }
+}
+
+/// The `glimpse.*` properties of a model, read key by key; every error names the key and
+/// its value.
+struct Props<'a>(BTreeMap<&'a str, &'a str>);
+
+impl Props<'_> {
+    fn bad(&self, key: &str, reason: String) -> BundleError {
+        BundleError {
+            key: key.to_string(),
+            value: truncate(self.0.get(key).copied().unwrap_or("")),
+            reason,
+        }
+    }
+
+    /// An optional key, parsed.
+    fn field<T>(
+        &self,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, BundleError> {
+        self.0
+            .get(key)
+            .map(|v| parse(v.trim()).map_err(|reason| self.bad(key, reason)))
+            .transpose()
+    }
+
+    fn text(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|v| v.to_string())
+    }
+
+    fn floats(&self, key: &str) -> Result<Option<Vec<f32>>, BundleError> {
+        self.field(key, parse_floats)
+    }
+
+    fn format(&self) -> Result<Option<u32>, BundleError> {
+        let n = self.field(keys::FORMAT, |v| {
+            v.parse::<u32>()
+                .map_err(|_| "expected an integer".to_string())
+        })?;
+        match n {
+            Some(n) if n > FORMAT_VERSION => Err(self.bad(
+                keys::FORMAT,
+                format!(
+                    "this glimpse reads bundle format {FORMAT_VERSION} and older; upgrade glimpse"
+                ),
+            )),
+            n => Ok(n),
+        }
+    }
+
+    fn labels(&self) -> Result<Option<Vec<String>>, BundleError> {
+        self.field(keys::LABELS, |v| {
+            serde_json::from_str(v).map_err(|e| format!("expected a JSON array of strings: {e}"))
+        })
+    }
+
+    /// Mean and std, as given or from scale/offset (`x * scale + offset`, the other common
+    /// way to state the same affine map: mean = -offset / scale, std = 1 / scale).
+    #[allow(clippy::type_complexity)]
+    fn normalization(&self) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), BundleError> {
+        let (mean, std) = (self.floats(keys::MEAN)?, self.floats(keys::STD)?);
+        let (scale, offset) = (self.floats(keys::SCALE)?, self.floats(keys::OFFSET)?);
+        let Some(scale) = scale.filter(|_| mean.is_none() && std.is_none()) else {
+            return Ok((mean, std));
+        };
+        let offset = offset.unwrap_or_else(|| vec![0.0; scale.len()]);
+        if offset.len() != scale.len() {
+            return Err(self.bad(
+                keys::OFFSET,
+                format!("expected {} values to match glimpse.scale", scale.len()),
+            ));
+        }
+        let mean = scale.iter().zip(&offset).map(|(s, o)| -o / s).collect();
+        Ok((Some(mean), Some(scale.iter().map(|s| 1.0 / s).collect())))
+    }
+
+    /// The resize mode with its parameters (from their own keys).
+    fn resize(&self, input_size: Option<(u32, u32)>) -> Result<Option<Resize>, BundleError> {
+        Ok(match self.field(keys::RESIZE, str::parse)? {
+            Some(Resize::CenterCrop { short_side: 0 }) => {
+                let given = self.field(keys::RESIZE_SHORT, |v| {
+                    v.parse::<u32>()
+                        .map_err(|_| "expected a positive integer".to_string())
+                })?;
+                // The ImageNet convention: the crop is 87.5% of the short side.
+                let default = input_size.map_or(0, |(w, h)| default_short_side(w.max(h)));
+                Some(Resize::CenterCrop {
+                    short_side: given.unwrap_or(default),
+                })
+            }
+            Some(Resize::Letterbox { .. }) => {
+                let fill = match self.floats(keys::LETTERBOX_FILL)? {
+                    None => [0, 0, 0],
+                    Some(f) if f.len() == 3 && f.iter().all(|x| (0.0..=255.0).contains(x)) => {
+                        [f[0] as u8, f[1] as u8, f[2] as u8]
+                    }
+                    Some(_) => {
+                        return Err(self.bad(
+                            keys::LETTERBOX_FILL,
+                            "expected three values in 0..=255".into(),
+                        ))
+                    }
+                };
+                Some(Resize::Letterbox { fill })
+            }
+            other => other,
+        })
+    }
+}
+
 /// A metadata value that cannot be understood.
 #[derive(Debug, thiserror::Error)]
 #[error("bad metadata {key} = {value:?}: {reason}")]
@@ -114,159 +244,35 @@ impl BundleMeta {
     pub fn from_props<'a>(
         props: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, BundleError> {
-        let map: BTreeMap<&str, &str> = props
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(PREFIX))
-            .collect();
-        let get = |k: &str| map.get(k).copied();
-        let bad = |key: &str, value: &str, reason: String| BundleError {
-            key: key.to_string(),
-            value: value.to_string(),
-            reason,
-        };
-        // Parses an optional key, naming key and value in the error.
-        fn field<T>(
-            map: &BTreeMap<&str, &str>,
-            key: &str,
-            f: impl Fn(&str) -> Result<T, String>,
-        ) -> Result<Option<T>, BundleError> {
-            map.get(key)
-                .map(|v| {
-                    f(v.trim()).map_err(|reason| BundleError {
-                        key: key.into(),
-                        value: v.to_string(),
-                        reason,
-                    })
-                })
-                .transpose()
-        }
-
-        let mut meta = BundleMeta::default();
-        if let Some(v) = get(keys::FORMAT) {
-            let n: u32 = v
-                .trim()
-                .parse()
-                .map_err(|_| bad(keys::FORMAT, v, "expected an integer".into()))?;
-            if n > FORMAT_VERSION {
-                return Err(bad(
-                    keys::FORMAT,
-                    v,
-                    format!("this glimpse reads bundle format {FORMAT_VERSION} and older; upgrade glimpse"),
-                ));
-            }
-            meta.format = Some(n);
-        }
-        if let Some(v) = get(keys::LABELS) {
-            let labels: Vec<String> = serde_json::from_str(v).map_err(|e| {
-                bad(
-                    keys::LABELS,
-                    &truncate(v),
-                    format!("expected a JSON array of strings: {e}"),
-                )
-            })?;
-            meta.labels = Some(labels);
-        }
-        meta.input_size = field(&map, keys::INPUT_SIZE, parse_size)?;
-
-        let mut floats = BTreeMap::new();
-        for key in [
-            keys::MEAN,
-            keys::STD,
-            keys::SCALE,
-            keys::OFFSET,
-            keys::LETTERBOX_FILL,
-        ] {
-            if let Some(v) = get(key) {
-                floats.insert(key, parse_floats(v).map_err(|e| bad(key, v, e))?);
-            }
-        }
-        meta.mean = floats.get(keys::MEAN).cloned();
-        meta.std = floats.get(keys::STD).cloned();
-        // scale/offset (x * scale + offset) is the other common way to state the same
-        // affine map: mean = -offset / scale, std = 1 / scale.
-        if let (None, None, Some(scale)) = (&meta.mean, &meta.std, floats.get(keys::SCALE)) {
-            let offset = floats
-                .get(keys::OFFSET)
-                .cloned()
-                .unwrap_or_else(|| vec![0.0; scale.len()]);
-            if offset.len() != scale.len() {
-                return Err(bad(
-                    keys::OFFSET,
-                    get(keys::OFFSET).unwrap_or(""),
-                    format!("expected {} values to match glimpse.scale", scale.len()),
-                ));
-            }
-            meta.mean = Some(scale.iter().zip(&offset).map(|(s, o)| -o / s).collect());
-            meta.std = Some(scale.iter().map(|s| 1.0 / s).collect());
-        }
-
-        if let Some(v) = get(keys::RESIZE) {
-            meta.resize = Some(match v.trim() {
-                "stretch" => Resize::Stretch,
-                "center-crop" => {
-                    let short_side = match get(keys::RESIZE_SHORT) {
-                        Some(s) => s.trim().parse().map_err(|_| {
-                            bad(keys::RESIZE_SHORT, s, "expected a positive integer".into())
-                        })?,
-                        // The ImageNet convention: the crop is 87.5% of the short side.
-                        None => meta
-                            .input_size
-                            .map(|(w, h)| default_short_side(w.max(h)))
-                            .unwrap_or(0),
-                    };
-                    Resize::CenterCrop { short_side }
-                }
-                "letterbox" => {
-                    let fill = match floats.get(keys::LETTERBOX_FILL) {
-                        None => [0, 0, 0],
-                        Some(f) if f.len() == 3 && f.iter().all(|x| (0.0..=255.0).contains(x)) => {
-                            [f[0] as u8, f[1] as u8, f[2] as u8]
-                        }
-                        Some(_) => {
-                            let v = get(keys::LETTERBOX_FILL).unwrap_or("");
-                            return Err(bad(
-                                keys::LETTERBOX_FILL,
-                                v,
-                                "expected three values in 0..=255".into(),
-                            ));
-                        }
-                    };
-                    Resize::Letterbox { fill }
-                }
-                _ => {
-                    return Err(bad(
-                        keys::RESIZE,
-                        v,
-                        "expected stretch, center-crop or letterbox".into(),
-                    ))
-                }
-            });
-        }
-        meta.channels = field(&map, keys::CHANNELS, str::parse)?;
-        meta.layout = field(&map, keys::LAYOUT, str::parse)?;
-        if let Some(v) = get(keys::OUTPUT) {
-            meta.output = Some(match v.trim() {
-                "logits" => OutputKind::Logits,
-                "probabilities" => OutputKind::Probabilities,
-                _ => {
-                    return Err(bad(
-                        keys::OUTPUT,
-                        v,
-                        "expected logits or probabilities".into(),
-                    ))
-                }
-            });
-        }
-        meta.name = get(keys::NAME).map(str::to_string);
-        meta.version = get(keys::VERSION).map(str::to_string);
-        meta.source = get(keys::SOURCE).map(str::to_string);
-        meta.license = get(keys::LICENSE).map(str::to_string);
-        meta.extra = map
-            .iter()
-            .filter(|(k, _)| !keys::ALL.contains(k))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ok(meta)
+        let p = Props(
+            props
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(PREFIX))
+                .collect(),
+        );
+        let input_size = p.field(keys::INPUT_SIZE, parse_size)?;
+        let (mean, std) = p.normalization()?;
+        Ok(BundleMeta {
+            format: p.format()?,
+            labels: p.labels()?,
+            input_size,
+            resize: p.resize(input_size)?,
+            mean,
+            std,
+            channels: p.field(keys::CHANNELS, str::parse)?,
+            layout: p.field(keys::LAYOUT, str::parse)?,
+            output: p.field(keys::OUTPUT, str::parse)?,
+            name: p.text(keys::NAME),
+            version: p.text(keys::VERSION),
+            source: p.text(keys::SOURCE),
+            license: p.text(keys::LICENSE),
+            extra: p
+                .0
+                .iter()
+                .filter(|(k, _)| !keys::ALL.contains(k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
     }
 
     /// The `metadata_props` entries describing this bundle, in a stable order.
@@ -318,14 +324,7 @@ impl BundleMeta {
             put(keys::LAYOUT, l.to_string());
         }
         if let Some(o) = self.output {
-            put(
-                keys::OUTPUT,
-                match o {
-                    OutputKind::Logits => "logits",
-                    OutputKind::Probabilities => "probabilities",
-                }
-                .to_string(),
-            );
+            put(keys::OUTPUT, o.to_string());
         }
         if let Some(s) = &self.source {
             put(keys::SOURCE, s.clone());

@@ -1,7 +1,7 @@
 //! A loaded, optimized classifier: resolves how to preprocess from the bundle metadata and
 //! user overrides, checks the model against it, and turns images into ranked labels.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use fast_image_resize::Resizer;
@@ -12,6 +12,7 @@ use crate::bundle::{default_short_side, BundleMeta, OutputKind};
 use crate::decode::{self, Limits};
 use crate::error::{model_error, Error, Result};
 use crate::onnx_file::{Dim, OnnxFile};
+use crate::plan::Plan;
 use crate::preprocess::{Channels, Layout, Preprocess, Resize};
 
 /// Lets tract split each inference's matrix products over `n` threads (1, the default:
@@ -44,12 +45,32 @@ pub struct Overrides {
     pub output: Option<OutputKind>,
 }
 
-/// One ranked class.
-#[derive(Debug, Clone, PartialEq)]
+/// One ranked class, as every JSON result shows it (`{"label", "index", "probability"}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Ranked<'a> {
+    /// Borrowed from the classifier's labels, or owned (`into_owned`) to outlive it.
+    pub label: Cow<'a, str>,
     pub index: usize,
-    pub label: &'a str,
     pub probability: f32,
+}
+
+impl Ranked<'_> {
+    /// The same, with its own copy of the label.
+    pub fn into_owned(self) -> Ranked<'static> {
+        Ranked {
+            label: Cow::Owned(self.label.into_owned()),
+            index: self.index,
+            probability: self.probability,
+        }
+    }
+}
+
+/// The label of the best of `top` (best first), unless its probability is below
+/// `threshold`: then no label is accepted.
+pub fn accepted<'a>(top: &'a [Ranked], threshold: f32) -> Option<&'a str> {
+    top.first()
+        .filter(|r| r.probability >= threshold)
+        .map(|r| r.label.as_ref())
 }
 
 /// Where the time of one classification went.
@@ -64,11 +85,46 @@ impl Timings {
     pub fn total(&self) -> Duration {
         self.decode + self.preprocess + self.inference
     }
+
+    /// The stages in milliseconds, with `latency` (the whole request or input), as JSON
+    /// results show them.
+    pub fn millis(&self, latency: Duration) -> TimingsMs {
+        TimingsMs {
+            latency_ms: millis(latency),
+            decode_ms: millis(self.decode),
+            preprocess_ms: millis(self.preprocess),
+            inference_ms: millis(self.inference),
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of ascending `sorted` values, by nearest rank: how latency
+/// percentiles are reported (`glimpse bench`, `glimpse-train bench`). 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n => sorted[((n - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize],
+    }
+}
+
+/// [`Timings`] in milliseconds, for JSON results (`#[serde(flatten)]` into a record).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TimingsMs {
+    pub latency_ms: f64,
+    pub decode_ms: f64,
+    pub preprocess_ms: f64,
+    pub inference_ms: f64,
+}
+
+/// A duration in milliseconds, to the microsecond: how every report and JSON result
+/// shows a latency.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// A model ready to classify images.
 pub struct Classifier {
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
     pub file: OnnxFile,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
@@ -81,12 +137,7 @@ pub struct Classifier {
 }
 
 /// What `Classifier::build` makes of a file.
-type Built = (
-    Arc<TypedRunnableModel>,
-    Preprocess,
-    Vec<String>,
-    Vec<String>,
-);
+type Built = (Plan, Preprocess, Vec<String>, Vec<String>);
 
 impl Classifier {
     /// Reads, checks and optimizes the model at `path`; every error names the file.
@@ -125,7 +176,8 @@ impl Classifier {
     /// The plan, preprocessing, labels and what was assumed of them.
     fn build(file: &mut OnnxFile, overrides: &Overrides) -> Result<Built> {
         let (preprocess, mut assumed) = Self::check(file, overrides)?;
-        let (plan, classes) = plan(file, &preprocess)?;
+        let plan = Plan::for_file(file, preprocess.shape(1))?;
+        let classes = classes(&plan)?;
         let labels = labels(file, overrides, classes, &mut assumed)?;
         Ok((plan, preprocess, labels, assumed))
     }
@@ -193,14 +245,7 @@ impl Classifier {
 
     /// The model's raw output (logits or probabilities, as the model gives them).
     pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
-        // As when loading: a tract panic on a pathological model is this model's error.
-        let outputs = guard_tract(|| self.plan.run(tvec!(input.into())))
-            .map_err(|what| {
-                Error::Inference(format!(
-                    "tract {TRACT_VERSION} failed while running the model ({what})"
-                ))
-            })?
-            .map_err(|e| Error::Inference(format!("running the model: {e:#}")))?;
+        let outputs = self.plan.run(input)?;
         let view = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| Error::Inference(format!("reading the model output: {e:#}")))?;
@@ -224,74 +269,15 @@ impl Classifier {
 
     /// The `k` most probable classes, best first.
     pub fn top_k<'a>(&'a self, probs: &[f32], k: usize) -> Vec<Ranked<'a>> {
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        // NaN (a broken model) sorts last rather than panicking the comparison.
-        idx.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+        let mut idx = ranking(probs);
         idx.truncate(k);
         idx.into_iter()
             .map(|i| Ranked {
+                label: Cow::Borrowed(&self.labels[i]),
                 index: i,
-                label: &self.labels[i],
                 probability: probs[i],
             })
             .collect()
-    }
-}
-
-/// tract's optimized plan of the model for `preprocess`'s input, and its class count.
-///
-/// tract is not written for hostile input: a malformed graph it does not expect may
-/// panic inside it. That is turned into an error about this model (`Classifier::check`
-/// catches the cases known from fuzzing up front).
-fn plan(file: &mut OnnxFile, preprocess: &Preprocess) -> Result<(Arc<TypedRunnableModel>, usize)> {
-    let want = preprocess.shape(1);
-    guard_tract(|| {
-        let model = tract_onnx::onnx()
-            .model_for_proto_model(&file.proto)
-            .map_err(|e| Error::model("invalid ONNX graph", e))?;
-        // tract has its own copy of the weights now; the optimizer makes another, so
-        // free this one first (the load's peak memory is three copies without it).
-        file.release_weights();
-        check_implemented(&model, file)?;
-        let model = model
-            .with_input_fact(0, f32::fact(want).into())
-            .map_err(|e| Error::model("setting the input shape", e))?;
-        let typed = optimize(model)?;
-        let classes = output_classes(&typed)?;
-        let plan = typed
-            .into_runnable()
-            .map_err(|e| Error::model("preparing the model to run", e))?;
-        Ok((plan, classes))
-    })
-    .map_err(|what| {
-        model_error!("invalid ONNX graph: tract {TRACT_VERSION} failed on it ({what})")
-    })?
-}
-
-/// tract parses unknown ops into placeholders and only fails later with a generic
-/// message; this names them up front.
-fn check_implemented(model: &InferenceModel, file: &OnnxFile) -> Result<()> {
-    let unsupported: Vec<String> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op.name().starts_with("Unimplemented"))
-        .map(|n| {
-            let op = file
-                .graph()
-                .node
-                .iter()
-                .find(|p| p.name == n.name)
-                .map_or("?", |p| p.op_type.as_str());
-            format!("{op} (node {:?})", n.name)
-        })
-        .collect();
-    if unsupported.is_empty() {
-        Ok(())
-    } else {
-        Err(model_error!(
-            "unsupported ONNX op: {} is not implemented by tract {TRACT_VERSION}",
-            unsupported.join(", ")
-        ))
     }
 }
 
@@ -324,31 +310,6 @@ fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-thread_local! {
-    static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Analyses and optimizes a model whose input shape is set, for running on this CPU.
-///
-/// Convolutions are moved channel-last first: tract's depthwise kernels vectorise over
-/// channels there (NEON on aarch64), and the channel moves between layers cancel out,
-/// leaving one at the input. EfficientNet-Lite0 ran ~20% faster for it on x86_64.
-pub fn optimize(model: InferenceModel) -> Result<TypedModel> {
-    let mut typed = model
-        .into_typed()
-        .and_then(|m| m.into_decluttered())
-        .map_err(|e| Error::model("analysing the ONNX graph", e))?;
-    let nhwc = tract_onnx::tract_core::transform::get_transform("conv_nhwc")
-        .ok()
-        .flatten()
-        .ok_or_else(|| model_error!("tract {TRACT_VERSION} has no conv_nhwc transform"))?;
-    nhwc.transform(&mut typed)
-        .map_err(|e| Error::model("moving convolutions channel-last", e))?;
-    typed
-        .into_optimized()
-        .map_err(|e| Error::model("optimizing the ONNX graph", e))
 }
 
 /// Checks the graph's inputs and outputs: one float image input, some output.
@@ -394,13 +355,9 @@ fn check_input_shape(input: &crate::onnx_file::Io, preprocess: &Preprocess) -> R
 }
 
 /// The number of classes: the size of the (fixed) first output for a batch of 1.
-fn output_classes(typed: &TypedModel) -> Result<usize> {
-    let fact = typed
-        .output_fact(0)
-        .map_err(|e| Error::model("reading the model output", e))?;
-    let shape = fact
-        .shape
-        .as_concrete()
+fn classes(plan: &Plan) -> Result<usize> {
+    let shape = plan.output_shapes()[0]
+        .as_deref()
         .ok_or_else(|| model_error!("model output shape is not fixed for a batch of 1"))?;
     let classes: usize = shape.iter().product();
     if classes == 0 {
@@ -409,31 +366,22 @@ fn output_classes(typed: &TypedModel) -> Result<usize> {
     Ok(classes)
 }
 
-/// Runs `f` (a call into tract), turning a panic inside it into `Err(message)`: tract
-/// panics on some malformed graphs instead of returning an error, and a bad model file
-/// must be reported as such, not crash the program or print a panic report. The panic
-/// hook installed on first use stays silent for these panics only and hands every other
-/// panic to the hook that was there before.
-fn guard_tract<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !IN_TRACT.with(|g| g.get()) {
-                previous(info)
-            }
-        }));
-    });
-    let was = IN_TRACT.with(|g| g.replace(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    IN_TRACT.with(|g| g.set(was));
-    result.map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into())
-    })
+/// Class indices from the most probable down. NaN (a broken model) sorts last rather
+/// than panicking the comparison.
+pub fn ranking(probs: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+    idx
+}
+
+/// The most probable class (0 for no classes); the first of equals.
+pub fn argmax(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .rev()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// Numerically stable softmax.

@@ -28,14 +28,32 @@ pub fn has_image_extension(path: &std::path::Path) -> bool {
         .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// The image files directly inside `dir` (not in sub-folders), sorted by path.
+/// The image files under `dir` (in sub-folders too when `recursive`), in name order,
+/// leaving out hidden files and folders (names starting with `.`): the one rule of every
+/// folder glimpse reads. A folder that cannot be read is an `Err` item naming it, and the
+/// walk goes on.
+pub fn image_files(
+    dir: &std::path::Path,
+    recursive: bool,
+) -> impl Iterator<Item = Result<std::path::PathBuf, walkdir::Error>> {
+    let walk = walkdir::WalkDir::new(dir).sort_by_file_name();
+    let walk = if recursive { walk } else { walk.max_depth(1) };
+    walk.into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|entry| match entry {
+            Ok(e) if e.file_type().is_file() && has_image_extension(e.path()) => {
+                Some(Ok(e.into_path()))
+            }
+            Ok(_) => None,
+            Err(err) => Some(Err(err)),
+        })
+}
+
+/// The image files directly inside `dir` (not in sub-folders), by `image_files`' rule.
 pub fn image_files_in(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && has_image_extension(p))
-        .collect();
-    files.sort();
-    Ok(files)
+    image_files(dir, false)
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
 }
 
 /// Bounds on what one input may cost.

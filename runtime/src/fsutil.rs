@@ -1,4 +1,5 @@
-//! Crash-safe file writing: a reader sees the old file or the new one, never half of one.
+//! Files: crash-safe writing (a reader sees the old file or the new one, never half of
+//! one), content digests, and names made safe for files and topics.
 
 use std::io::Write;
 use std::path::Path;
@@ -54,6 +55,26 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("syncing", dir))
+}
+
+/// The SHA-256 of `bytes` in lower-case hex: how a model file is identified.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// `s` with everything but ASCII letters, digits, `-` and `_` replaced by `_`: usable in
+/// file names, MQTT topics and ids.
+pub fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Removes temporary files of earlier writes of `name` whose writer no longer runs

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod error;
 pub mod fsutil;
 pub mod onnx_file;
+pub mod plan;
 pub mod preprocess;
 mod quant_check;
 #[cfg(feature = "serve")]
@@ -28,6 +29,7 @@ pub use classifier::{Classifier, Overrides, Ranked, Timings};
 pub use decode::{decode, DecodeError, Limits};
 pub use error::{Error, Result};
 pub use onnx_file::OnnxFile;
+pub use plan::Plan;
 pub use preprocess::{Channels, Layout, Preprocess, Resize};
 
 /// Keeps error values from capturing backtraces (`RUST_LIB_BACKTRACE=0`) unless the user

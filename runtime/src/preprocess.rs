@@ -122,18 +122,13 @@ impl Preprocess {
         Ok(())
     }
 
-    /// Fits `img` to the input size as [`Resize`] says, with an antialiased bilinear
-    /// filter (the same family Pillow and torchvision use), returning RGB8 pixels.
+    /// Fits `img` to the input size as [`Resize`] says, with glimpse's one resampling
+    /// filter (see [`resize`]), returning RGB8 pixels.
     pub fn fit(&self, img: &RgbImage, resizer: &mut Resizer) -> RgbImage {
         let (sw, sh) = img.dimensions();
         let (dw, dh) = (self.width, self.height);
-        let src = ImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
-            .expect("an RgbImage buffer always matches its dimensions");
-        let alg = ResizeAlg::Convolution(FilterType::Bilinear);
         match self.resize {
-            Resize::Stretch => {
-                resize_into(resizer, &src, dw, dh, &ResizeOptions::new().resize_alg(alg))
-            }
+            Resize::Stretch => resize(img, dw, dh, resizer),
             Resize::CenterCrop { short_side } => {
                 // Scale so the short side is `short_side`, but never so small that the
                 // crop would not fit (non-square inputs).
@@ -141,20 +136,14 @@ impl Preprocess {
                     .max(dw as f64 / sw as f64)
                     .max(dh as f64 / sh as f64);
                 let (cw, ch) = (dw as f64 / scale, dh as f64 / scale);
-                let opts = ResizeOptions::new().resize_alg(alg).crop(
-                    (sw as f64 - cw) / 2.0,
-                    (sh as f64 - ch) / 2.0,
-                    cw,
-                    ch,
-                );
-                resize_into(resizer, &src, dw, dh, &opts)
+                let region = ((sw as f64 - cw) / 2.0, (sh as f64 - ch) / 2.0, cw, ch);
+                self.fit_region(img, region, resizer)
             }
             Resize::Letterbox { fill } => {
                 let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
                 let iw = ((sw as f64 * scale).round() as u32).clamp(1, dw);
                 let ih = ((sh as f64 * scale).round() as u32).clamp(1, dh);
-                let inner =
-                    resize_into(resizer, &src, iw, ih, &ResizeOptions::new().resize_alg(alg));
+                let inner = resize(img, iw, ih, resizer);
                 let mut out = RgbImage::from_pixel(dw, dh, image::Rgb(fill));
                 image::imageops::replace(
                     &mut out,
@@ -165,6 +154,21 @@ impl Preprocess {
                 out
             }
         }
+    }
+
+    /// Resizes the region `(left, top, width, height)` of `img` (in pixels, fractions
+    /// allowed) to exactly the input size: the centre crop, and augmentation's random
+    /// crops.
+    pub fn fit_region(
+        &self,
+        img: &RgbImage,
+        (left, top, width, height): (f64, f64, f64, f64),
+        resizer: &mut Resizer,
+    ) -> RgbImage {
+        let opts = ResizeOptions::new()
+            .resize_alg(FILTER)
+            .crop(left, top, width, height);
+        resize_with(img, self.width, self.height, &opts, resizer)
     }
 
     /// Normalizes fitted RGB8 pixels (exactly `width` x `height`) into `out`, one image's
@@ -187,9 +191,7 @@ impl Preprocess {
         for (i, px) in fitted.as_raw().chunks_exact(3).enumerate() {
             for ch in 0..c {
                 let v = match self.channels {
-                    Channels::Gray => {
-                        0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32
-                    }
+                    Channels::Gray => luma([px[0], px[1], px[2]].map(f32::from)),
                     _ => px[order[ch]] as f32,
                 };
                 let idx = match self.layout {
@@ -216,26 +218,38 @@ impl Preprocess {
     }
 }
 
-/// Resizes `img` to exactly `w` x `h` with the same antialiased bilinear filter as
-/// [`Preprocess::fit`].
-pub fn resize(img: &RgbImage, w: u32, h: u32, resizer: &mut Resizer) -> RgbImage {
-    let (sw, sh) = img.dimensions();
-    let src = ImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
-        .expect("an RgbImage buffer always matches its dimensions");
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    resize_into(resizer, &src, w, h, &opts)
+/// The one resampling filter of every resize glimpse does, on the board and in training:
+/// antialiased bilinear (a convolution over every source pixel a target pixel covers, the
+/// family Pillow and torchvision use).
+const FILTER: ResizeAlg = ResizeAlg::Convolution(FilterType::Bilinear);
+
+/// Luma by ITU-R BT.601 weights (what PIL's `convert("L")` computes), on 0–255 values;
+/// exact for grey pixels, so a grey image expanded to RGB comes back unchanged.
+pub fn luma([r, g, b]: [f32; 3]) -> f32 {
+    if r == g && g == b {
+        r
+    } else {
+        0.299 * r + 0.587 * g + 0.114 * b
+    }
 }
 
-fn resize_into(
-    resizer: &mut Resizer,
-    src: &ImageRef,
+/// Resizes `img` to exactly `w` x `h` with glimpse's one filter.
+pub fn resize(img: &RgbImage, w: u32, h: u32, resizer: &mut Resizer) -> RgbImage {
+    resize_with(img, w, h, &ResizeOptions::new().resize_alg(FILTER), resizer)
+}
+
+fn resize_with(
+    img: &RgbImage,
     w: u32,
     h: u32,
     opts: &ResizeOptions,
+    resizer: &mut Resizer,
 ) -> RgbImage {
+    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage buffer always matches its dimensions");
     let mut dst = Image::new(w, h, PixelType::U8x3);
     resizer
-        .resize(src, &mut dst, opts)
+        .resize(&src, &mut dst, opts)
         .expect("source and destination are both U8x3 and non-empty");
     RgbImage::from_raw(w, h, dst.into_vec()).expect("resizer output matches its dimensions")
 }
@@ -290,6 +304,29 @@ impl fmt::Display for Resize {
             Resize::CenterCrop { .. } => "center-crop",
             Resize::Letterbox { .. } => "letterbox",
         })
+    }
+}
+
+/// `stretch`, `letterbox` (black fill), `center-crop` (short side 0: the default 87.5%
+/// crop) or `center-crop:SHORT_SIDE`.
+impl FromStr for Resize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mode, arg) = s.split_once(':').map_or((s, None), |(m, a)| (m, Some(a)));
+        match (mode.trim(), arg) {
+            ("stretch", None) => Ok(Resize::Stretch),
+            ("letterbox", None) => Ok(Resize::Letterbox { fill: [0, 0, 0] }),
+            ("center-crop", None) => Ok(Resize::CenterCrop { short_side: 0 }),
+            ("center-crop", Some(n)) => match n.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(Resize::CenterCrop { short_side: n }),
+                _ => Err(format!(
+                    "expected center-crop:SHORT_SIDE with a positive integer, got {s:?}"
+                )),
+            },
+            _ => Err(format!(
+                "expected stretch, center-crop[:SHORT_SIDE] or letterbox, got {s:?}"
+            )),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use glimpse_e2e::corpus::{self, Case, Expect, Kind};
 use glimpse_e2e::serve::{agent, get, post, Server};
-use glimpse_e2e::{bin, camera_with_stdin, files_under, stderr, stdout};
+use glimpse_e2e::{bin, camera_with_stdin, files_under, glimpse, stderr, stdout};
 use serde_json::Value;
 
 fn cases(kind: fn(&Kind) -> bool) -> Vec<Case> {
@@ -22,13 +22,6 @@ fn cases(kind: fn(&Kind) -> bool) -> Vec<Case> {
 
 fn path(c: &Case) -> PathBuf {
     corpus::dir().join(c.name)
-}
-
-fn glimpse(args: &[&str]) -> std::process::Output {
-    Command::new(bin("glimpse"))
-        .args(args)
-        .output()
-        .expect("glimpse starts")
 }
 
 fn assert_no_panic(what: &str, err: &str) {

@@ -5,17 +5,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use glimpse_e2e::{camera_with_stdin, darknet_photos, root, skimage_photos, skip};
+use glimpse_e2e::{bin, camera_with_stdin, darknet_photos, root, skimage_photos, skip, text};
 use glimpse_runtime::stream::frame::{nv12_to_rgb, rgb_to_nv12, rgb_to_yuyv, yuyv_to_rgb};
 use image::RgbImage;
 use serde_json::Value;
 
 fn glimpse() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_glimpse"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    Command::new(bin("glimpse"))
 }
 
 /// Real photos at 320x240 (the size a Pi camera stream is often read at).

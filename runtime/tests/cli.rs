@@ -2,33 +2,16 @@
 //! shipped sample photos, and a corpus of bad files and bad models.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use glimpse_e2e::{glimpse, root, text};
 use prost::Message;
 use serde_json::Value;
 use tract_onnx::pb;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn glimpse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
+/// A shipped sample photo, as an argument.
 fn sample(name: &str) -> String {
-    root().join("samples").join(name).display().to_string()
+    glimpse_e2e::sample(name).display().to_string()
 }
 
 fn json_lines(o: &Output) -> Vec<Value> {

@@ -10,14 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::serve::{agent, get, multipart, post, read_response, Reply, Server};
-use glimpse_e2e::{bin, classify_json, root, shipped_model, skip};
+use glimpse_e2e::{bin, classify_json, root, sample, shipped_model, skip};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
-
-fn sample(name: &str) -> PathBuf {
-    root().join("samples").join(name)
-}
 
 /// The error document every refusal carries.
 fn assert_error(r: &Reply, status: u16, kind: &str) {

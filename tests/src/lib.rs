@@ -34,6 +34,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `glimpse ARGS`, run to the end.
+pub fn glimpse(args: &[&str]) -> Output {
+    run("glimpse", args)
+}
+
+/// A shipped sample photo (`samples/NAME`).
+pub fn sample(name: &str) -> PathBuf {
+    root().join("samples").join(name)
+}
+
+/// Bytes (a process's output) as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -77,11 +92,11 @@ pub fn glimpse_train(args: &[&str]) -> Output {
 }
 
 pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    text(&o.stdout)
 }
 
 pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    text(&o.stderr)
 }
 
 /// `glimpse classify --model MODEL -f json PHOTO`, as a user runs it: the first JSON
@@ -284,12 +299,7 @@ pub fn tract_and_onnxruntime(
 /// Largest absolute difference between two probability vectors, and whether their top-1
 /// classes agree.
 pub fn compare(a: &[f32], b: &[f32]) -> (f32, bool) {
-    let argmax = |p: &[f32]| {
-        p.iter()
-            .enumerate()
-            .max_by(|x, y| x.1.total_cmp(y.1))
-            .map(|(i, _)| i)
-    };
+    use glimpse_runtime::classifier::argmax;
     let diff = a
         .iter()
         .zip(b)

@@ -1,9 +1,10 @@
 //! Training-time augmentation: random resized crop, horizontal flip, small rotation and
-//! colour jitter, each switchable. Evaluation never augments: it uses the runtime's
-//! `Preprocess::fit`, exactly what the board does.
+//! colour jitter, each switchable, through the runtime's `Preprocess` (its region fit,
+//! filter and luma). Evaluation never augments: it uses `Preprocess::fit`, exactly what
+//! the board does.
 
-use fast_image_resize::images::ImageRef;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::Resizer;
+use glimpse_runtime::preprocess::luma;
 use glimpse_runtime::Preprocess;
 use image::RgbImage;
 use rand::{Rng, RngExt};
@@ -84,16 +85,7 @@ impl Augment {
         }
         let left = rng.random_range(0.0..=(w - cw).max(0.0));
         let top = rng.random_range(0.0..=(h - ch).max(0.0));
-        let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
-            .expect("buffer matches");
-        let mut dst = fast_image_resize::images::Image::new(pp.width, pp.height, PixelType::U8x3);
-        let opts = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-            .crop(left, top, cw, ch);
-        resizer
-            .resize(&src, &mut dst, &opts)
-            .expect("same pixel types");
-        RgbImage::from_raw(pp.width, pp.height, dst.into_vec()).expect("resizer output matches")
+        pp.fit_region(img, (left, top, cw, ch), resizer)
     }
 }
 
@@ -135,13 +127,12 @@ fn rotate(img: &RgbImage, radians: f32) -> RgbImage {
 /// Scales brightness, then contrast around the mean grey, then saturation around each
 /// pixel's grey.
 fn jitter(img: &mut RgbImage, brightness: f32, contrast: f32, saturation: f32) {
-    let luma = |p: &[u8; 3]| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-    let mean =
-        img.pixels().map(|p| luma(&p.0)).sum::<f32>() / (img.width() * img.height()).max(1) as f32;
+    let pixels = (img.width() * img.height()).max(1) as f32;
+    let mean = img.pixels().map(|p| luma(p.0.map(f32::from))).sum::<f32>() / pixels;
     for p in img.pixels_mut() {
         let mut v = p.0.map(|c| c as f32 * brightness);
         v = v.map(|c| (c - mean * brightness) * contrast + mean * brightness);
-        let g = 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2];
+        let g = luma(v);
         p.0 = v.map(|c| ((c - g) * saturation + g).round().clamp(0.0, 255.0) as u8);
     }
 }

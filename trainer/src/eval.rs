@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use glimpse_runtime::classifier::{argmax, ranking};
 use glimpse_runtime::Classifier;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,7 @@ pub fn score(results: &[(usize, Vec<f32>)], classes: &[String]) -> Metrics {
     let mut confusion = vec![vec![0usize; k]; k];
     let mut top5 = 0usize;
     for (truth, probs) in results {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+        let order = ranking(probs);
         confusion[*truth][order[0]] += 1;
         if order.iter().take(5).any(|i| i == truth) {
             top5 += 1;
@@ -108,17 +108,56 @@ pub fn evaluate(
     examples: &[Example],
     classes: &[String],
 ) -> Result<Metrics> {
+    let probs = predict(classifier, examples)?;
+    let results: Vec<(usize, Vec<f32>)> = examples.iter().map(|e| e.label).zip(probs).collect();
+    Ok(score(&results, classes))
+}
+
+/// Each example's probabilities, from the classifier (in parallel), in order.
+pub fn predict(classifier: &Classifier, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
     let bar = crate::progress::bar(examples.len() as u64, "evaluating");
-    let results: Result<Vec<(usize, Vec<f32>)>> = examples
+    let probs = examples
         .par_iter()
         .map(|e| {
-            let (probs, _) = classifier.classify(&e.image)?;
+            let (probs, _) = classifier
+                .classify(&e.image)
+                .with_context(|| e.name.to_string())?;
             bar.inc(1);
-            Ok((e.label, probs))
+            Ok(probs)
         })
-        .collect();
+        .collect::<Result<_>>();
     bar.finish_and_clear();
-    Ok(score(&results?, classes))
+    probs
+}
+
+/// One image's prediction, as `eval --predictions` writes it (a JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prediction {
+    /// The file (or `<IDX file>#<index>`).
+    pub image: String,
+    /// The true class.
+    pub label: String,
+    /// The most probable class.
+    pub predicted: String,
+    /// One per class of the model, in the model's label order.
+    pub probabilities: Vec<f32>,
+}
+
+/// The predictions of `examples` as JSON lines.
+pub fn predictions_jsonl(examples: &[Example], probs: &[Vec<f32>], labels: &[String]) -> String {
+    let mut out = String::new();
+    for (e, p) in examples.iter().zip(probs) {
+        let best = argmax(p);
+        let line = Prediction {
+            image: e.name.to_string(),
+            label: labels[e.label].clone(),
+            predicted: labels[best].clone(),
+            probabilities: p.clone(),
+        };
+        out.push_str(&serde_json::to_string(&line).expect("a prediction serializes"));
+        out.push('\n');
+    }
+    out
 }
 
 /// The files a report is made of, next to the model: `<stem>.report.json`,

@@ -6,7 +6,7 @@
 //! parity check), `eval` (metrics and reports, through the runtime), with `import` for
 //! pretrained networks, `transfer` for heads trained on a frozen pretrained backbone and
 //! grafted onto it, `quantize` for int8 bundles, and `onnx` for writing standard ONNX
-//! graphs.
+//! graphs. `pipeline` runs a whole training (from scratch or transfer) end to end.
 
 pub mod augment;
 pub mod bench;
@@ -16,6 +16,7 @@ pub mod export;
 pub mod import;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod quantize;

@@ -458,156 +458,46 @@ pub fn train(
         "batch size must be at least 2 (batch norm needs a batch), got {}",
         cfg.optim.batch_size
     );
-    let config_json = burn::config::config_to_json(cfg);
     let device = Device::flex().autodiff();
     device.seed(cfg.optim.seed);
-    let mut model = cfg.model.init(&device);
-    let mut optim = cfg.optim.optimizer();
-    let mut progress = Progress {
-        epochs_done: 0,
-        history: Vec::new(),
-        best_epoch: 0,
-        best_val_loss: f64::INFINITY,
-        stale_epochs: 0,
-        config: config_json.clone(),
-    };
-    let mut best_bytes = Vec::new();
-    if resume {
-        ensure!(
-            checkpoint.is_file(),
-            "--resume: no checkpoint at {}",
-            checkpoint.display()
-        );
-        let Checkpoint {
-            progress: p,
-            model: m,
-            optim: o,
-            best: b,
-        } = read_checkpoint(checkpoint)?;
-        if p.config != config_json {
-            bail!(
-                "--resume: the checkpoint {} was made with other settings; run with the same options (its configuration is in the checkpoint) or start afresh without --resume",
-                checkpoint.display()
-            );
-        }
-        // The model first: the optimizer state is keyed by the model's parameter ids.
-        model = from_bytes(model, m)?;
-        optim = optim
-            .from_bytes(Bytes::from_bytes_vec(o))
-            .map_err(|e| anyhow::anyhow!("checkpoint optimizer state: {e:?}"))?;
-        best_bytes = b;
-        log::info!(
-            "resuming after epoch {} of {}",
-            p.epochs_done,
-            cfg.optim.epochs
-        );
-        progress = p;
-    }
-
+    let (mut model, optim, mut progress, mut best_bytes) = start(cfg, checkpoint, resume, &device)?;
     let pp = &cfg.preprocess;
     let val_inputs = preprocess_all(val, pp);
     let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
-    let per: usize = pp.shape(1)[1..].iter().product();
     let steps_per_epoch = train.len().div_ceil(cfg.optim.batch_size);
     let mut opt = Optimization::new(&cfg.optim, optim, steps_per_epoch, &device, "training");
     let started = Instant::now();
     let mut stopped_early = false;
 
     for epoch in progress.epochs_done..cfg.optim.epochs {
-        if let Some(patience) = cfg.optim.patience {
-            if progress.stale_epochs >= patience {
-                stopped_early = true;
-                break;
-            }
+        if cfg
+            .optim
+            .patience
+            .is_some_and(|patience| progress.stale_epochs >= patience)
+        {
+            stopped_early = true;
+            break;
         }
         let t0 = Instant::now();
-        // Dropout draws from the backend's global generator: reseed it per epoch so a
-        // resumed run draws what the uninterrupted run would have.
-        device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
-            cfg.optim.seed,
-            epoch,
-            0,
-        )));
-        let bar = crate::progress::bar(
-            steps_per_epoch as u64,
-            &format!("epoch {}/{}", epoch + 1, cfg.optim.epochs),
-        );
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        let mut lr = cfg.optim.lr;
-        for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
-            let n = idx.len();
-            if n < 2 {
-                continue; // batch norm cannot train on a single image
-            }
-            let mut data = vec![0f32; per * n];
-            data.par_chunks_mut(per).zip(idx.par_iter()).for_each_init(
-                Resizer::new,
-                |resizer, (out, &i)| {
-                    let mut rng =
-                        ChaCha8Rng::seed_from_u64(image_seed(cfg.optim.seed, epoch, i + 1));
-                    let view = cfg.augment.apply(&train[i].image, pp, &mut rng, resizer);
-                    pp.normalize_into(&view, out);
-                },
-            );
-            let labels: Vec<i64> = idx.iter().map(|&i| train[i].label as i64).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(data, pp.shape(n)), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
-            let logits = model.forward(x);
-            let step = opt.step(model, logits, y, epoch, b)?;
-            (model, lr) = (step.model, step.lr);
-            loss_sum += step.loss as f64 * n as f64;
-            correct += step.correct;
-            seen += n;
-            bar.inc(1);
-            bar.set_prefix(format!(
-                "loss {:.4} acc {:.2}%",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64
-            ));
-        }
-        bar.finish_and_clear();
+        let totals;
+        (model, totals) = train_epoch(cfg, train, model, &mut opt, epoch, &device)?;
         let train_secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = validate(&model, &val_inputs, &val_labels, pp, 256);
         let stats = EpochStats {
             epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
+            lr: totals.lr,
+            train_loss: totals.loss_sum / totals.seen.max(1) as f64,
+            train_accuracy: totals.correct as f64 / totals.seen.max(1) as f64,
             val_loss,
             val_accuracy,
             seconds: t0.elapsed().as_secs_f64(),
-            images_per_second: seen as f64 / train_secs.max(1e-9),
+            images_per_second: totals.seen as f64 / train_secs.max(1e-9),
         };
-        log::info!(
-            "epoch {}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
-            stats.epoch,
-            cfg.optim.epochs,
-            stats.train_loss,
-            stats.train_accuracy * 100.0,
-            stats.val_loss,
-            stats.val_accuracy * 100.0,
-            stats.images_per_second,
-            stats.seconds
-        );
-        // Without validation data every epoch counts as the best so far.
-        let improved = val_loss.is_nan() || val_loss < progress.best_val_loss - 1e-6;
+        log_epoch(&stats, cfg.optim.epochs);
         let model_bytes = to_bytes(&model)?;
-        if improved {
-            progress.best_val_loss = if val_loss.is_nan() {
-                f64::INFINITY
-            } else {
-                val_loss
-            };
-            progress.best_epoch = epoch + 1;
-            progress.stale_epochs = 0;
+        if progress.record(stats) {
             best_bytes = model_bytes.clone();
-        } else {
-            progress.stale_epochs += 1;
         }
-        progress.history.push(stats);
-        progress.epochs_done = epoch + 1;
         let optim_bytes = opt
             .optim
             .into_bytes()
@@ -633,6 +523,180 @@ pub fn train(
         stopped_early,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A fresh model and optimizer, or (`resume`) the state of the checkpoint, with its
+/// progress and best model so far.
+fn start(
+    cfg: &TrainingConfig,
+    checkpoint: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<(Classifier, ModuleOptimizer, Progress, Vec<u8>)> {
+    let config_json = burn::config::config_to_json(cfg);
+    let model = cfg.model.init(device);
+    let optim = cfg.optim.optimizer();
+    if !resume {
+        let progress = Progress {
+            epochs_done: 0,
+            history: Vec::new(),
+            best_epoch: 0,
+            best_val_loss: f64::INFINITY,
+            stale_epochs: 0,
+            config: config_json,
+        };
+        return Ok((model, optim, progress, Vec::new()));
+    }
+    ensure!(
+        checkpoint.is_file(),
+        "--resume: no checkpoint at {}",
+        checkpoint.display()
+    );
+    let Checkpoint {
+        progress,
+        model: m,
+        optim: o,
+        best,
+    } = read_checkpoint(checkpoint)?;
+    if progress.config != config_json {
+        bail!(
+            "--resume: the checkpoint {} was made with other settings; run with the same options (its configuration is in the checkpoint) or start afresh without --resume",
+            checkpoint.display()
+        );
+    }
+    // The model first: the optimizer state is keyed by the model's parameter ids.
+    let model = from_bytes(model, m)?;
+    let optim = optim
+        .from_bytes(Bytes::from_bytes_vec(o))
+        .map_err(|e| anyhow::anyhow!("checkpoint optimizer state: {e:?}"))?;
+    log::info!(
+        "resuming after epoch {} of {}",
+        progress.epochs_done,
+        cfg.optim.epochs
+    );
+    Ok((model, optim, progress, best))
+}
+
+/// The sums over one epoch's batches.
+struct EpochTotals {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    /// The learning rate of the last step.
+    lr: f64,
+}
+
+/// One pass over the training images, in the epoch's seeded order and augmentation.
+fn train_epoch(
+    cfg: &TrainingConfig,
+    train: &[Example],
+    mut model: Classifier,
+    opt: &mut Optimization,
+    epoch: usize,
+    device: &Device,
+) -> Result<(Classifier, EpochTotals)> {
+    // Dropout draws from the backend's global generator: reseed it per epoch so a resumed
+    // run draws what the uninterrupted run would have.
+    device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
+        cfg.optim.seed,
+        epoch,
+        0,
+    )));
+    let steps = train.len().div_ceil(cfg.optim.batch_size);
+    let bar = crate::progress::bar(
+        steps as u64,
+        &format!("epoch {}/{}", epoch + 1, cfg.optim.epochs),
+    );
+    let mut t = EpochTotals {
+        loss_sum: 0.0,
+        correct: 0,
+        seen: 0,
+        lr: cfg.optim.lr,
+    };
+    let pp = &cfg.preprocess;
+    for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
+        let n = idx.len();
+        if n < 2 {
+            continue; // batch norm cannot train on a single image
+        }
+        let data = augmented_batch(cfg, train, idx, epoch);
+        let labels: Vec<i64> = idx.iter().map(|&i| train[i].label as i64).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data, pp.shape(n)), device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device);
+        let logits = model.forward(x);
+        let step = opt.step(model, logits, y, epoch, b)?;
+        (model, t.lr) = (step.model, step.lr);
+        t.loss_sum += step.loss as f64 * n as f64;
+        t.correct += step.correct;
+        t.seen += n;
+        bar.inc(1);
+        bar.set_prefix(format!(
+            "loss {:.4} acc {:.2}%",
+            t.loss_sum / t.seen as f64,
+            100.0 * t.correct as f64 / t.seen as f64
+        ));
+    }
+    bar.finish_and_clear();
+    Ok((model, t))
+}
+
+/// The input of one batch: each image's augmented view of this epoch, normalized.
+fn augmented_batch(
+    cfg: &TrainingConfig,
+    train: &[Example],
+    idx: &[usize],
+    epoch: usize,
+) -> Vec<f32> {
+    let pp = &cfg.preprocess;
+    let per: usize = pp.shape(1)[1..].iter().product();
+    let mut data = vec![0f32; per * idx.len()];
+    data.par_chunks_mut(per).zip(idx.par_iter()).for_each_init(
+        Resizer::new,
+        |resizer, (out, &i)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(image_seed(cfg.optim.seed, epoch, i + 1));
+            let view = cfg.augment.apply(&train[i].image, pp, &mut rng, resizer);
+            pp.normalize_into(&view, out);
+        },
+    );
+    data
+}
+
+fn log_epoch(stats: &EpochStats, epochs: usize) {
+    log::info!(
+        "epoch {}/{epochs}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
+        stats.epoch,
+        stats.train_loss,
+        stats.train_accuracy * 100.0,
+        stats.val_loss,
+        stats.val_accuracy * 100.0,
+        stats.images_per_second,
+        stats.seconds
+    );
+}
+
+impl Progress {
+    /// Adds an epoch; whether it is the best so far (the lowest validation loss; without
+    /// validation data every epoch is).
+    fn record(&mut self, stats: EpochStats) -> bool {
+        let val_loss = stats.val_loss;
+        let improved = val_loss.is_nan() || val_loss < self.best_val_loss - 1e-6;
+        if improved {
+            self.best_val_loss = if val_loss.is_nan() {
+                f64::INFINITY
+            } else {
+                val_loss
+            };
+            self.best_epoch = stats.epoch;
+            self.stale_epochs = 0;
+        } else {
+            self.stale_epochs += 1;
+        }
+        self.epochs_done = stats.epoch;
+        self.history.push(stats);
+        improved
+    }
 }
 
 #[cfg(test)]

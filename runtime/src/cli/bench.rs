@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use fast_image_resize::Resizer;
+use glimpse_runtime::classifier::percentile;
 use glimpse_runtime::decode::image_files_in;
 use glimpse_runtime::{decode, Classifier, Limits};
 use serde::Serialize;
@@ -53,15 +54,14 @@ struct Percentiles {
     mean: f64,
 }
 
-fn percentiles(mut v: Vec<Duration>) -> Percentiles {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let at = |q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
+fn percentiles(v: Vec<Duration>) -> Percentiles {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
     Percentiles {
-        p50: at(0.50),
-        p90: at(0.90),
-        p99: at(0.99),
-        mean: v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64,
+        p50: percentile(&ms, 0.50),
+        p90: percentile(&ms, 0.90),
+        p99: percentile(&ms, 0.99),
+        mean: ms.iter().sum::<f64>() / ms.len() as f64,
     }
 }
 

@@ -2,8 +2,7 @@
 //! or raw frames on stdin, printing a label stream (per-frame latency, achieved FPS,
 //! dropped frames) and debounced state-change events as JSON lines.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use glimpse_runtime::stream::{live, Classified, Debouncer, LiveOptions, OpenedSource};
+use glimpse_runtime::classifier::millis;
+use glimpse_runtime::fsutil::safe_name;
+use glimpse_runtime::stream::{live, Classified, Debouncer, Frame, LiveOptions, OpenedSource};
 use glimpse_runtime::Limits;
+use image::RgbImage;
 use serde_json::json;
 
 use super::source_args::{EventArgs, PaceArgs, SourceArgs};
@@ -78,13 +80,9 @@ fn list_devices() -> Result<ExitCode> {
     ))
 }
 
-/// A label made safe for a file name.
+/// A label made safe for a file name (at most 40 characters).
 fn file_label(label: &str) -> String {
-    let s: String = label
-        .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { '_' })
-        .take(40)
-        .collect();
+    let s: String = safe_name(label).chars().take(40).collect();
     s.trim_matches('_').to_string()
 }
 
@@ -104,19 +102,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-
-    // `stop` ends the loop (a signal, or --frames reached); `signalled` remembers why.
-    let stop = Arc::new(AtomicBool::new(false));
-    let signalled = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping ends the process at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, signalled.clone())
-            .context("installing the signal handler")?;
-        signal_hook::flag::register(signal, signalled.clone())
-            .context("installing the signal handler")?;
-        signal_hook::flag::register(signal, stop.clone())
-            .context("installing the signal handler")?;
-    }
+    let (stop, signalled) = stop_on_signals()?;
     let opts = LiveOptions {
         every: args.pace.every,
         max_fps: args.pace.max_fps,
@@ -124,92 +110,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reopen,
         ..LiveOptions::default()
     };
-    let mut debouncer = Debouncer::new(args.events.debounce());
-    let started = Instant::now();
-    let stdout = std::io::stdout();
-    let mut failed_saves = 0u64;
-    let classify =
-        |frame: &glimpse_runtime::stream::Frame| -> Result<(Prediction, image::RgbImage)> {
-            let img = frame.to_rgb(&limits)?;
-            let (probs, t) = classifier.classify(&img)?;
-            let top = classifier.top_k(&probs, 1);
-            let best = top.first().context("the model gives no classes")?;
-            Ok((
-                Prediction {
-                    label: best.label.to_string(),
-                    index: best.index,
-                    probability: best.probability,
-                    infer: t.preprocess + t.inference,
-                },
-                img,
-            ))
-        };
-    let report = |c: Classified<(Prediction, image::RgbImage)>| {
-        let (p, img) = &c.result;
-        let mut out = stdout.lock();
-        if !args.events_only {
-            let line = match args.output {
-                FrameFormat::Table => format!(
-                    "frame {:>6}  {:<30} {:>6.2}%  latency {:>5.1} ms  {:>5.1} fps  dropped {}",
-                    c.frame.seq,
-                    p.label,
-                    p.probability * 100.0,
-                    c.latency.as_secs_f64() * 1e3,
-                    c.fps,
-                    c.stats.dropped
-                ),
-                FrameFormat::Json => json!({
-                    "type": "frame",
-                    "frame": c.frame.seq,
-                    "label": p.label,
-                    "index": p.index,
-                    "probability": p.probability,
-                    "latency_ms": (c.latency.as_secs_f64() * 1e3 * 1e3).round() / 1e3,
-                    "inference_ms": (p.infer.as_secs_f64() * 1e3 * 1e3).round() / 1e3,
-                    "fps": (c.fps * 100.0).round() / 100.0,
-                    "dropped": c.stats.dropped,
-                })
-                .to_string(),
-            };
-            let _ = writeln!(out, "{line}");
-        }
-        if let Some(e) = debouncer.update(&p.label, p.probability, Instant::now()) {
-            let _ = writeln!(
-                out,
-                "{}",
-                json!({
-                    "type": "event",
-                    "frame": c.frame.seq,
-                    "time_s": (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
-                    "state": e.label,
-                    "previous": e.previous,
-                    "confidence": e.confidence,
-                    "held_frames": e.frames,
-                    "held_ms": e.held_ms,
-                })
-            );
-        }
-        let _ = out.flush();
-        if let Some(dir) = &args.save {
-            let name = format!("{:06}-{}.png", c.frame.seq, file_label(&p.label));
-            let mut png = Vec::new();
-            let saved = img
-                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .map_err(anyhow::Error::from)
-                .and_then(|_| {
-                    Ok(glimpse_runtime::fsutil::atomic_write(
-                        &dir.join(&name),
-                        &png,
-                    )?)
-                });
-            if let Err(e) = saved {
-                failed_saves += 1;
-                log::warn!("{}: {e:#}", dir.join(&name).display());
-            }
-        }
-    };
-    let stats = live::run(opener, classify, report, &opts, stop.clone());
-    let secs = started.elapsed().as_secs_f64();
+    let mut printer = Printer::new(&args, stop.clone());
+    let classify = |frame: &Frame| predict(&classifier, frame, &limits);
+    let stats = live::run(opener, classify, |c| printer.report(c), &opts, stop);
+    if let Some(err) = printer.write_error {
+        // A closed pipe ends quietly in `main`; anything else is reported.
+        return Err(anyhow::Error::from(err).context("writing output"));
+    }
+    let secs = printer.started.elapsed().as_secs_f64();
     eprintln!(
         "glimpse camera: {} frames captured, {} classified ({:.1}/s), {} dropped, {} skipped, {} failed, {} source errors{}",
         stats.captured,
@@ -226,6 +134,135 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     );
     Ok(super::exit_code(
-        stats.errors > 0 || failed_saves > 0 || (stats.source_errors > 0 && !reopen),
+        stats.errors > 0 || printer.failed_saves > 0 || (stats.source_errors > 0 && !reopen),
     ))
+}
+
+/// `stop` ends the loop (a signal, or --frames reached); `signalled` remembers a signal.
+/// A second signal while stopping ends the process at once.
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, signalled.clone())
+            .and_then(|_| signal_hook::flag::register(signal, signalled.clone()))
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .context("installing the signal handler")?;
+    }
+    Ok((stop, signalled))
+}
+
+/// The top-1 of a frame, with the frame's pixels (to save).
+fn predict(
+    classifier: &glimpse_runtime::Classifier,
+    frame: &Frame,
+    limits: &Limits,
+) -> Result<(Prediction, RgbImage)> {
+    let img = frame.to_rgb(limits)?;
+    let (probs, t) = classifier.classify(&img)?;
+    let top = classifier.top_k(&probs, 1);
+    let best = top.first().context("the model gives no classes")?;
+    let prediction = Prediction {
+        label: best.label.to_string(),
+        index: best.index,
+        probability: best.probability,
+        infer: t.preprocess + t.inference,
+    };
+    Ok((prediction, img))
+}
+
+/// Prints each classified frame and each state change, and saves frames (--save).
+struct Printer<'a> {
+    args: &'a Args,
+    debouncer: Debouncer,
+    started: Instant,
+    failed_saves: u64,
+    /// Set on the first failed write to stdout (a closed pipe, say), which ends the run.
+    write_error: Option<std::io::Error>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<'a> Printer<'a> {
+    fn new(args: &'a Args, stop: Arc<AtomicBool>) -> Self {
+        Printer {
+            args,
+            debouncer: Debouncer::new(args.events.debounce()),
+            started: Instant::now(),
+            failed_saves: 0,
+            write_error: None,
+            stop,
+        }
+    }
+
+    fn report(&mut self, c: Classified<(Prediction, RgbImage)>) {
+        let (p, img) = &c.result;
+        let mut text = String::new();
+        if !self.args.events_only {
+            text.push_str(&self.frame_line(&c, p));
+            text.push('\n');
+        }
+        if let Some(e) = self
+            .debouncer
+            .update(&p.label, p.probability, Instant::now())
+        {
+            let event = json!({
+                "type": "event",
+                "frame": c.frame.seq,
+                "time_s": (self.started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
+                "state": e.label,
+                "previous": e.previous,
+                "confidence": e.confidence,
+                "held_frames": e.frames,
+                "held_ms": e.held_ms,
+            });
+            text.push_str(&format!("{event}\n"));
+        }
+        if let Err(e) = super::print(&text) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.write_error.get_or_insert(e);
+        }
+        if let Some(dir) = &self.args.save {
+            self.save(dir, c.frame.seq, &p.label, img);
+        }
+    }
+
+    fn frame_line(&self, c: &Classified<(Prediction, RgbImage)>, p: &Prediction) -> String {
+        match self.args.output {
+            FrameFormat::Table => format!(
+                "frame {:>6}  {:<30} {:>6.2}%  latency {:>5.1} ms  {:>5.1} fps  dropped {}",
+                c.frame.seq,
+                p.label,
+                p.probability * 100.0,
+                c.latency.as_secs_f64() * 1e3,
+                c.fps,
+                c.stats.dropped
+            ),
+            FrameFormat::Json => json!({
+                "type": "frame",
+                "frame": c.frame.seq,
+                "label": p.label,
+                "index": p.index,
+                "probability": p.probability,
+                "latency_ms": millis(c.latency),
+                "inference_ms": millis(p.infer),
+                "fps": (c.fps * 100.0).round() / 100.0,
+                "dropped": c.stats.dropped,
+            })
+            .to_string(),
+        }
+    }
+
+    /// Writes the frame as DIR/<frame>-<label>.png; a failure is warned about and counted.
+    fn save(&mut self, dir: &Path, seq: u64, label: &str, img: &RgbImage) {
+        let path = dir.join(format!("{seq:06}-{}.png", file_label(label)));
+        let mut png = Vec::new();
+        let saved = img
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| Ok(glimpse_runtime::fsutil::atomic_write(&path, &png)?));
+        if let Err(e) = saved {
+            self.failed_saves += 1;
+            log::warn!("{}: {e:#}", path.display());
+        }
+    }
 }

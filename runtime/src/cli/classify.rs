@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
-use glimpse_runtime::decode::{has_image_extension, DecodeError, EXTENSIONS};
+
+use glimpse_runtime::decode::{image_files, DecodeError, EXTENSIONS};
 use glimpse_runtime::{Limits, Timings};
 
 use super::output::{Format, Record, Writer};
@@ -29,8 +29,8 @@ pub struct Args {
     #[arg(short, long, default_value_t = 0.0, value_parser = parse_probability)]
     threshold: f32,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = FormatArg::Table)]
-    format: FormatArg,
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    format: Format,
     /// Images classified at once, one per worker thread (default: one per CPU core).
     /// The model is loaded once and shared; each worker adds its own activations.
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -41,16 +41,6 @@ pub struct Args {
     /// Refuse files larger than this many bytes.
     #[arg(long, default_value_t = Limits::default().max_bytes, help_heading = "Limits")]
     max_bytes: u64,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FormatArg {
-    /// A readable table.
-    Table,
-    /// One JSON object per line.
-    Json,
-    /// CSV, one row per (image, rank).
-    Csv,
 }
 
 /// One thing to classify.
@@ -67,12 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_bytes: args.max_bytes,
         ..Limits::default()
     };
-    let format = match args.format {
-        FormatArg::Table => Format::Table,
-        FormatArg::Json => Format::Json,
-        FormatArg::Csv => Format::Csv,
-    };
-    let mut out = Writer::new(std::io::stdout().lock(), format).context("writing output")?;
+    let mut out = Writer::new(std::io::stdout().lock(), args.format).context("writing output")?;
     let mut failures = 0usize;
     let mut report = |name: &str, err: &anyhow::Error| {
         failures += 1;
@@ -172,18 +157,9 @@ fn collect_inputs(paths: &[PathBuf], report: &mut impl FnMut(&str, &anyhow::Erro
             }
         } else if path.is_dir() {
             let before = inputs.len();
-            let walk = walkdir::WalkDir::new(path)
-                .sort_by_file_name()
-                .into_iter()
-                .filter_entry(|e| {
-                    e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
-                });
-            for entry in walk {
+            for entry in image_files(path, true) {
                 match entry {
-                    Ok(e) if e.file_type().is_file() && has_image_extension(e.path()) => {
-                        inputs.push(Input::File(e.into_path()))
-                    }
-                    Ok(_) => {}
+                    Ok(file) => inputs.push(Input::File(file)),
                     Err(err) => {
                         let at = err.path().unwrap_or(path).display().to_string();
                         report(&at, &anyhow::anyhow!(lower(&err.to_string())));

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use glimpse_runtime::preprocess::{parse_floats, parse_size};
 use glimpse_runtime::{
     classifier::read_labels, Channels, Classifier, Layout, OnnxFile, OutputKind, Overrides, Resize,
@@ -22,7 +22,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Model overrides")]
     pub input_size: Option<(u32, u32)>,
     /// How images are fitted to the input: stretch, center-crop[:SHORT_SIDE], letterbox.
-    #[arg(long, value_name = "MODE", value_parser = parse_resize, help_heading = "Model overrides")]
+    #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<Resize>(), help_heading = "Model overrides")]
     pub resize: Option<Resize>,
     /// Per-channel mean in 0-255 units, e.g. 127,127,127.
     #[arg(long, value_parser = parse_list, help_heading = "Model overrides")]
@@ -36,9 +36,10 @@ pub struct ModelArgs {
     /// Memory layout of the input.
     #[arg(long, value_parser = |s: &str| s.parse::<Layout>(), help_heading = "Model overrides")]
     pub layout: Option<Layout>,
-    /// What the model outputs (default: as the model says, else detected).
-    #[arg(long, value_enum, help_heading = "Model overrides")]
-    pub outputs: Option<OutputArg>,
+    /// What the model outputs: logits or probabilities (default: as the model says, else
+    /// detected).
+    #[arg(long, value_parser = |s: &str| s.parse::<OutputKind>(), help_heading = "Model overrides")]
+    pub outputs: Option<OutputKind>,
     /// Threads tract uses inside one inference (lower latency per image on a multi-core
     /// board; keep 1 when images are classified in parallel).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -52,12 +53,6 @@ pub struct List(pub Vec<f32>);
 
 fn parse_list(s: &str) -> Result<List, String> {
     parse_floats(s).map(List)
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OutputArg {
-    Logits,
-    Probabilities,
 }
 
 impl ModelArgs {
@@ -89,10 +84,7 @@ impl ModelArgs {
             std: self.std.clone().map(|l| l.0),
             channels: self.channels,
             layout: self.layout,
-            output: self.outputs.map(|o| match o {
-                OutputArg::Logits => OutputKind::Logits,
-                OutputArg::Probabilities => OutputKind::Probabilities,
-            }),
+            output: self.outputs,
         })
     }
 
@@ -140,23 +132,5 @@ pub fn warn_assumed(classifier: &Classifier) {
             "the model's metadata does not say everything; assuming {} (set with --labels, --input-size, --resize, --mean, --std, --channels, --layout)",
             classifier.assumed.join(", ")
         );
-    }
-}
-
-fn parse_resize(s: &str) -> Result<Resize, String> {
-    let (mode, arg) = s.split_once(':').map_or((s, None), |(m, a)| (m, Some(a)));
-    match (mode, arg) {
-        ("stretch", None) => Ok(Resize::Stretch),
-        ("letterbox", None) => Ok(Resize::Letterbox { fill: [0, 0, 0] }),
-        ("center-crop", None) => Ok(Resize::CenterCrop { short_side: 0 }),
-        ("center-crop", Some(n)) => match n.parse::<u32>() {
-            Ok(n) if n > 0 => Ok(Resize::CenterCrop { short_side: n }),
-            _ => Err(format!(
-                "expected center-crop:SHORT_SIDE with a positive integer, got {s:?}"
-            )),
-        },
-        _ => Err(format!(
-            "expected stretch, center-crop[:SHORT_SIDE] or letterbox, got {s:?}"
-        )),
     }
 }

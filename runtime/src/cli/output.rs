@@ -2,13 +2,17 @@
 
 use std::io::Write;
 
+use glimpse_runtime::classifier::{accepted, millis as ms, TimingsMs};
 use glimpse_runtime::{Ranked, Timings};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// A readable table.
     Table,
+    /// One JSON object per line.
     Json,
+    /// CSV, one row per (image, rank).
     Csv,
 }
 
@@ -23,10 +27,7 @@ pub struct Record<'a> {
 impl Record<'_> {
     /// The accepted label: the best one, unless it is below the threshold.
     fn label(&self) -> Option<&str> {
-        self.top
-            .first()
-            .filter(|r| r.probability >= self.threshold)
-            .map(|r| r.label)
+        accepted(self.top, self.threshold)
     }
 }
 
@@ -42,22 +43,9 @@ struct JsonRecord<'a> {
     path: &'a str,
     /// `null` when the best probability is below the threshold.
     label: Option<&'a str>,
-    top: Vec<JsonRanked<'a>>,
-    latency_ms: f64,
-    decode_ms: f64,
-    preprocess_ms: f64,
-    inference_ms: f64,
-}
-
-#[derive(Serialize)]
-struct JsonRanked<'a> {
-    label: &'a str,
-    index: usize,
-    probability: f32,
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
+    top: &'a [Ranked<'a>],
+    #[serde(flatten)]
+    timings: TimingsMs,
 }
 
 impl<W: Write> Writer<W> {
@@ -103,19 +91,8 @@ impl<W: Write> Writer<W> {
                 let rec = JsonRecord {
                     path: r.path,
                     label: r.label(),
-                    top: r
-                        .top
-                        .iter()
-                        .map(|t| JsonRanked {
-                            label: t.label,
-                            index: t.index,
-                            probability: t.probability,
-                        })
-                        .collect(),
-                    latency_ms: ms(r.timings.total()),
-                    decode_ms: ms(r.timings.decode),
-                    preprocess_ms: ms(r.timings.preprocess),
-                    inference_ms: ms(r.timings.inference),
+                    top: r.top,
+                    timings: r.timings.millis(r.timings.total()),
                 };
                 serde_json::to_writer(&mut *out, &rec)?;
                 // Flush per line so a consumer reading a pipe sees each result as it comes.
@@ -131,7 +108,7 @@ impl<W: Write> Writer<W> {
                         predicted,
                         &(rank + 1).to_string(),
                         &t.index.to_string(),
-                        t.label,
+                        &t.label,
                         &format!("{:.6}", t.probability),
                         &latency,
                     ])?;

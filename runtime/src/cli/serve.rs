@@ -276,19 +276,7 @@ fn hostname() -> String {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let args = with_config(args)?;
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(f)) => Some(read_secret_file(f, "API token")?),
-        (None, None) => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
-    }
-    .map(|t| Token::new(&t))
-    .transpose()?;
-    if token.is_none() && !args.listen.ip().is_loopback() {
-        log::warn!(
-            "listening on {} without a token: anyone who can reach this address can use the API (set --token-file or ${TOKEN_ENV})",
-            args.listen
-        );
-    }
+    let token = token(&args)?;
     let workers = args
         .workers
         .map(|w| w as usize)
@@ -306,56 +294,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::model_args::warn_assumed(&classifier);
         Ok(classifier)
     });
-
-    let camera = match args.source.spec()? {
-        None => None,
-        Some(spec) => {
-            let source = spec.open(limits).map_err(super::source_args::hint)?;
-            Some(CameraSetup {
-                open: source.opener,
-                describe: source.describe,
-                live: LiveOptions {
-                    every: args.pace.every,
-                    max_fps: args.pace.max_fps,
-                    reopen: source.reopen,
-                    ..LiveOptions::default()
-                },
-                debounce: args.events.debounce(),
-                limits,
-            })
-        }
-    };
-    let mqtt = match &args.mqtt_host {
-        None => None,
-        Some(host) => {
-            let client_id = args
-                .mqtt_client_id
-                .clone()
-                .unwrap_or_else(|| format!("glimpse-{}", hostname()));
-            let password = match &args.mqtt_password_file {
-                Some(f) => Some(read_secret_file(f, "MQTT password")?),
-                None => std::env::var(MQTT_PASSWORD_ENV).ok(),
-            };
-            let credentials = match (&args.mqtt_username, password) {
-                (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
-                (None, Some(_)) => bail!("an MQTT password was given without --mqtt-username"),
-                (None, None) => None,
-            };
-            Some(MqttConfig {
-                host: host.clone(),
-                port: args.mqtt_port,
-                topic: args
-                    .mqtt_topic
-                    .clone()
-                    .unwrap_or_else(|| format!("glimpse/{}", serve::mqtt::node_id(&client_id))),
-                client_id,
-                credentials,
-                discovery_prefix: (!args.mqtt_no_discovery)
-                    .then(|| args.mqtt_discovery_prefix.clone()),
-                status_interval: Duration::from_secs_f64(args.mqtt_status_interval),
-            })
-        }
-    };
     let opts = ServeOptions {
         listen: args.listen,
         token,
@@ -369,30 +307,106 @@ pub fn run(args: Args) -> Result<ExitCode> {
         default_top_k: args.top_k as usize,
         model_path,
         loader,
-        probe: args.probe_image,
+        probe: args.probe_image.clone(),
         watch_model: (!args.no_watch).then(|| Duration::from_secs_f64(args.watch_interval)),
-        camera,
-        mqtt,
+        camera: camera(&args, limits)?,
+        mqtt: mqtt(&args)?,
     };
     if args.check {
-        let loaded =
-            serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
-        super::print(&format!(
-            "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}\n",
-            opts.model_path.display(),
-            loaded.sha256,
-            loaded.classifier.labels.len(),
-            opts.listen,
-            opts.workers,
-            opts.queue,
-            if opts.token.is_some() { "bearer token required" } else { "no token" },
-            opts.camera.as_ref().map(|c| format!(", camera {}", c.describe)).unwrap_or_default(),
-            opts.mqtt.as_ref().map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic)).unwrap_or_default(),
-        ))
-        .context("writing output")?;
-        return Ok(ExitCode::SUCCESS);
+        return check(&opts);
     }
     serve::run(opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The API token: --token, --token-file or the environment; a warning when there is none
+/// and the daemon listens beyond loopback.
+fn token(args: &Args) -> Result<Option<Token>> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(read_secret_file(f, "API token")?),
+        (None, None) => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+    }
+    .map(|t| Token::new(&t))
+    .transpose()?;
+    if token.is_none() && !args.listen.ip().is_loopback() {
+        log::warn!(
+            "listening on {} without a token: anyone who can reach this address can use the API (set --token-file or ${TOKEN_ENV})",
+            args.listen
+        );
+    }
+    Ok(token)
+}
+
+/// The frame source to classify continuously, if one was given.
+fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
+    let Some(spec) = args.source.spec()? else {
+        return Ok(None);
+    };
+    let source = spec.open(limits).map_err(super::source_args::hint)?;
+    Ok(Some(CameraSetup {
+        open: source.opener,
+        describe: source.describe,
+        live: LiveOptions {
+            every: args.pace.every,
+            max_fps: args.pace.max_fps,
+            reopen: source.reopen,
+            ..LiveOptions::default()
+        },
+        debounce: args.events.debounce(),
+        limits,
+    }))
+}
+
+/// The MQTT connection, if --mqtt-host was given.
+fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
+    let Some(host) = &args.mqtt_host else {
+        return Ok(None);
+    };
+    let client_id = args
+        .mqtt_client_id
+        .clone()
+        .unwrap_or_else(|| format!("glimpse-{}", hostname()));
+    let password = match &args.mqtt_password_file {
+        Some(f) => Some(read_secret_file(f, "MQTT password")?),
+        None => std::env::var(MQTT_PASSWORD_ENV).ok(),
+    };
+    let credentials = match (&args.mqtt_username, password) {
+        (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
+        (None, Some(_)) => bail!("an MQTT password was given without --mqtt-username"),
+        (None, None) => None,
+    };
+    Ok(Some(MqttConfig {
+        host: host.clone(),
+        port: args.mqtt_port,
+        topic: args
+            .mqtt_topic
+            .clone()
+            .unwrap_or_else(|| format!("glimpse/{}", serve::mqtt::node_id(&client_id))),
+        client_id,
+        credentials,
+        discovery_prefix: (!args.mqtt_no_discovery).then(|| args.mqtt_discovery_prefix.clone()),
+        status_interval: Duration::from_secs_f64(args.mqtt_status_interval),
+    }))
+}
+
+/// `--check`: loads and probes the model and says what would be served.
+fn check(opts: &ServeOptions) -> Result<ExitCode> {
+    let loaded =
+        serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
+    super::print(&format!(
+        "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}\n",
+        opts.model_path.display(),
+        loaded.sha256,
+        loaded.classifier.labels.len(),
+        opts.listen,
+        opts.workers,
+        opts.queue,
+        if opts.token.is_some() { "bearer token required" } else { "no token" },
+        opts.camera.as_ref().map(|c| format!(", camera {}", c.describe)).unwrap_or_default(),
+        opts.mqtt.as_ref().map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic)).unwrap_or_default(),
+    ))
+    .context("writing output")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,10 +12,11 @@ use tokio::sync::broadcast;
 
 use super::metrics::{Metrics, SourceLabels};
 use super::model::ModelSlot;
+use crate::classifier::millis;
 use crate::stream::{
     live, Classified, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
 };
-use crate::Limits;
+use crate::{Limits, Ranked};
 
 /// A camera (or folder, or raw stream) to classify continuously.
 pub struct CameraSetup {
@@ -33,7 +34,7 @@ pub struct Latest {
     pub label: String,
     pub index: usize,
     pub probability: f32,
-    pub top: Vec<TopEntry>,
+    pub top: Vec<Ranked<'static>>,
     /// Seconds since the Unix epoch when the frame was classified.
     pub time: f64,
     pub latency_ms: f64,
@@ -41,13 +42,6 @@ pub struct Latest {
     /// The debounced state at that frame (`None` until one is established).
     pub state: Option<String>,
     pub model_sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TopEntry {
-    pub label: String,
-    pub index: usize,
-    pub probability: f32,
 }
 
 /// A debounced change of state, as `/v1/events` and MQTT publish it.
@@ -128,20 +122,16 @@ fn run(
         let img = frame.to_rgb(&limits)?;
         let (probs, _) = c.classify(&img)?;
         let took = t0.elapsed();
-        let top: Vec<TopEntry> = c
+        let top: Vec<Ranked<'static>> = c
             .top_k(&probs, 5)
             .into_iter()
-            .map(|r| TopEntry {
-                label: r.label.to_string(),
-                index: r.index,
-                probability: r.probability,
-            })
+            .map(Ranked::into_owned)
             .collect();
         let best = top.first().context("the model gives no classes")?.clone();
         Ok((
             Latest {
                 frame: frame.seq,
-                label: best.label,
+                label: best.label.into_owned(),
                 index: best.index,
                 probability: best.probability,
                 top,
@@ -184,7 +174,7 @@ fn run(
             metrics.confidence.set(latest.probability as f64);
         }
         latest.time = now;
-        latest.latency_ms = (c.latency.as_secs_f64() * 1e6).round() / 1e3;
+        latest.latency_ms = millis(c.latency);
         latest.fps = (c.fps * 100.0).round() / 100.0;
         latest.state = debouncer.state().map(str::to_string);
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);

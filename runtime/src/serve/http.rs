@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -22,7 +22,8 @@ use super::auth::Token;
 use super::camera::CameraShared;
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::ModelSlot;
-use crate::Limits;
+use crate::classifier::{accepted, TimingsMs};
+use crate::{Limits, Ranked};
 
 /// Everything a request handler may touch.
 pub struct AppState {
@@ -364,83 +365,18 @@ async fn classify(
             return Err(e);
         }
     };
-    let limit = st.limits.max_bytes;
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(too_large_body(len, limit));
-        }
-    }
-    // Admission before reading the body bounds memory to (workers + queue) bodies.
+    // A declared body over the limit is refused unread (a client sending
+    // `Expect: 100-continue` gets the 413 at once).
+    check_length(req.headers(), st.limits.max_bytes)?;
     let Ok(admitted) = st.admission.clone().try_acquire_owned() else {
-        discard_body(req.into_body(), limit).await;
-        return Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many requests in progress; retry later",
-            )
-        });
+        discard_body(req.into_body(), st.limits.max_bytes).await;
+        return Err(overloaded());
     };
     st.metrics.inflight.inc();
     let _inflight = InFlight(&st.metrics);
     let deadline = tokio::time::Instant::now() + st.request_timeout;
-
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/form-data")
-        });
-    let (parts, body) = req.into_parts();
-    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "timed out reading the request body",
-            )
-        })??;
-    let image = if is_multipart {
-        let req = Request::from_parts(parts, Body::from(bytes));
-        multipart_image(req).await?
-    } else {
-        bytes
-    };
-    if image.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "empty body: send the image as the request body",
-        ));
-    }
-
-    let worker = tokio::time::timeout_at(deadline, st.workers.clone().acquire_owned())
-        .await
-        .map_err(|_| ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                "timed out waiting for a free worker",
-            )
-        })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "shutting down",
-            )
-        })?;
+    let image = read_image(req, st.limits.max_bytes, deadline).await?;
+    let worker = acquire_worker(&st, deadline).await?;
     let loaded = st.model.get();
     let limits = st.limits;
     let job = tokio::task::spawn_blocking(move || {
@@ -466,28 +402,114 @@ async fn classify(
         .inference_seconds
         .get_or_create(&SourceLabels { source: "http" })
         .observe(timings.total().as_secs_f64());
-    let c = &loaded.classifier;
-    let top = c.top_k(&probs, top_k);
-    let label = top
-        .first()
-        .filter(|r| r.probability >= threshold)
-        .map(|r| r.label);
-    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    Ok(Json(json!({
-        "label": label,
-        "top": top.iter().map(|r| json!({"label": r.label, "index": r.index, "probability": round6(r.probability)})).collect::<Vec<_>>(),
-        "latency_ms": ms(t0.elapsed()),
-        "decode_ms": ms(timings.decode),
-        "preprocess_ms": ms(timings.preprocess),
-        "inference_ms": ms(timings.inference),
-        "model_sha256": loaded.sha256,
-    }))
+    let top = loaded.classifier.top_k(&probs, top_k);
+    Ok(Json(Classified {
+        label: accepted(&top, threshold),
+        top: &top,
+        timings: timings.millis(t0.elapsed()),
+        model_sha256: &loaded.sha256,
+    })
     .into_response())
 }
 
-/// An f32 probability as JSON without float-widening noise (0.95614, not 0.9561399817).
-fn round6(p: f32) -> f64 {
-    (p as f64 * 1e6).round() / 1e6
+/// The answer to `POST /v1/classify`.
+#[derive(Serialize)]
+struct Classified<'a> {
+    /// `null` when the best probability is below the threshold.
+    label: Option<&'a str>,
+    top: &'a [Ranked<'a>],
+    #[serde(flatten)]
+    timings: TimingsMs,
+    model_sha256: &'a str,
+}
+
+/// 413 for a Content-Length over `limit`.
+fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit => Err(too_large_body(len, limit)),
+        _ => Ok(()),
+    }
+}
+
+/// 503 when the admission queue (workers + queue) is full: admission before reading
+/// the body bounds memory to that many bodies.
+fn overloaded() -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in progress; retry later",
+        )
+    }
+}
+
+/// The image of a classify request: its body, or the image of its multipart form.
+async fn read_image(
+    req: Request,
+    limit: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, ApiError> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    let (parts, body) = req.into_parts();
+    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "timed out reading the request body",
+            )
+        })??;
+    let image = if is_multipart {
+        multipart_image(Request::from_parts(parts, Body::from(bytes))).await?
+    } else {
+        bytes
+    };
+    if image.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "empty body: send the image as the request body",
+        ));
+    }
+    Ok(image)
+}
+
+/// A free worker, waited for until `deadline` (then 503).
+async fn acquire_worker(
+    st: &AppState,
+    deadline: tokio::time::Instant,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout_at(deadline, st.workers.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "timed out waiting for a free worker",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "shutting down",
+            )
+        })
 }
 
 /// The answer to an image the classifier refused: 413 for its size, 400 for its content,

@@ -98,30 +98,12 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
-
     // The camera, if any, runs on its own thread from now on.
-    let camera_stop = Arc::new(AtomicBool::new(false));
-    let mut camera_thread = None;
-    let camera_shared = match opts.camera.take() {
-        Some(setup) => {
-            let shared = Arc::new(CameraShared {
-                latest: Mutex::new(None),
-                events: broadcast::channel(64).0,
-                stats: Mutex::new(Default::default()),
-                describe: setup.describe.clone(),
-            });
-            camera_thread = Some(camera::spawn(
-                setup,
-                slot.clone(),
-                metrics.clone(),
-                shared.clone(),
-                camera_stop.clone(),
-            )?);
-            Some(shared)
-        }
-        None => None,
-    };
-
+    let camera = opts
+        .camera
+        .take()
+        .map(|setup| Camera::start(setup, &slot, &metrics))
+        .transpose()?;
     let state = Arc::new(AppState {
         model: slot.clone(),
         metrics: metrics.clone(),
@@ -131,38 +113,24 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         workers: Arc::new(Semaphore::new(opts.workers)),
         request_timeout: opts.request_timeout,
         default_top_k: opts.default_top_k,
-        camera: camera_shared.clone(),
+        camera: camera.as_ref().map(|c| c.shared.clone()),
         ready: AtomicBool::new(false),
         shutdown: shutdown_rx.clone(),
         started,
     });
-
     let mqtt_task = opts.mqtt.clone().map(|cfg| {
         let st = state.clone();
         let status: mqtt::StatusFn = Arc::new(move || status_document(&st));
         tokio::spawn(mqtt::run(
             cfg,
             metrics.clone(),
-            camera_shared.as_ref().map(|c| c.events.subscribe()),
+            state.camera.as_ref().map(|c| c.events.subscribe()),
             status,
-            model_name.clone(),
+            model_name,
             shutdown_rx.clone(),
         ))
     });
-    // Registered before READY: an early SIGHUP must not end the process (its default).
-    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tokio::spawn(reloader(
-        hup,
-        Reload {
-            loader: opts.loader.clone(),
-            path: opts.model_path.clone(),
-            probe: opts.probe.clone(),
-            watch_every: opts.watch_model,
-        },
-        slot.clone(),
-        metrics.clone(),
-        shutdown_rx.clone(),
-    ));
+    spawn_reloader(&opts, &slot, &metrics, &shutdown_rx)?;
     tokio::spawn(watchdog(shutdown_rx.clone()));
     signals(shutdown_tx);
 
@@ -171,57 +139,119 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         NotifyState::Ready,
         NotifyState::Status(&format!("serving on {local}")),
     ]);
-    // Tests and scripts read the address from this line (with --listen ...:0 the port
-    // is chosen by the system).
+    announce(local, &opts, state.camera.as_deref());
+    let graceful = accept_loop(listener, http::router(state.clone()), &opts, shutdown_rx).await;
+    drain(graceful, &state, opts.drain_timeout).await;
+    if let Some(camera) = &camera {
+        camera.stop.store(true, Ordering::Relaxed);
+    }
+    if let Some(t) = mqtt_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
+    if let Some(camera) = camera {
+        let thread = camera.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    log::info!("stopped after {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The camera loop's thread and what it shares with the HTTP side.
+struct Camera {
+    shared: Arc<CameraShared>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<crate::stream::Stats>,
+}
+
+impl Camera {
+    fn start(setup: CameraSetup, slot: &Arc<ModelSlot>, metrics: &Arc<Metrics>) -> Result<Self> {
+        let shared = Arc::new(CameraShared {
+            latest: Mutex::new(None),
+            events: broadcast::channel(64).0,
+            stats: Mutex::new(Default::default()),
+            describe: setup.describe.clone(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = camera::spawn(
+            setup,
+            slot.clone(),
+            metrics.clone(),
+            shared.clone(),
+            stop.clone(),
+        )?;
+        Ok(Camera {
+            shared,
+            stop,
+            thread,
+        })
+    }
+}
+
+/// Reloads the model on SIGHUP and, with `watch_model`, when the file changes.
+fn spawn_reloader(
+    opts: &ServeOptions,
+    slot: &Arc<ModelSlot>,
+    metrics: &Arc<Metrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<()> {
+    // Registered before READY: an early SIGHUP must not end the process (its default).
+    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let reload = Reload {
+        loader: opts.loader.clone(),
+        path: opts.model_path.clone(),
+        probe: opts.probe.clone(),
+        watch_every: opts.watch_model,
+    };
+    tokio::spawn(reloader(
+        hup,
+        reload,
+        slot.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// The line that says the daemon serves. Tests and scripts read the address from it
+/// (with --listen ...:0 the port is chosen by the system).
+fn announce(local: SocketAddr, opts: &ServeOptions, camera: Option<&CameraShared>) {
+    let token = if opts.token.is_some() {
+        ", bearer token required"
+    } else {
+        ""
+    };
+    let camera = camera
+        .map(|c| format!(", camera {}", c.describe))
+        .unwrap_or_default();
+    let mqtt = opts
+        .mqtt
+        .as_ref()
+        .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic))
+        .unwrap_or_default();
     log::info!(
-        "listening on http://{local} (model {}{}{}{})",
-        opts.model_path.display(),
-        if opts.token.is_some() {
-            ", bearer token required"
-        } else {
-            ""
-        },
-        camera_shared
-            .as_ref()
-            .map(|c| format!(", camera {}", c.describe))
-            .unwrap_or_default(),
-        opts.mqtt
-            .as_ref()
-            .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic))
-            .unwrap_or_default(),
+        "listening on http://{local} (model {}{token}{camera}{mqtt})",
+        opts.model_path.display()
     );
+}
 
-    let graceful = accept_loop(
-        listener,
-        http::router(state.clone()),
-        &opts,
-        shutdown_rx.clone(),
-    )
-    .await;
-
-    // Draining: refuse readiness, answer what is in flight, then stop the rest.
+/// Draining: refuse readiness, answer what is in flight (up to `timeout`), close the rest.
+async fn drain(
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    state: &AppState,
+    timeout: Duration,
+) {
     state.ready.store(false, Ordering::Release);
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    let in_flight = graceful.count();
-    log::info!("shutting down: draining {in_flight} connection(s)");
-    if tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
+    log::info!("shutting down: draining {} connection(s)", graceful.count());
+    if tokio::time::timeout(timeout, graceful.shutdown())
         .await
         .is_err()
     {
         log::warn!(
             "drain timeout ({:.0} s) passed with connections still open; closing them",
-            opts.drain_timeout.as_secs_f64()
+            timeout.as_secs_f64()
         );
     }
-    camera_stop.store(true, Ordering::Relaxed);
-    if let Some(t) = mqtt_task {
-        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
-    }
-    if let Some(t) = camera_thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    log::info!("stopped after {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
 }
 
 /// How each HTTP/1 connection is served (the fuzz target for HTTP handling uses the same

@@ -7,7 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
-use sha2::{Digest, Sha256};
 
 use crate::{decode, Classifier, Limits};
 
@@ -53,7 +52,7 @@ impl FileStamp {
 /// finite probability per label, summing to 1.
 pub fn load_and_probe(loader: &Loader, path: &Path, probe: Option<&Path>) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = crate::fsutil::sha256_hex(&bytes);
     let classifier = loader(&bytes).with_context(|| format!("loading model {}", path.display()))?;
     let image = match probe {
         Some(p) => {
@@ -106,10 +105,6 @@ fn probe_pattern() -> RgbImage {
             image::Rgb([(x * 255 / 159) as u8, (y * 255 / 119) as u8, 96])
         }
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The current model, swapped atomically: a request takes an `Arc` to the model it

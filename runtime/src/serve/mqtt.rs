@@ -30,16 +30,7 @@ pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// A name usable in topics and ids: letters, digits, `_` and `-`.
 pub fn node_id(s: &str) -> String {
-    let id: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let id = crate::fsutil::safe_name(s);
     if id.is_empty() {
         "glimpse".into()
     } else {

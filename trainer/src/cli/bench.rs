@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{ensure, Context, Result};
 use clap::ValueEnum;
 use fast_image_resize::Resizer;
+use glimpse_runtime::classifier::percentile;
 use glimpse_runtime::{Channels, Layout, Preprocess, Resize};
 use glimpse_trainer::data::{self, Format, LoadOptions};
 use glimpse_trainer::model::{Arch, ModelConfig};
@@ -112,7 +113,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     let total: f64 = ms.iter().sum::<f64>() / 1e3;
     ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| percentile(&ms, q);
     let report = serde_json::json!({
         "framework": "burn 0.22 (flex CPU backend)",
         "arch": args.arch,

@@ -21,6 +21,10 @@ pub struct Args {
     /// Which part of the dataset to score.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     split: Split,
+    /// Also write each image's probabilities to FILE, one JSON object per line (image,
+    /// label, predicted, probabilities in the model's label order).
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
     /// (`--class-names` defaults to the model's labels.)
     #[command(flatten)]
     data_args: DataArgs,
@@ -38,8 +42,10 @@ enum Split {
 pub fn run(args: Args) -> Result<ExitCode> {
     let classifier = Classifier::load(&args.model, &Overrides::default())
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    // Nothing is shrunk: every image is scored from the pixels the board would see.
     let opts = LoadOptions {
         flag_below: 0,
+        max_short_side: None,
         ..args
             .data_args
             .load_options(Some(classifier.labels.clone()))?
@@ -83,7 +89,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ..e
         })
         .collect();
-    let metrics = eval::evaluate(&classifier, &examples, &classifier.labels)?;
+    let probs = eval::predict(&classifier, &examples)?;
+    if let Some(path) = &args.predictions {
+        let lines = eval::predictions_jsonl(&examples, &probs, &classifier.labels);
+        glimpse_runtime::fsutil::atomic_write(path, lines.as_bytes())?;
+    }
+    let results: Vec<(usize, Vec<f32>)> = examples.iter().map(|e| e.label).zip(probs).collect();
+    let metrics = eval::score(&results, &classifier.labels);
 
     // A report written at the end of training keeps its training section.
     let paths = ReportPaths::next_to(&args.model);

@@ -110,15 +110,14 @@ fn load_source(path: &Path, labels: &[String], data_args: &DataArgs) -> Result<S
         Vec::new()
     };
     if !files.is_empty() {
-        let mut images = Vec::new();
-        for f in &files {
-            let decoded = std::fs::read(f)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(glimpse_runtime::decode(&b, &Default::default())?));
-            match decoded {
-                Ok(img) => images.push(Arc::new(img)),
-                Err(e) => log::warn!("{}: skipped: {e:#}", f.display()),
-            }
+        let mut report = data::LoadReport::default();
+        let files = files.into_iter().map(|f| (f, 0)).collect();
+        let images: Vec<_> = data::decode_files(files, None, &mut report)
+            .into_iter()
+            .map(|e| e.image)
+            .collect();
+        for (file, reason) in &report.skipped {
+            log::warn!("{file}: skipped: {reason}");
         }
         if images.is_empty() {
             bail!("{}: no readable images", path.display());

@@ -6,22 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use glimpse_runtime::preprocess::parse_size;
-use glimpse_runtime::{
-    bundle::default_short_side, Channels, Classifier as RuntimeClassifier, Layout, Preprocess,
-    Resize,
-};
+use glimpse_runtime::Channels;
 use glimpse_trainer::augment::Augment;
-use glimpse_trainer::data::{self, Format, LoadOptions};
+use glimpse_trainer::data::{self, Dataset, LoadOptions};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 use glimpse_trainer::export;
-use glimpse_trainer::model::{Arch, ModelConfig};
+use glimpse_trainer::model::Arch;
+use glimpse_trainer::pipeline::{self, Run, Scratch, Trained, Transfer};
 use glimpse_trainer::plot::{self, Series};
-use glimpse_trainer::training::{
-    self, EpochStats, OptimConfig, Optimizer, Schedule, TrainingConfig,
-};
-use glimpse_trainer::transfer::features::{self, Extraction, View};
-use glimpse_trainer::transfer::{backbone, cache, graft, head, Backbone, FeatureCache};
-use glimpse_trainer::transfer::{HeadConfig, HeadTrainingConfig};
+use glimpse_trainer::training::{self, EpochStats, OptimConfig, Optimizer, Schedule};
 
 use super::data_args::DataArgs;
 use super::quantize::QuantArgs;
@@ -155,57 +148,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .num_threads(n)
             .build_global();
     }
-    let opts = LoadOptions {
-        limit_per_class: args.limit_per_class,
-        ..args.data_args.load_options(None)?
-    };
-    let ds = data::load(&args.data, &opts)
-        .with_context(|| format!("loading {}", args.data.display()))?;
-    let too_few: Vec<String> = ds
-        .report
-        .class_counts
-        .iter()
-        .filter(|(_, n)| *n < args.min_per_class)
-        .map(|(c, n)| format!("{c} ({n})"))
-        .collect();
-    if !too_few.is_empty() {
-        let list = too_few;
-        bail!(
-            "every class needs at least {} training images (--min-per-class); too few in: {}",
-            args.min_per_class,
-            list.join(", ")
-        );
-    }
-    println!(
-        "data: {} classes, {} train / {} val / {} test images; {}{}",
-        ds.classes.len(),
-        ds.train.len(),
-        ds.val.len(),
-        ds.test.len(),
-        ds.report.split,
-        if ds.report.skipped.is_empty() {
-            String::new()
-        } else {
-            format!("; {} unreadable files skipped", ds.report.skipped.len())
-        }
-    );
-
-    // IDX data (digits, clothes) is small and grey and used as it is. Other small images
-    // of one size (28x28 thumbnails, say) keep their size too, or are stretched whole to a
-    // backbone's input; photos get a centre crop.
-    let native = ds.train[0].image.dimensions();
-    let uniform_small =
-        native.0.max(native.1) <= 64 && ds.train.iter().all(|e| e.image.dimensions() == native);
+    let ds = load(&args)?;
     let name = args
         .out
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let paths = ReportPaths::next_to(&args.out);
-    let config_path = paths.json.with_file_name(format!("{name}.config.json"));
+    let run = Run {
+        ds: &ds,
+        data: &args.data,
+        out: &args.out,
+        config_path: paths.json.with_file_name(format!("{name}.config.json")),
+        name,
+        uniform_small: pipeline::uniform_small(&ds),
+        augment: args.augment.as_deref().map(augment_from).transpose()?,
+        dropout: args.dropout,
+        optim: optim_config(&args),
+        epochs: args.epochs,
+    };
     let trained = match &args.backbone {
-        Some(spec) => transfer(&args, &ds, spec, uniform_small, &name, &config_path)?,
-        None => scratch(&args, &ds, uniform_small, &name, &config_path)?,
+        Some(spec) => pipeline::transfer(&run, &transfer_options(&args, spec))?,
+        None => pipeline::scratch(&run, &scratch_options(&args))?,
     };
     println!(
         "export parity: max |logit difference| {:.2e} over {} images (limit {:.0e})",
@@ -213,72 +177,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         trained.parity.images,
         export::PARITY_TOLERANCE
     );
-    let classifier = &trained.classifier;
-
-    let test = if ds.test.is_empty() {
-        &ds.val
-    } else {
-        &ds.test
-    };
-    let metrics = eval::evaluate(classifier, test, &ds.classes)?;
-    let last = trained.history.last().cloned();
-    let mut training = serde_json::json!({
-        "config": trained.config,
-        "epochs_run": trained.history.len(),
-        "best_epoch": trained.best_epoch,
-        "stopped_early": trained.stopped_early,
-        "wall_seconds": trained.seconds,
-        "images_per_second": last.as_ref().map(|l| l.images_per_second),
-        "history": trained.history,
-        "export_parity": trained.parity,
-        "threads": rayon::current_num_threads(),
-    });
-    if let Some(extraction) = &trained.extraction {
-        training["feature_extraction"] = serde_json::to_value(extraction)?;
-    }
-    let report = Report {
-        model: args.out.display().to_string(),
-        data: args.data.display().to_string(),
-        split: if ds.test.is_empty() {
-            format!("{}; evaluated on val", ds.report.split)
-        } else {
-            ds.report.split.clone()
-        },
-        metrics,
-        skipped: ds.report.skipped.clone(),
-        small_classes: ds.report.small_classes.clone(),
-        training: Some(training),
-    };
-    let h = &trained.history;
-    let col = |f: fn(&training::EpochStats) -> f64| h.iter().map(f).collect::<Vec<f64>>();
-    let (tl, vl, ta, va) = (
-        col(|e| e.train_loss),
-        col(|e| e.val_loss),
-        col(|e| e.train_accuracy),
-        col(|e| e.val_accuracy),
-    );
-    let curves = plot::curves_png(
-        &[
-            Series {
-                name: "train",
-                values: &tl,
-            },
-            Series {
-                name: "val",
-                values: &vl,
-            },
-        ],
-        &[
-            Series {
-                name: "train",
-                values: &ta,
-            },
-            Series {
-                name: "val",
-                values: &va,
-            },
-        ],
-    )?;
+    let report = report(&args, &ds, &trained)?;
+    let curves = curves_png(&trained.history)?;
 
     // The model last: when it exists, everything describing it exists too.
     eval::write_report(&report, &paths)?;
@@ -309,64 +209,74 @@ pub fn run(args: Args) -> Result<ExitCode> {
         paths.markdown.display(),
         paths.confusion_png.display(),
         paths.curves_png.display(),
-        config_path.display()
+        run.config_path.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// A trained, exported and checked model, whichever way it was trained.
-struct Trained {
-    bytes: Vec<u8>,
-    /// The exported bundle loaded in the runtime.
-    classifier: RuntimeClassifier,
-    parity: export::Parity,
-    history: Vec<EpochStats>,
-    best_epoch: usize,
-    stopped_early: bool,
-    seconds: f64,
-    /// The training configuration as saved next to the model.
-    config: serde_json::Value,
-    /// Feature extraction work (transfer learning only).
-    extraction: Option<Extraction>,
+/// Loads the dataset, refuses classes below --min-per-class, and says what it holds.
+fn load(args: &Args) -> Result<Dataset> {
+    let opts = LoadOptions {
+        limit_per_class: args.limit_per_class,
+        ..args.data_args.load_options(None)?
+    };
+    let ds = data::load(&args.data, &opts)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let too_few: Vec<String> = ds
+        .report
+        .class_counts
+        .iter()
+        .filter(|(_, n)| *n < args.min_per_class)
+        .map(|(c, n)| format!("{c} ({n})"))
+        .collect();
+    if !too_few.is_empty() {
+        bail!(
+            "every class needs at least {} training images (--min-per-class); too few in: {}",
+            args.min_per_class,
+            too_few.join(", ")
+        );
+    }
+    let skipped = match ds.report.skipped.len() {
+        0 => String::new(),
+        n => format!("; {n} unreadable files skipped"),
+    };
+    println!(
+        "data: {} classes, {} train / {} val / {} test images; {}{skipped}",
+        ds.classes.len(),
+        ds.train.len(),
+        ds.val.len(),
+        ds.test.len(),
+        ds.report.split,
+    );
+    Ok(ds)
 }
 
-/// The CLI spelling of a value, so a provenance line can be run again.
-fn cli_name(v: &impl clap::ValueEnum) -> String {
-    v.to_possible_value()
-        .map_or_else(String::new, |v| v.get_name().to_string())
-}
-
-fn save_config<C: burn::config::Config>(
-    cfg: &C,
-    path: &std::path::Path,
-) -> Result<serde_json::Value> {
-    let json = burn::config::config_to_json(cfg);
-    glimpse_runtime::fsutil::atomic_write(path, json.as_bytes())?;
-    Ok(serde_json::from_str(&json)?)
-}
-
-fn default_augment(args: &Args, uniform_small: bool) -> Result<Augment> {
-    match &args.augment {
-        Some(names) => augment_from(names),
-        None if uniform_small => Ok(Augment {
-            crop_scale_min: 0.8,
-            ..Augment::NONE
-        }),
-        None => augment_from(&[
-            "crop".into(),
-            "flip".into(),
-            "rotate".into(),
-            "color".into(),
-        ]),
+fn scratch_options(args: &Args) -> Scratch {
+    Scratch {
+        arch: args.arch,
+        input_size: args.input_size,
+        channels: args.channels,
+        width: args.width,
+        resume: args.resume,
     }
 }
 
-/// The optimization settings of the command line (`default_epochs` when not given).
-fn optim_config(args: &Args, default_epochs: usize) -> OptimConfig {
+fn transfer_options(args: &Args, spec: &str) -> Transfer {
+    Transfer {
+        backbone: spec.to_string(),
+        hidden: args.hidden,
+        feature_views: args.feature_views,
+        feature_cache: args.feature_cache.clone(),
+    }
+}
+
+/// The optimization settings of the command line (epochs are the pipeline's default
+/// when not given).
+fn optim_config(args: &Args) -> OptimConfig {
     OptimConfig {
         optimizer: args.optimizer,
         schedule: args.schedule,
-        epochs: args.epochs.unwrap_or(default_epochs),
+        epochs: 0,
         batch_size: args.batch_size,
         lr: args.lr,
         weight_decay: args.weight_decay,
@@ -378,237 +288,65 @@ fn optim_config(args: &Args, default_epochs: usize) -> OptimConfig {
     }
 }
 
-/// Validation examples to prove an export on (training ones when there is no validation).
-fn probe(ds: &data::Dataset) -> &[data::Example] {
-    let from = if ds.val.is_empty() {
-        &ds.train
-    } else {
+/// The evaluation of the bundle on the test split (val when there is none), with the
+/// training section.
+fn report(args: &Args, ds: &Dataset, trained: &Trained) -> Result<Report> {
+    let test = if ds.test.is_empty() {
         &ds.val
-    };
-    &from[..from.len().min(64)]
-}
-
-/// Trains one of our architectures from scratch, with checkpoints, and exports it.
-fn scratch(
-    args: &Args,
-    ds: &data::Dataset,
-    uniform_small: bool,
-    name: &str,
-    config_path: &std::path::Path,
-) -> Result<Trained> {
-    let native = ds.train[0].image.dimensions();
-    let (width, height) = args.input_size.unwrap_or(if uniform_small {
-        native
-    } else if args.arch == Arch::Mobilenet {
-        (128, 128)
     } else {
-        (64, 64)
+        &ds.test
+    };
+    let metrics = eval::evaluate(&trained.classifier, test, &ds.classes)?;
+    let last = trained.history.last().cloned();
+    let mut training = serde_json::json!({
+        "config": trained.config,
+        "epochs_run": trained.history.len(),
+        "best_epoch": trained.best_epoch,
+        "stopped_early": trained.stopped_early,
+        "wall_seconds": trained.seconds,
+        "images_per_second": last.as_ref().map(|l| l.images_per_second),
+        "history": trained.history,
+        "export_parity": trained.parity,
+        "threads": rayon::current_num_threads(),
     });
-    let channels = args.channels.unwrap_or(if ds.format == Format::Idx {
-        Channels::Gray
-    } else {
-        Channels::Rgb
-    });
-    let resize = if uniform_small && (width, height) == native {
-        Resize::Stretch
-    } else {
-        Resize::CenterCrop {
-            short_side: default_short_side(width.max(height)),
-        }
-    };
-    let mut pp = Preprocess {
-        width,
-        height,
-        resize,
-        mean: vec![0.0; channels.count()],
-        std: vec![1.0; channels.count()],
-        channels,
-        layout: Layout::Nchw,
-    };
-    let (mean, std) = training::channel_stats(&ds.train, &pp);
-    (pp.mean, pp.std) = (mean, std);
-    let cfg = TrainingConfig {
-        model: ModelConfig {
-            arch: args.arch,
-            classes: ds.classes.len(),
-            in_channels: channels.count(),
-            input_size: [height as usize, width as usize],
-            width: args.width,
-            dropout: args.dropout.unwrap_or(0.25),
-        },
-        preprocess: pp.clone(),
-        augment: default_augment(args, uniform_small)?,
-        optim: optim_config(args, 10),
-    };
-    println!("preprocess: {pp}");
-    let config = save_config(&cfg, config_path)?;
-    let checkpoint = training::checkpoint_path(&args.out);
-    let outcome = training::train(&cfg, &ds.train, &ds.val, &checkpoint, args.resume)?;
-
-    // Export, then prove the file against the trained model on real validation images.
-    let source = format!(
-        "glimpse-train {} train --data {} --arch {} --epochs {} --seed {} (best epoch {} of {}); config in {}",
-        env!("CARGO_PKG_VERSION"),
-        args.data.display(),
-        cli_name(&args.arch),
-        cfg.optim.epochs,
-        cfg.optim.seed,
-        outcome.best_epoch,
-        outcome.history.len(),
-        config_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-    );
-    let meta = export::bundle_meta(&pp, ds.classes.clone(), name, source);
-    let proto = export::to_onnx(&outcome.model, &pp, &meta, ds.classes.len());
-    let bytes = prost::Message::encode_to_vec(&proto);
-    let (classifier, parity) = export::check_parity(
-        &outcome.model,
-        &bytes,
-        &pp,
-        &training::preprocess_all(probe(ds), &pp),
-    )?;
-    Ok(Trained {
-        bytes,
-        classifier,
-        parity,
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        stopped_early: outcome.stopped_early,
-        seconds: outcome.seconds,
-        config,
-        extraction: None,
-    })
-}
-
-/// Transfer learning: features from the frozen backbone (cached), a head trained on them,
-/// the head grafted onto the backbone as one bundle.
-fn transfer(
-    args: &Args,
-    ds: &data::Dataset,
-    spec: &str,
-    uniform_small: bool,
-    name: &str,
-    config_path: &std::path::Path,
-) -> Result<Trained> {
-    let path = backbone::resolve(spec)?;
-    // Small uniform images (28x28 clothes, say) are stretched whole to the backbone's
-    // input: its centre crop would cut away the object's edges for nothing.
-    let backbone = Backbone::load(&path, |pp| {
-        if uniform_small {
-            Preprocess {
-                resize: Resize::Stretch,
-                ..pp
-            }
-        } else {
-            pp
-        }
-    })?;
-    let pp = backbone.preprocess.clone();
-    println!(
-        "backbone: {} ({} features from {:?}), {}",
-        backbone.name,
-        backbone.dim(),
-        backbone.cut.features,
-        path.display()
-    );
-    println!("preprocess: {pp}");
-    let cfg = HeadTrainingConfig {
-        head: HeadConfig {
-            features: backbone.dim(),
-            classes: ds.classes.len(),
-            hidden: (args.hidden > 0).then_some(args.hidden),
-            dropout: args.dropout.unwrap_or(0.2),
-        },
-        backbone: backbone.name.clone(),
-        backbone_sha256: backbone.sha256.clone(),
-        preprocess: pp.clone(),
-        feature_views: args.feature_views,
-        augment: default_augment(args, uniform_small)?,
-        optim: optim_config(args, 30),
-    };
-    let config = save_config(&cfg, config_path)?;
-
-    // 1. Features, from the cache where it has them.
-    let context = format!(
-        "backbone sha256 {} features {} preprocess {}",
-        backbone.sha256,
-        backbone.cut.features,
-        serde_json::to_string(&pp)?
-    );
-    let cache_dir = args
-        .feature_cache
-        .clone()
-        .unwrap_or_else(cache::default_dir);
-    let mut cache = FeatureCache::open(&cache_dir, &context, backbone.dim())?;
-    let mut items = Vec::new();
-    let mut labels = Vec::new();
-    for (i, e) in ds.train.iter().enumerate() {
-        items.push((&*e.image, View::Plain));
-        labels.push(e.label);
-        for v in 1..=cfg.feature_views {
-            items.push((
-                &*e.image,
-                View::Augmented {
-                    augment: &cfg.augment,
-                    seed: training::image_seed(cfg.optim.seed, v, i),
-                },
-            ));
-            labels.push(e.label);
-        }
+    if let Some(extraction) = &trained.extraction {
+        training["feature_extraction"] = serde_json::to_value(extraction)?;
     }
-    let (train_x, a) = features::extract(&backbone, &mut cache, &context, &items, "train")?;
-    let val_items: Vec<_> = ds.val.iter().map(|e| (&*e.image, View::Plain)).collect();
-    let val_labels: Vec<usize> = ds.val.iter().map(|e| e.label).collect();
-    let (val_x, b) = features::extract(&backbone, &mut cache, &context, &val_items, "val")?;
-    let extraction = Extraction {
-        computed: a.computed + b.computed,
-        from_cache: a.from_cache + b.from_cache,
-        seconds: a.seconds + b.seconds,
-    };
-    println!(
-        "features: {} extracted, {} from cache in {:.1} s ({})",
-        extraction.computed,
-        extraction.from_cache,
-        extraction.seconds,
-        cache.path().display()
-    );
-
-    // 2. The head.
-    let outcome = head::train(&cfg, (&train_x, &labels), (&val_x, &val_labels))?;
-
-    // 3. One bundle, proven against backbone + head on real images.
-    let source = format!(
-        "glimpse-train {} train --data {} --backbone {} --epochs {} --seed {} (head {}, best epoch {} of {}); backbone: {}; config in {}",
-        env!("CARGO_PKG_VERSION"),
-        args.data.display(),
-        spec,
-        cfg.optim.epochs,
-        cfg.optim.seed,
-        cfg.head.hidden.map_or_else(|| "linear".to_string(), |h| format!("hidden {h}")),
-        outcome.best_epoch,
-        outcome.history.len(),
-        backbone.file.meta.source.as_deref().unwrap_or(&backbone.name),
-        config_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-    );
-    let mut meta = export::bundle_meta(&pp, ds.classes.clone(), name, source);
-    // The weights derive from the backbone's: its license travels with them.
-    meta.license = backbone.file.meta.license.clone();
-    let proto = graft::graft(&backbone, &outcome.model, &meta);
-    let bytes = prost::Message::encode_to_vec(&proto);
-    let mut resizer = fast_image_resize::Resizer::new();
-    let fitted: Vec<_> = probe(ds)
-        .iter()
-        .map(|e| pp.fit(&e.image, &mut resizer))
-        .collect();
-    let (classifier, parity) = graft::check_parity(&backbone, &outcome.model, &bytes, &fitted)?;
-    Ok(Trained {
-        bytes,
-        classifier,
-        parity,
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        stopped_early: outcome.stopped_early,
-        seconds: outcome.seconds + extraction.seconds,
-        config,
-        extraction: Some(extraction),
+    Ok(Report {
+        model: args.out.display().to_string(),
+        data: args.data.display().to_string(),
+        split: if ds.test.is_empty() {
+            format!("{}; evaluated on val", ds.report.split)
+        } else {
+            ds.report.split.clone()
+        },
+        metrics,
+        skipped: ds.report.skipped.clone(),
+        small_classes: ds.report.small_classes.clone(),
+        training: Some(training),
     })
+}
+
+/// Loss and accuracy per epoch, train and val, as a PNG.
+fn curves_png(history: &[EpochStats]) -> Result<Vec<u8>> {
+    let col = |f: fn(&EpochStats) -> f64| history.iter().map(f).collect::<Vec<f64>>();
+    let (tl, vl, ta, va) = (
+        col(|e| e.train_loss),
+        col(|e| e.val_loss),
+        col(|e| e.train_accuracy),
+        col(|e| e.val_accuracy),
+    );
+    let series = |train, val| {
+        [
+            Series {
+                name: "train",
+                values: train,
+            },
+            Series {
+                name: "val",
+                values: val,
+            },
+        ]
+    };
+    plot::curves_png(&series(&tl, &vl), &series(&ta, &va))
 }

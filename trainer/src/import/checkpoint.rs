@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use pytorch_reader::{DType, PytorchReader};
-use sha2::{Digest, Sha256};
 
 use crate::onnx::Weights;
 
@@ -38,7 +37,7 @@ impl Checkpoint {
         };
         let bytes =
             std::fs::read(&pth_path).with_context(|| format!("reading {}", path.display()))?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let sha256 = glimpse_runtime::fsutil::sha256_hex(&bytes);
         drop(bytes);
         let reader = PytorchReader::new(&pth_path)
             .map_err(|e| anyhow::anyhow!("{e}"))

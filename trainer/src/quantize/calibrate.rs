@@ -7,11 +7,10 @@ use std::collections::HashMap;
 
 use anyhow::{ensure, Context, Result};
 use fast_image_resize::Resizer;
-use glimpse_runtime::Preprocess;
+use glimpse_runtime::{Plan, Preprocess};
 use image::RgbImage;
 use rayon::prelude::*;
 use tract_onnx::pb::{self, tensor_proto::DataType, type_proto};
-use tract_onnx::prelude::*;
 
 /// How an activation range is taken from the calibration values.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -78,18 +77,13 @@ pub fn observe(
     let mut proto = float.clone();
     let graph = proto.graph.as_mut().context("model has no graph")?;
     graph.output = tensors.iter().map(|t| any_float(t)).collect();
-    let plan = tract_onnx::onnx()
-        .model_for_proto_model(&proto)
-        .context("reading the model for calibration")?
-        .with_input_fact(0, f32::fact(pp.shape(1)).into())?
-        .into_optimized()
-        .context("preparing the calibration graph")?
-        .into_runnable()?;
+    // The classifier's own plan (optimizations and all), with more outputs.
+    let plan = Plan::new(&proto, pp.shape(1)).context("preparing the calibration graph")?;
     let bar = crate::progress::bar(images.len() as u64, "calibrating");
     let per_image: Vec<Vec<Stats>> = images
         .par_iter()
         .map_init(Resizer::new, |resizer, img| -> Result<Vec<Stats>> {
-            let out = plan.run(tvec!(pp.to_tensor(&[img], resizer).into()))?;
+            let out = plan.run(pp.to_tensor(&[img], resizer))?;
             bar.inc(1);
             out.iter()
                 .map(|t| {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use anyhow::Result;
+use glimpse_runtime::classifier::argmax;
 use glimpse_runtime::Classifier;
 use image::RgbImage;
 use rayon::prelude::*;
@@ -57,13 +58,6 @@ fn margin(p: &[f32]) -> f32 {
         }
     }
     a - b
-}
-
-fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 /// Runs both models on every probe and compares.

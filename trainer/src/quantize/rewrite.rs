@@ -375,32 +375,57 @@ pub fn static_int8(
     ranges: &HashMap<String, (f32, f32)>,
     per_channel: bool,
 ) -> Result<pb::GraphProto> {
-    let mut g = graph.clone();
     let by_conv: HashMap<usize, &ConvPlan> = plan.convs.iter().map(|c| (c.conv, c)).collect();
     let folded: HashSet<usize> = plan.convs.iter().filter_map(|c| c.activation).collect();
-    // Tensors read as uint8 by a QLinearConv; any other reader needs the float tensor.
-    let int_readers: HashSet<(usize, &str)> =
-        plan.convs.iter().map(|c| (c.conv, c.x.as_str())).collect();
-    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-    let needs_float = |t: &str| {
-        outputs.contains(t)
-            || graph.node.iter().enumerate().any(|(i, n)| {
-                !folded.contains(&i)
-                    && n.input.iter().any(|inp| inp == t)
-                    && !int_readers.contains(&(i, t))
-            })
+    let mut rw = StaticRewrite {
+        graph,
+        plan,
+        ranges,
+        folded: &folded,
+        params: HashMap::new(),
+        quantized: HashMap::new(),
+        inits: Vec::new(),
+        nodes: Vec::new(),
     };
-    // Per tensor: the names of its scale and zero point, and the scale.
-    let mut params: HashMap<String, (String, String, f32)> = HashMap::new();
-    let mut inits = Vec::new();
-    let mut qparams = |t: &str,
-                       clip: Option<f32>,
-                       inits: &mut Vec<pb::TensorProto>|
-     -> Result<(String, String, f32)> {
-        if let Some(p) = params.get(t) {
+    for (i, n) in graph.node.iter().enumerate() {
+        match by_conv.get(&i) {
+            _ if folded.contains(&i) => {}
+            Some(c) => rw.conv(n, c, per_channel)?,
+            None => rw.nodes.push(n.clone()),
+        }
+    }
+    let mut g = graph.clone();
+    g.node = rw.nodes;
+    g.initializer.extend(rw.inits);
+    prune(&mut g);
+    ensure!(!g.node.is_empty(), "the rewritten graph is empty");
+    Ok(g)
+}
+
+/// The state of one static rewrite: the quantization parameters made so far, the tensors
+/// already in uint8, and the nodes and initializers of the new graph.
+struct StaticRewrite<'a> {
+    graph: &'a pb::GraphProto,
+    plan: &'a StaticPlan,
+    ranges: &'a HashMap<String, (f32, f32)>,
+    /// Activations folded into the QLinearConv before them.
+    folded: &'a HashSet<usize>,
+    /// Per tensor: the names of its scale and zero point, and the scale.
+    params: HashMap<String, (String, String, f32)>,
+    /// Float tensor -> its uint8 version.
+    quantized: HashMap<String, String>,
+    inits: Vec<pb::TensorProto>,
+    nodes: Vec<pb::NodeProto>,
+}
+
+impl StaticRewrite<'_> {
+    /// Scale and zero point of tensor `t` from its calibrated range (clipped at `clip`).
+    fn qparams(&mut self, t: &str, clip: Option<f32>) -> Result<(String, String, f32)> {
+        if let Some(p) = self.params.get(t) {
             return Ok(p.clone());
         }
-        let &(lo, mut hi) = ranges
+        let &(lo, mut hi) = self
+            .ranges
             .get(t)
             .with_context(|| format!("no calibrated range for tensor {t:?}"))?;
         if let Some(c) = clip {
@@ -408,82 +433,63 @@ pub fn static_int8(
         }
         let (scale, zp) = activation_params(lo, hi);
         let names = (format!("{t}.q_scale"), format!("{t}.q_zero_point"), scale);
-        inits.push(f32_tensor(&names.0, &[], &[scale]));
-        inits.push(u8_tensor(&names.1, &[], &[zp]));
-        params.insert(t.to_string(), names.clone());
+        self.inits.push(f32_tensor(&names.0, &[], &[scale]));
+        self.inits.push(u8_tensor(&names.1, &[], &[zp]));
+        self.params.insert(t.to_string(), names.clone());
         Ok(names)
-    };
-    let mut quantized: HashMap<String, String> = HashMap::new();
-    let mut nodes = Vec::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        if folded.contains(&i) {
-            continue;
+    }
+
+    /// The uint8 version of `t`: from the QLinearConv that produced it, or quantized here.
+    fn uint8(&mut self, t: &str, scale: &str, zero_point: &str) -> String {
+        if let Some(q) = self.quantized.get(t) {
+            return q.clone();
         }
-        let Some(c) = by_conv.get(&i) else {
-            nodes.push(n.clone());
-            continue;
-        };
-        // uint8 input: from the producing QLinearConv, or quantized here.
-        let (xs, xz, x_scale) = qparams(&c.x, None, &mut inits)?;
-        let xq = match quantized.get(&c.x) {
-            Some(q) => q.clone(),
-            None => {
-                let q = format!("{}.uint8", c.x);
-                nodes.push(node(
-                    "QuantizeLinear",
-                    &format!("{}.quantize", c.x),
-                    &[&c.x, &xs, &xz],
-                    &q,
-                    vec![],
-                ));
-                quantized.insert(c.x.clone(), q.clone());
-                q
-            }
-        };
-        let (ys, yz, _) = qparams(&c.y, c.clip_max, &mut inits)?;
-        let w = initializer(graph, &n.input[1]).expect("planned convs have constant weights");
+        let q = format!("{t}.uint8");
+        self.nodes.push(node(
+            "QuantizeLinear",
+            &format!("{t}.quantize"),
+            &[t, scale, zero_point],
+            &q,
+            vec![],
+        ));
+        self.quantized.insert(t.to_string(), q.clone());
+        q
+    }
+
+    /// Whether a reader other than a QLinearConv (or a graph output) needs `t` in float.
+    fn needs_float(&self, t: &str) -> bool {
+        let int_reader = |i: usize| self.plan.convs.iter().any(|c| c.conv == i && c.x == t);
+        self.graph.output.iter().any(|o| o.name == t)
+            || self.graph.node.iter().enumerate().any(|(i, n)| {
+                !self.folded.contains(&i) && n.input.iter().any(|inp| inp == t) && !int_reader(i)
+            })
+    }
+
+    /// Conv node `n` (planned as `c`) as a QLinearConv, dequantized where float readers
+    /// need its output.
+    fn conv(&mut self, n: &pb::NodeProto, c: &ConvPlan, per_channel: bool) -> Result<()> {
+        let (xs, xz, x_scale) = self.qparams(&c.x, None)?;
+        let xq = self.uint8(&c.x, &xs, &xz);
+        let (ys, yz, _) = self.qparams(&c.y, c.clip_max)?;
+        let w = initializer(self.graph, &n.input[1]).expect("planned convs have constant weights");
         let (wq, wsn, wz, wscales) =
-            int8_weights(&mut inits, &n.input[1], w, per_channel.then_some(0))?;
-        let mut inputs = vec![
-            xq.clone(),
-            xs.clone(),
-            xz,
-            wq,
-            wsn,
-            wz,
-            ys.clone(),
-            yz.clone(),
-        ];
+            int8_weights(&mut self.inits, &n.input[1], w, per_channel.then_some(0))?;
+        let mut inputs = vec![xq, xs, xz, wq, wsn, wz, ys.clone(), yz.clone()];
         if let Some(b_name) = n.input.get(2).filter(|b| !b.is_empty()) {
-            let b = floats(
-                initializer(graph, b_name)
-                    .with_context(|| format!("conv bias {b_name:?} is not a constant"))?,
-            )?;
-            let bq: Vec<i32> = b
-                .iter()
-                .enumerate()
-                .map(|(o, v)| {
-                    let s = x_scale * wscales[if wscales.len() == 1 { 0 } else { o }];
-                    (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32
-                })
-                .collect();
-            let bn = format!("{b_name}.int32");
-            inits.push(i32_tensor(&bn, &[bq.len()], &bq));
-            inputs.push(bn);
+            inputs.push(self.int32_bias(b_name, x_scale, &wscales)?);
         }
         let yq = format!("{}.uint8", c.y);
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        nodes.push(pb::NodeProto {
+        self.nodes.push(pb::NodeProto {
             op_type: "QLinearConv".into(),
             name: format!("{}.qlinear", n.name),
-            input: refs.iter().map(|s| s.to_string()).collect(),
+            input: inputs,
             output: vec![yq.clone()],
             attribute: n.attribute.clone(),
             ..Default::default()
         });
-        quantized.insert(c.y.clone(), yq.clone());
-        if needs_float(&c.y) {
-            nodes.push(node(
+        self.quantized.insert(c.y.clone(), yq.clone());
+        if self.needs_float(&c.y) {
+            self.nodes.push(node(
                 "DequantizeLinear",
                 &format!("{}.dequantize", c.y),
                 &[&yq, &ys, &yz],
@@ -491,12 +497,27 @@ pub fn static_int8(
                 vec![],
             ));
         }
+        Ok(())
     }
-    g.node = nodes;
-    g.initializer.extend(inits);
-    prune(&mut g);
-    ensure!(!g.node.is_empty(), "the rewritten graph is empty");
-    Ok(g)
+
+    /// The bias as int32 at the scale of input x weights (per output channel).
+    fn int32_bias(&mut self, name: &str, x_scale: f32, wscales: &[f32]) -> Result<String> {
+        let b = floats(
+            initializer(self.graph, name)
+                .with_context(|| format!("conv bias {name:?} is not a constant"))?,
+        )?;
+        let bq: Vec<i32> = b
+            .iter()
+            .enumerate()
+            .map(|(o, v)| {
+                let s = x_scale * wscales[if wscales.len() == 1 { 0 } else { o }];
+                (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32
+            })
+            .collect();
+        let bn = format!("{name}.int32");
+        self.inits.push(i32_tensor(&bn, &[bq.len()], &bq));
+        Ok(bn)
+    }
 }
 
 #[cfg(test)]

@@ -5,16 +5,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use fast_image_resize::Resizer;
 use glimpse_runtime::classifier::resolve_preprocess;
-use glimpse_runtime::{OnnxFile, Overrides, Preprocess};
+use glimpse_runtime::{OnnxFile, Overrides, Plan, Preprocess};
 use image::RgbImage;
-use sha2::{Digest, Sha256};
 use tract_onnx::pb;
-use tract_onnx::prelude::*;
 
 use crate::onnx::value_info;
 
@@ -179,7 +176,7 @@ pub struct Backbone {
     pub sha256: String,
     /// A short name for messages and provenance (`efficientnet-lite0`, or the file stem).
     pub name: String,
-    plan: Arc<TypedRunnableModel>,
+    plan: Plan,
 }
 
 impl Backbone {
@@ -188,7 +185,7 @@ impl Backbone {
     pub fn load(path: &Path, adjust: impl FnOnce(Preprocess) -> Preprocess) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let file = OnnxFile::from_bytes(&bytes).with_context(|| path.display().to_string())?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let sha256 = glimpse_runtime::fsutil::sha256_hex(&bytes);
         ensure!(
             file.inputs.len() == 1,
             "{}: expected a backbone with 1 input, got {}",
@@ -204,15 +201,8 @@ impl Backbone {
             graph: Some(cut.graph.clone()),
             ..file.proto.clone()
         };
-        let plan = glimpse_runtime::classifier::optimize(
-            tract_onnx::onnx()
-                .model_for_proto_model(&proto)
-                .context("invalid backbone graph")?
-                .with_input_fact(0, f32::fact(preprocess.shape(1)).into())?,
-        )
-        .context("analysing the backbone graph")?
-        .into_runnable()
-        .context("preparing the backbone to run")?;
+        let plan = Plan::new(&proto, preprocess.shape(1))
+            .with_context(|| format!("{}: the backbone graph", path.display()))?;
         let name = file
             .meta
             .name
@@ -241,7 +231,7 @@ impl Backbone {
         self.preprocess.normalize_into(fitted, &mut input);
         let out = self
             .plan
-            .run(tvec!(crate::export::input_tensor(shape, input).into()))
+            .run(crate::export::input_tensor(shape, input))
             .context("running the backbone")?;
         let view = out[0].to_plain_array_view::<f32>()?;
         ensure!(
