@@ -29,14 +29,16 @@ pub fn has_image_extension(path: &std::path::Path) -> bool {
 }
 
 /// The image files under `dir` (in sub-folders too when `recursive`), in name order,
-/// leaving out hidden files and folders (names starting with `.`): the one rule of every
-/// folder glimpse reads. A folder that cannot be read is an `Err` item naming it, and the
-/// walk goes on.
+/// leaving out hidden files and folders (names starting with `.`) and following symbolic
+/// links: the one rule of every folder glimpse reads. A folder that cannot be read (or a
+/// link loop) is an `Err` item naming it, and the walk goes on.
 pub fn image_files(
     dir: &std::path::Path,
     recursive: bool,
 ) -> impl Iterator<Item = Result<std::path::PathBuf, walkdir::Error>> {
-    let walk = walkdir::WalkDir::new(dir).sort_by_file_name();
+    let walk = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .follow_links(true);
     let walk = if recursive { walk } else { walk.max_depth(1) };
     walk.into_iter()
         .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'))
@@ -247,6 +249,32 @@ fn lowercase_first(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn folder_walks_skip_hidden_names_and_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "b.jpg",
+            "a.png",
+            ".hidden.jpg",
+            "notes.txt",
+            "sub/c.jpg",
+            ".git/d.jpg",
+        ] {
+            std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(d.join("a.png"), d.join("link.png")).unwrap();
+        let names = |recursive| -> Vec<String> {
+            image_files(d, recursive)
+                .map(|p| p.unwrap().strip_prefix(d).unwrap().display().to_string())
+                .collect()
+        };
+        assert_eq!(names(false), ["a.png", "b.jpg", "link.png"]);
+        assert_eq!(names(true), ["a.png", "b.jpg", "link.png", "sub/c.jpg"]);
+    }
 
     fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
