@@ -134,36 +134,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
 
-    // Workers take image indices from a shared counter until every pass is done.
-    let total = images.len() * args.iterations as usize;
-    let next = AtomicUsize::new(0);
     let started = Instant::now();
-    let samples: Vec<[Duration; 3]> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..args.threads)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<[Duration; 3]>> {
-                    let mut resizer = Resizer::new();
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total {
-                            return Ok(out);
-                        }
-                        let (name, bytes) = &images[i % images.len()];
-                        out.push(
-                            timed(&classifier, bytes, &mut resizer)
-                                .with_context(|| name.clone())?,
-                        );
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("bench worker panicked"))
-            .collect::<Result<Vec<_>>>()
-            .map(|v| v.concat())
-    })?;
+    let samples = measure(&classifier, &images, args.threads, args.iterations)?;
     let wall = started.elapsed();
     let stage = |i: usize| percentiles(samples.iter().map(|s| s[i]).collect());
     let report = Report {
@@ -181,50 +153,87 @@ pub fn run(args: Args) -> Result<ExitCode> {
         images_per_second: samples.len() as f64 / wall.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
     };
-    let mut text = String::new();
-    match args.format {
-        BenchFormat::Json => writeln!(text, "{}", serde_json::to_string_pretty(&report)?)?,
-        BenchFormat::Table => {
-            writeln!(
-                text,
-                "{}: {} images x {} passes, {} worker thread(s), {} thread(s) per inference",
-                report.model,
-                report.images,
-                report.iterations,
-                report.threads,
-                report.intra_threads
-            )?;
-            writeln!(
-                text,
-                "model load {:.1} ms, first inference {:.1} ms",
-                report.load_ms, report.first_inference_ms
-            )?;
-            writeln!(
-                text,
-                "| stage | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|"
-            )?;
-            for (name, p) in [
-                ("decode", &report.decode_ms),
-                ("preprocess", &report.preprocess_ms),
-                ("inference", &report.inference_ms),
-                ("total", &report.total_ms),
-            ] {
-                writeln!(
-                    text,
-                    "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    p.p50, p.p90, p.p99, p.mean
-                )?;
-            }
-            writeln!(
-                text,
-                "throughput {:.1} images/s; peak RSS {}",
-                report.images_per_second,
-                report
-                    .peak_rss_mib
-                    .map_or_else(|| "unknown".into(), |m| format!("{m:.1} MiB"))
-            )?;
-        }
-    }
+    let text = match args.format {
+        BenchFormat::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+        BenchFormat::Table => table(&report)?,
+    };
     super::print(&text).context("writing output")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-stage timings of `iterations` passes over `images` by `threads` workers, which take
+/// image indices from a shared counter until every pass is done.
+fn measure(
+    classifier: &Classifier,
+    images: &[(String, Vec<u8>)],
+    threads: u32,
+    iterations: u32,
+) -> Result<Vec<[Duration; 3]>> {
+    let total = images.len() * iterations as usize;
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<[Duration; 3]>> {
+                    let mut resizer = Resizer::new();
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return Ok(out);
+                        }
+                        let (name, bytes) = &images[i % images.len()];
+                        out.push(
+                            timed(classifier, bytes, &mut resizer).with_context(|| name.clone())?,
+                        );
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("bench worker panicked"))
+            .collect::<Result<Vec<_>>>()
+            .map(|v| v.concat())
+    })
+}
+
+/// The report as a readable table.
+fn table(report: &Report) -> Result<String> {
+    let mut text = String::new();
+    writeln!(
+        text,
+        "{}: {} images x {} passes, {} worker thread(s), {} thread(s) per inference",
+        report.model, report.images, report.iterations, report.threads, report.intra_threads
+    )?;
+    writeln!(
+        text,
+        "model load {:.1} ms, first inference {:.1} ms",
+        report.load_ms, report.first_inference_ms
+    )?;
+    writeln!(
+        text,
+        "| stage | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|"
+    )?;
+    for (name, p) in [
+        ("decode", &report.decode_ms),
+        ("preprocess", &report.preprocess_ms),
+        ("inference", &report.inference_ms),
+        ("total", &report.total_ms),
+    ] {
+        writeln!(
+            text,
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            p.p50, p.p90, p.p99, p.mean
+        )?;
+    }
+    let rss = report
+        .peak_rss_mib
+        .map_or_else(|| "unknown".into(), |m| format!("{m:.1} MiB"));
+    writeln!(
+        text,
+        "throughput {:.1} images/s; peak RSS {rss}",
+        report.images_per_second
+    )?;
+    Ok(text)
 }

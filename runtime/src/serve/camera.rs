@@ -84,6 +84,61 @@ pub fn spawn(
         .context("starting the camera thread")
 }
 
+/// Adds what the loop did since `last` to the metrics and the shared stats.
+fn account(metrics: &Metrics, shared: &CameraShared, now: Stats, last: &mut Stats) {
+    metrics
+        .frames_captured
+        .inc_by(now.captured.saturating_sub(last.captured));
+    metrics
+        .frames_classified
+        .inc_by(now.classified.saturating_sub(last.classified));
+    metrics
+        .frames_dropped
+        .inc_by(now.dropped.saturating_sub(last.dropped));
+    for _ in last.errors..now.errors {
+        metrics.error("frame");
+    }
+    for _ in last.source_errors..now.source_errors {
+        metrics.error("camera");
+    }
+    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    *last = now;
+}
+
+/// The latest-frame record of one frame, and how long classifying it took. Each frame
+/// uses the model current when it starts; a reload takes effect on the next frame.
+fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits) -> Result<(Latest, Duration)> {
+    let loaded = model.get();
+    let c = &loaded.classifier;
+    let t0 = Instant::now();
+    let img = frame.to_rgb(limits)?;
+    let (probs, _) = c.classify(&img)?;
+    let took = t0.elapsed();
+    let top: Vec<Ranked<'static>> = c
+        .top_k(&probs, 5)
+        .into_iter()
+        .map(Ranked::into_owned)
+        .collect();
+    let best = top.first().context("the model gives no classes")?.clone();
+    Ok((
+        Latest {
+            frame: frame.seq,
+            label: best.label.into_owned(),
+            index: best.index,
+            probability: best.probability,
+            top,
+            time: 0.0,
+            latency_ms: 0.0,
+            fps: 0.0,
+            state: None,
+            model_sha256: loaded.sha256.clone(),
+        },
+        took,
+    ))
+}
+
+/// The camera loop: classifies frames until `stop`, keeping the latest frame, sending
+/// state changes and counting into the metrics.
 fn run(
     setup: CameraSetup,
     model: &ModelSlot,
@@ -93,57 +148,9 @@ fn run(
 ) -> Stats {
     let mut debouncer = Debouncer::new(setup.debounce.clone());
     let mut last = Stats::default();
-    let account = |now: Stats, last: &mut Stats| {
-        metrics
-            .frames_captured
-            .inc_by(now.captured.saturating_sub(last.captured));
-        metrics
-            .frames_classified
-            .inc_by(now.classified.saturating_sub(last.classified));
-        metrics
-            .frames_dropped
-            .inc_by(now.dropped.saturating_sub(last.dropped));
-        for _ in last.errors..now.errors {
-            metrics.error("frame");
-        }
-        for _ in last.source_errors..now.source_errors {
-            metrics.error("camera");
-        }
-        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        *last = now;
-    };
+    let account = |now: Stats, last: &mut Stats| account(metrics, shared, now, last);
     let limits = setup.limits;
-    let classify = |frame: &Frame| -> Result<(Latest, Duration)> {
-        // Each frame uses the model current when it starts; a reload takes effect on
-        // the next frame.
-        let loaded = model.get();
-        let c = &loaded.classifier;
-        let t0 = Instant::now();
-        let img = frame.to_rgb(&limits)?;
-        let (probs, _) = c.classify(&img)?;
-        let took = t0.elapsed();
-        let top: Vec<Ranked<'static>> = c
-            .top_k(&probs, 5)
-            .into_iter()
-            .map(Ranked::into_owned)
-            .collect();
-        let best = top.first().context("the model gives no classes")?.clone();
-        Ok((
-            Latest {
-                frame: frame.seq,
-                label: best.label.into_owned(),
-                index: best.index,
-                probability: best.probability,
-                top,
-                time: 0.0,
-                latency_ms: 0.0,
-                fps: 0.0,
-                state: None,
-                model_sha256: loaded.sha256.clone(),
-            },
-            took,
-        ))
-    };
+    let classify = |frame: &Frame| classify(model, frame, &limits);
     let report = |c: Classified<(Latest, Duration)>| {
         let (mut latest, took) = c.result;
         metrics

@@ -91,30 +91,11 @@ pub async fn run(
     let availability = format!("{}/availability", cfg.topic);
     let state_topic = format!("{}/state", cfg.topic);
     let status_topic = format!("{}/status", cfg.topic);
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(15));
-    opts.set_last_will(LastWill::new(
-        availability.clone(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some((user, pass)) = &cfg.credentials {
-        opts.set_credentials(user.clone(), pass.clone());
-    }
     // Messages wait here while the broker is away; beyond 64 they are dropped (and
     // counted) rather than blocking anything.
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = AsyncClient::new(options(&cfg, &availability), 64);
     let publish = |topic: &str, qos: QoS, retain: bool, payload: String| {
-        match client.try_publish(topic, qos, retain, payload) {
-            Ok(()) => {
-                metrics.mqtt_published.inc();
-            }
-            Err(e) => {
-                metrics.error("mqtt_dropped");
-                log::debug!("mqtt: dropped a message for {topic}: {e}");
-            }
-        };
+        publish(&client, &metrics, topic, qos, retain, payload)
     };
     let mut last_state: Option<String> = None;
     let mut backoff = Duration::from_millis(500);
@@ -137,14 +118,8 @@ pub async fn run(
                     down_since_logged = false;
                     // Retained messages may be gone (a broker restarted without
                     // persistence): publish everything a subscriber needs again.
-                    publish(&availability, QoS::AtLeastOnce, true, "online".into());
-                    if let Some(prefix) = &cfg.discovery_prefix {
-                        for (topic, payload) in discovery_messages(&cfg, prefix, &model_name) {
-                            publish(&topic, QoS::AtLeastOnce, true, payload);
-                        }
-                    }
-                    if let Some(s) = &last_state {
-                        publish(&state_topic, QoS::AtLeastOnce, true, s.clone());
+                    for (topic, payload) in retained(&cfg, &model_name, last_state.as_deref()) {
+                        publish(&topic, QoS::AtLeastOnce, true, payload);
                     }
                 }
                 Ok(_) => {}
@@ -192,6 +167,52 @@ pub async fn run(
     })
     .await;
     metrics.mqtt_connected.set(0);
+}
+
+/// The connection settings: keep-alive, the "offline" last will, credentials.
+fn options(cfg: &MqttConfig, availability: &str) -> MqttOptions {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_last_will(LastWill::new(
+        availability,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some((user, pass)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), pass.clone());
+    }
+    opts
+}
+
+/// Queues a message; a full queue drops it (counted), never blocks.
+fn publish(
+    client: &AsyncClient,
+    metrics: &Metrics,
+    topic: &str,
+    qos: QoS,
+    retain: bool,
+    payload: String,
+) {
+    if let Err(e) = client.try_publish(topic, qos, retain, payload) {
+        metrics.error("mqtt_dropped");
+        log::debug!("mqtt: dropped a message for {topic}: {e}");
+    } else {
+        metrics.mqtt_published.inc();
+    }
+}
+
+/// The retained messages a subscriber needs, published again on every connection:
+/// availability, discovery (if on) and the last state.
+fn retained(cfg: &MqttConfig, model: &str, last_state: Option<&str>) -> Vec<(String, String)> {
+    let mut out = vec![(format!("{}/availability", cfg.topic), "online".to_string())];
+    if let Some(prefix) = &cfg.discovery_prefix {
+        out.extend(discovery_messages(cfg, prefix, model));
+    }
+    if let Some(s) = last_state {
+        out.push((format!("{}/state", cfg.topic), s.to_string()));
+    }
+    out
 }
 
 #[cfg(test)]
