@@ -394,11 +394,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 
 /// Reads a labels file: one label per line, blank trailing lines ignored.
 pub fn read_labels(path: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
-        action: "reading labels",
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(Error::io("reading labels", path))?;
     let labels: Vec<String> = text
         .lines()
         .map(|l| l.trim_end_matches('\r').to_string())

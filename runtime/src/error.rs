@@ -68,6 +68,17 @@ impl Error {
         }
     }
 
+    /// Makes an I/O error of `action` (`"reading"`, `"writing"`, ...) on `path`: for
+    /// `map_err`.
+    pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |error| Error::Io {
+            action,
+            path,
+            error,
+        }
+    }
+
     /// An error of tract's about the model, with what was being done (`context`).
     pub(crate) fn model(context: &str, err: impl std::fmt::Display) -> Error {
         Error::Model(format!("{context}: {err:#}"))

@@ -14,14 +14,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |error| Error::Io {
-            action,
-            path,
-            error,
-        }
-    };
+    let io = Error::io;
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     remove_orphans(dir, name);

@@ -42,11 +42,7 @@ pub struct OnnxFile {
 impl OnnxFile {
     /// Reads and parses the model at `path`; every error names the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|error| Error::Io {
-            action: "reading",
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let bytes = std::fs::read(path).map_err(Error::io("reading", path))?;
         Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
     }
 

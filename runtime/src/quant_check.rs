@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use tract_onnx::pb::{self, tensor_proto::DataType};
+
 use crate::error::{model_error, Result};
 
 /// Ends the check with `Error::Model`.
@@ -16,7 +18,6 @@ macro_rules! bail {
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
 }
-use tract_onnx::pb::{self, tensor_proto::DataType};
 
 /// One quantization parameter set of a node: which inputs hold the scale and the zero point,
 /// and which input they quantize (for per-channel lengths).

@@ -108,9 +108,21 @@ pub fn evaluate(
     examples: &[Example],
     classes: &[String],
 ) -> Result<Metrics> {
-    let probs = predict(classifier, examples)?;
+    Ok(score_predictions(
+        examples,
+        predict(classifier, examples)?,
+        classes,
+    ))
+}
+
+/// Scores `probs`, one per example in order, against the examples' labels.
+pub fn score_predictions(
+    examples: &[Example],
+    probs: Vec<Vec<f32>>,
+    classes: &[String],
+) -> Metrics {
     let results: Vec<(usize, Vec<f32>)> = examples.iter().map(|e| e.label).zip(probs).collect();
-    Ok(score(&results, classes))
+    score(&results, classes)
 }
 
 /// Each example's probabilities, from the classifier (in parallel), in order.

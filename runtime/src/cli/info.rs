@@ -82,7 +82,7 @@ fn json_doc(m: &Model, error: Option<&anyhow::Error>) -> serde_json::Value {
         "opsets": file.opsets().iter().map(|(d, v)| json!({"domain": d, "version": v})).collect::<Vec<_>>(),
         "inputs": file.inputs.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         "outputs": file.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
-        "output_kind": m.classifier.and_then(|c| c.output).map(|o| format!("{o:?}").to_lowercase()),
+        "output_kind": m.classifier.and_then(|c| c.output).map(|o| o.to_string()),
         "preprocess": preprocess,
         "labels": m.classifier.map(|c| &c.labels),
         "ops": file.op_counts(),
@@ -136,7 +136,7 @@ fn text_doc(m: &Model) -> String {
         row(
             "outputs",
             match c.output {
-                Some(o) => format!("{o:?}").to_lowercase(),
+                Some(o) => o.to_string(),
                 None => "not stated (detected per result)".into(),
             },
         );

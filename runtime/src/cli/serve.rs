@@ -395,7 +395,7 @@ fn check(opts: &ServeOptions) -> Result<ExitCode> {
     let loaded =
         serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
     super::print(&format!(
-        "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}{}\n",
+        "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}\n",
         opts.model_path.display(),
         loaded.sha256,
         loaded.classifier.labels.len(),
@@ -403,8 +403,7 @@ fn check(opts: &ServeOptions) -> Result<ExitCode> {
         opts.workers,
         opts.queue,
         if opts.token.is_some() { "bearer token required" } else { "no token" },
-        opts.camera.as_ref().map(|c| format!(", camera {}", c.describe)).unwrap_or_default(),
-        opts.mqtt.as_ref().map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic)).unwrap_or_default(),
+        opts.attachments(),
     ))
     .context("writing output")?;
     Ok(ExitCode::SUCCESS)

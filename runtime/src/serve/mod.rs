@@ -59,6 +59,22 @@ pub struct ServeOptions {
     pub mqtt: Option<MqttConfig>,
 }
 
+impl ServeOptions {
+    /// What is attached besides the HTTP API, as the start-up line and `--check` say it:
+    /// `, camera DESCRIPTION, mqtt HOST:PORT topic TOPIC` (empty for neither).
+    pub fn attachments(&self) -> String {
+        let camera = self
+            .camera
+            .as_ref()
+            .map(|c| format!(", camera {}", c.describe));
+        let mqtt = self
+            .mqtt
+            .as_ref()
+            .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic));
+        camera.unwrap_or_default() + &mqtt.unwrap_or_default()
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; returns once in-flight requests are answered
 /// (or the drain timeout passed).
 pub fn run(opts: ServeOptions) -> Result<()> {
@@ -98,6 +114,7 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     let local = listener
         .local_addr()
         .context("reading the listening address")?;
+    let attached = opts.attachments();
     // The camera, if any, runs on its own thread from now on.
     let camera = opts
         .camera
@@ -139,7 +156,7 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         NotifyState::Ready,
         NotifyState::Status(&format!("serving on {local}")),
     ]);
-    announce(local, &opts, state.camera.as_deref());
+    announce(local, &opts, &attached);
     let graceful = accept_loop(listener, http::router(state.clone()), &opts, shutdown_rx).await;
     drain(graceful, &state, opts.drain_timeout).await;
     if let Some(camera) = &camera {
@@ -214,22 +231,14 @@ fn spawn_reloader(
 
 /// The line that says the daemon serves. Tests and scripts read the address from it
 /// (with --listen ...:0 the port is chosen by the system).
-fn announce(local: SocketAddr, opts: &ServeOptions, camera: Option<&CameraShared>) {
+fn announce(local: SocketAddr, opts: &ServeOptions, attached: &str) {
     let token = if opts.token.is_some() {
         ", bearer token required"
     } else {
         ""
     };
-    let camera = camera
-        .map(|c| format!(", camera {}", c.describe))
-        .unwrap_or_default();
-    let mqtt = opts
-        .mqtt
-        .as_ref()
-        .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic))
-        .unwrap_or_default();
     log::info!(
-        "listening on http://{local} (model {}{token}{camera}{mqtt})",
+        "listening on http://{local} (model {}{token}{attached})",
         opts.model_path.display()
     );
 }

@@ -94,8 +94,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let lines = eval::predictions_jsonl(&examples, &probs, &classifier.labels);
         glimpse_runtime::fsutil::atomic_write(path, lines.as_bytes())?;
     }
-    let results: Vec<(usize, Vec<f32>)> = examples.iter().map(|e| e.label).zip(probs).collect();
-    let metrics = eval::score(&results, &classifier.labels);
+    let metrics = eval::score_predictions(&examples, probs, &classifier.labels);
 
     // A report written at the end of training keeps its training section.
     let paths = ReportPaths::next_to(&args.model);

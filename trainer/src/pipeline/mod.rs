@@ -36,8 +36,9 @@ pub struct Run<'a> {
     pub augment: Option<Augment>,
     /// `None`: 0.25 from scratch, 0.2 for a head.
     pub dropout: Option<f64>,
-    /// `epochs: None`: 10 from scratch, 30 for a head on cached features.
+    /// The optimization settings; their `epochs` is replaced by [`Run::epochs`].
     pub optim: OptimConfig,
+    /// `None`: 10 from scratch, 30 for a head on cached features.
     pub epochs: Option<usize>,
 }
 
