@@ -14,6 +14,8 @@ use glimpse_runtime::classifier::resolve_preprocess;
 use glimpse_runtime::serve::http::{router, AppState};
 use glimpse_runtime::serve::metrics::Metrics;
 use glimpse_runtime::serve::model::{Loaded, ModelSlot};
+use glimpse_runtime::serve::origin::HostPolicy;
+use glimpse_runtime::serve::Token;
 use glimpse_runtime::stream::frame::Frame;
 use glimpse_runtime::stream::{FrameSource, PixelFormat, RawSource};
 use glimpse_runtime::{
@@ -177,75 +179,93 @@ pub fn raw_frames(data: &[u8]) {
     }
 }
 
+/// The bearer token of the locked daemon; the seed requests carry it.
+pub const FUZZ_TOKEN: &str = "fuzz-token-0123456789abcdef";
+
 struct Http {
     runtime: tokio::runtime::Runtime,
-    app: axum::Router,
+    /// Without a token (the `Host`/`Origin` checks, answering to `board`).
+    open: axum::Router,
+    /// With [`FUZZ_TOKEN`] (the bearer check).
+    locked: axum::Router,
 }
 
 fn http_app() -> &'static Http {
     static APP: OnceLock<Http> = OnceLock::new();
     APP.get_or_init(|| {
-        let classifier = Classifier::new(
-            OnnxFile::from_bytes(TINY_MODEL).expect("tiny model parses"),
-            &Overrides::default(),
-        )
-        .expect("tiny model loads");
-        let loaded = Loaded {
-            classifier,
-            path: "tiny.onnx".into(),
-            sha256: "0".repeat(64),
-            size_bytes: TINY_MODEL.len() as u64,
-            loaded_at: 0,
-        };
-        let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let state = Arc::new(AppState {
-            model: Arc::new(ModelSlot::new(loaded)),
-            metrics: Arc::new(Metrics::new()),
-            token: None,
-            limits: limits(),
-            admission: Arc::new(tokio::sync::Semaphore::new(4)),
-            workers: Arc::new(tokio::sync::Semaphore::new(1)),
-            request_timeout: Duration::from_secs(5),
-            default_top_k: 3,
-            camera: None,
-            ready: true.into(),
-            shutdown,
-            started: Instant::now(),
-        });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
         Http {
             runtime,
-            app: router(state),
+            open: router(http_state(None)),
+            locked: router(http_state(Some(FUZZ_TOKEN))),
         }
     })
 }
 
+/// The daemon's state around the tiny model, with or without a token.
+fn http_state(token: Option<&str>) -> Arc<AppState> {
+    let classifier = Classifier::new(
+        OnnxFile::from_bytes(TINY_MODEL).expect("tiny model parses"),
+        &Overrides::default(),
+    )
+    .expect("tiny model loads");
+    let loaded = Loaded {
+        classifier,
+        path: "tiny.onnx".into(),
+        sha256: "0".repeat(64),
+        size_bytes: TINY_MODEL.len() as u64,
+        loaded_at: 0,
+    };
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    Arc::new(AppState {
+        model: Arc::new(ModelSlot::new(loaded)),
+        metrics: Arc::new(Metrics::new()),
+        token: token.map(|t| Token::new(t).expect("a valid token")),
+        hosts: token
+            .is_none()
+            .then(|| HostPolicy::new("", &["board".to_string()])),
+        limits: limits(),
+        admission: Arc::new(tokio::sync::Semaphore::new(4)),
+        workers: Arc::new(tokio::sync::Semaphore::new(1)),
+        request_timeout: Duration::from_secs(5),
+        default_top_k: 3,
+        camera: None,
+        ready: true.into(),
+        shutdown,
+        started: Instant::now(),
+    })
+}
+
 /// The daemon's HTTP handling: any bytes as one client connection to the real router
-/// (hyper's HTTP/1 parser, routing, limits, multipart, decoding, the model), over an
-/// in-memory pipe. The server must answer or close within a bounded time, and never
+/// (hyper's HTTP/1 parser, host and token checks, routing, limits, multipart, decoding,
+/// the model), over an in-memory pipe, once to a daemon without a token and once to one
+/// with [`FUZZ_TOKEN`]. The server must answer or close within a bounded time, and never
 /// with a server error other than 503 (overload).
 pub fn http(data: &[u8]) {
-    let answer = http_answer(data);
-    if let Some(status) = answer.strip_prefix(b"HTTP/1.1 ").and_then(|r| r.get(..3)) {
-        assert!(
-            status[0] != b'5' || status == b"503",
-            "server error: {}",
-            String::from_utf8_lossy(&answer)
-        );
+    for locked in [false, true] {
+        let answer = http_answer(data, locked);
+        if let Some(status) = answer.strip_prefix(b"HTTP/1.1 ").and_then(|r| r.get(..3)) {
+            assert!(
+                status[0] != b'5' || status == b"503",
+                "server error: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
     }
 }
 
-/// Everything the server sends back on a connection that carries `data`, then closes
-/// its sending side.
-pub fn http_answer(data: &[u8]) -> Vec<u8> {
+/// Everything the server (`locked`: the one with a token) sends back on a connection
+/// that carries `data`, then closes its sending side.
+pub fn http_answer(data: &[u8], locked: bool) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = http_app();
+    let router = if locked { &app.locked } else { &app.open };
     app.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let service = hyper_util::service::TowerToHyperService::new(app.app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let conn = tokio::spawn(async move {
             let _ = glimpse_runtime::serve::connection_builder()
                 .serve_connection(hyper_util::rt::TokioIo::new(server), service)

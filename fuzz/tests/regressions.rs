@@ -98,19 +98,33 @@ fn raw_frames() {
 #[test]
 fn http() {
     replay("http", glimpse_fuzz::http, 20);
-    // The harness really talks to the router: valid requests get real answers.
+    // The harness really talks to the router: valid requests get real answers from both
+    // daemons (the seeds carry the token and `Host: board`).
     let seed = |name: &str| std::fs::read(fuzz_dir().join("seeds/http").join(name)).unwrap();
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    assert!(text(glimpse_fuzz::http_answer(&seed("healthz.http"))).starts_with("HTTP/1.1 200"));
-    for name in [
-        "classify-raw.http",
-        "classify-multipart.http",
-        "classify-chunked.http",
-    ] {
-        let answer = text(glimpse_fuzz::http_answer(&seed(name)));
-        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
-        assert!(answer.contains(r#""label":"red""#), "{name}: {answer}");
+    for locked in [false, true] {
+        let answer = |name: &str| text(glimpse_fuzz::http_answer(&seed(name), locked));
+        assert!(answer("healthz.http").starts_with("HTTP/1.1 200"));
+        for name in [
+            "classify-raw.http",
+            "classify-multipart.http",
+            "classify-chunked.http",
+        ] {
+            let answer = answer(name);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+            assert!(answer.contains(r#""label":"red""#), "{name}: {answer}");
+        }
+        let two = answer("keep-alive-two.http");
+        assert_eq!(two.matches("HTTP/1.1 200").count(), 2, "{two}");
     }
-    let two = text(glimpse_fuzz::http_answer(&seed("keep-alive-two.http")));
-    assert_eq!(two.matches("HTTP/1.1 200").count(), 2, "{two}");
+    // And they refuse what they should: no token, a foreign host.
+    let without_token = String::from_utf8(seed("model.http")).unwrap().replace(
+        &format!("Authorization: Bearer {}\r\n", glimpse_fuzz::FUZZ_TOKEN),
+        "",
+    );
+    let answer = text(glimpse_fuzz::http_answer(without_token.as_bytes(), true));
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let foreign = without_token.replace("Host: board", "Host: evil.example");
+    let answer = text(glimpse_fuzz::http_answer(foreign.as_bytes(), false));
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
 }

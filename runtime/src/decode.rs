@@ -6,6 +6,7 @@
 //! bytes (a decompression bomb) is refused instead of exhausting memory.
 
 use std::io::Cursor;
+use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
@@ -104,6 +105,8 @@ pub enum DecodeError {
         format: &'static str,
         reason: String,
     },
+    #[error("not a regular file ({0}): only image files are read")]
+    NotRegularFile(&'static str),
     #[error("reading input: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -116,6 +119,55 @@ impl DecodeError {
             DecodeError::FileTooLarge { .. } | DecodeError::TooLarge { .. }
         )
     }
+}
+
+/// Reads an image file's bytes for [`decode`], refusing before any read what is not a
+/// regular file (a FIFO would block, `/dev/zero` never ends) and files over
+/// `limits.max_bytes`. The check is made on the opened file, so a path swapped after it
+/// was listed cannot slip through.
+pub fn read_image_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    };
+    if let Some(what) = what {
+        return Err(DecodeError::NotRegularFile(what));
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(DecodeError::FileTooLarge {
+            size: meta.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limits.max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(DecodeError::FileTooLarge {
+            size: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decodes an encoded image (first frame of an animation), applies its EXIF orientation
@@ -249,6 +301,38 @@ fn lowercase_first(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits::default();
+        let fifo = dir.path().join("frames");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, what) in [
+            (fifo.as_path(), "a FIFO"),
+            (Path::new("/dev/zero"), "a character device"),
+            (dir.path(), "a directory"),
+        ] {
+            let e = read_image_file(path, &limits).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::NotRegularFile(w) if w == what),
+                "{}: {e}",
+                path.display()
+            );
+        }
+        let file = dir.path().join("x.png");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_image_file(&file, &limits).unwrap(), b"12345");
+        let small = Limits {
+            max_bytes: 4,
+            ..limits
+        };
+        assert!(matches!(
+            read_image_file(&file, &small),
+            Err(DecodeError::FileTooLarge { size: 5, limit: 4 })
+        ));
+    }
 
     #[cfg(unix)]
     #[test]

