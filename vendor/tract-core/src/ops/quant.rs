@@ -465,6 +465,9 @@ impl ElementWiseMiniOp for OffsetU8asI8 {
                 return Ok(None);
             };
             Box::new(RequantPerAxis { dt, zero_point: requant.zero_point - 128, ..requant.clone() })
+        } else if let Some(dw) = prec.op_as::<crate::ops::cnn::conv::QDepthWise>() {
+            let Some(dw) = dw.to_i8_output() else { return Ok(None) };
+            Box::new(dw)
         } else if let Some(quant) =
             prec.op_as::<ElementWiseOp>().and_then(|op| op.0.downcast_ref::<QuantizeLinearU8>())
         {

@@ -29,6 +29,7 @@ use crate::ops::nn::Reduce;
 
 use super::depth_wise::DepthWise;
 use super::im2col::Im2Col;
+use super::q_depth_wise::{QDepthWise, QDepthWiseParams};
 use crate::ops::cnn::conv::KernelFormat;
 use crate::ops::cnn::pools::{ConcretePoolGeometry, PoolGeometry, PoolSpec};
 use crate::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
@@ -661,6 +662,70 @@ impl Conv {
             )?,
             &wires,
         )
+    }
+
+    /// A quantized depthwise convolution on channel-last data, with constant weights,
+    /// bias, zero points and scales, wired as one [`QDepthWise`] (direct, no im2col);
+    /// `None`, with nothing wired, where it does not qualify.
+    pub fn wire_as_quant_depth_wise(
+        &self,
+        model: &mut TypedModel,
+        name: &str,
+        wires: &[OutletId],
+    ) -> TractResult<Option<OutletId>> {
+        let x_fact = model.outlet_fact(wires[0])?.clone();
+        if self.q_params.is_none()
+            || wires.len() != 9
+            || self.group == 1
+            || self.group != self.input_channels()
+            || self.group != self.output_channels()
+            || !self.pool_spec.data_format.c_is_last()
+            || x_fact.datum_type.size_of() != 1
+            || TRACT_DISABLE_Q_DEPTHWISE.get()
+        {
+            return Ok(None);
+        }
+        let Some(x_shape) = x_fact.shape.as_concrete() else { return Ok(None) };
+        let mut konst = tvec!();
+        for wire in &wires[1..] {
+            let Some(k) = model.outlet_fact(*wire)?.konst.clone() else { return Ok(None) };
+            konst.push(k);
+        }
+        let [kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale] = &*konst else {
+            return Ok(None);
+        };
+        if [x0, x_scale, y0, y_scale].iter().any(|t| t.len() != 1) {
+            return Ok(None);
+        }
+        let kernel = self.kernel_fmt.kernel_as_group_o_ihw(kernel, self.group)?;
+        let taps = kernel.len() / self.group;
+        let kernel = kernel.into_shape(&[self.group, taps])?;
+        let geo = self.pool_spec.compute_geo(&x_fact.shape)?.to_concrete(x_shape)?.into_owned();
+        let x_is_u8 = x_fact.datum_type.unquantized() == DatumType::U8;
+        let params = QDepthWiseParams {
+            kernel: &kernel,
+            k0,
+            bias,
+            // The activations are read as i8: u8 values less 128, and their zero point too.
+            x0: x0.cast_to_scalar::<i32>()? - if x_is_u8 { 128 } else { 0 },
+            x_scale: x_scale.cast_to_scalar::<f32>()?,
+            k_scale,
+            y0: y0.cast_to_scalar::<i32>()?,
+            y_scale: y_scale.cast_to_scalar::<f32>()?,
+            dt: self.q_params.unwrap(),
+        };
+        let op = match QDepthWise::new(geo.patch, geo.input_shape, geo.output_shape, &params)? {
+            Ok(op) => op,
+            Err(why) => {
+                log::debug!("{name}: quantized depthwise conv through im2col: {why}");
+                return Ok(None);
+            }
+        };
+        let mut x = wires[0];
+        if x_is_u8 {
+            x = model.wire_node(format!("{name}.x_as_i8"), ops::quant::offset_u8_as_i8(), &[x])?[0];
+        }
+        Ok(Some(model.wire_node(name, op, &[x])?[0]))
     }
 
     pub fn wire_as_depth_wise(
@@ -1397,7 +1462,13 @@ impl TypedOp for Conv {
     ) -> TractResult<Option<TypedModelPatch>> {
         let input_fact = model.outlet_fact(node.inputs[0])?;
         unsafe {
-            if self.q_params.is_some() {
+            let mut patch = TypedModelPatch::new("quantized-depth_wise");
+            let inputs = patch.taps(model, &node.inputs)?;
+            if let Some(wire) = self.wire_as_quant_depth_wise(&mut patch, &node.name, &inputs)? {
+                patch.shunt_outside(model, node.id.into(), wire)?;
+                patch.obliterate(node.id)?;
+                Ok(Some(patch))
+            } else if self.q_params.is_some() {
                 let mut patch = TypedModelPatch::new("quantized-codegen");
                 let inputs = patch.taps(model, &node.inputs)?;
                 let wire = self
@@ -1501,6 +1572,13 @@ crate::declare_knob!(
     bool,
     false,
     "Disable the direct spatial convolution, falling back to im2col and a matrix product."
+);
+
+crate::declare_knob!(
+    scopable TRACT_DISABLE_Q_DEPTHWISE,
+    bool,
+    false,
+    "Disable the direct quantized depthwise convolution, falling back to im2col and an int8 matrix product."
 );
 
 crate::declare_knob!(
