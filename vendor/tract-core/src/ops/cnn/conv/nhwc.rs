@@ -4,12 +4,15 @@ use crate::ops::cnn::conv::Conv;
 use crate::ops::nn::DataFormat;
 use crate::transform::ModelTransform;
 
-/// Rewrites every non-quantized `Conv` on `NCHW` or `CHW` data to run channel-last: the input
+/// Rewrites every `Conv` on `NCHW` or `CHW` data to run channel-last: the input
 /// is moved channel-last with an `AxisOp::Move`, the conv runs with `DataFormat::NHWC`
 /// (resp. `HWC`), and the output is moved back. Depthwise convs are lowered to `DepthWise`
 /// inside the same patch — `DepthWise` has no `change_axes`, so the moves cannot be pushed
 /// through it; a plain `Conv` sandwich may instead be folded back by `ChangeAxes` in the
 /// declutter pass. The rule never fires on a channel-last `Conv`, so the rewrite terminates.
+/// Quantized convs (`QLinearConv`) move too, their zero points and scales with them; a
+/// quantized depthwise conv with constant parameters is lowered to the direct `QDepthWise`
+/// in the patch, for the same reason as `DepthWise`.
 #[derive(Debug)]
 pub struct ConvNhwc;
 
@@ -30,7 +33,6 @@ fn conv_nhwc(
     name: &str,
     op: &Conv,
 ) -> TractResult<Option<TypedModelPatch>> {
-    rule_if!(op.q_params.is_none());
     rule_if!(matches!(op.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW));
     let fact = model.outlet_fact(node.inputs[0])?;
     let r = fact.rank();
@@ -46,13 +48,14 @@ fn conv_nhwc(
     let conv = Conv { pool_spec: PoolSpec { data_format, ..op.pool_spec.clone() }, ..op.clone() };
     let mut wires = tvec!(x[0]);
     wires.extend_from_slice(&inputs[1..]);
-    let is_depthwise = node.inputs.len() == 3
-        && op.group != 1
+    let is_depthwise = op.group != 1
         && op.group == op.input_channels()
         && op.group == op.output_channels()
         && fact.shape.as_concrete().is_some();
-    let wire = if is_depthwise {
+    let wire = if is_depthwise && node.inputs.len() == 3 {
         conv.wire_as_depth_wise(&mut patch, name, &wires)?
+    } else if let Some(wire) = conv.wire_as_quant_depth_wise(&mut patch, name, &wires)? {
+        wire
     } else {
         patch.wire_node(name, conv, &wires)?[0]
     };

@@ -573,6 +573,34 @@ mod tests {
         Ok(())
     }
 
+    /// What glimpse runs: an NCHW quantized depthwise conv (as ONNX's QLinearConv loads) is
+    /// moved channel-last by `conv_nhwc` and lowered to `QDepthWise` there, with the values
+    /// the NCHW im2col path gives.
+    #[test]
+    fn conv_nhwc_lowers_a_quantized_depthwise_conv_to_the_direct_kernel() -> TractResult<()> {
+        use crate::transform::ModelTransform;
+        let case = Case {
+            n: 1,
+            c: 24,
+            hw: 10,
+            k: 3,
+            stride: 2,
+            padding: PaddingSpec::SameUpper,
+            x_dt: u8::datum_type(),
+            y_dt: u8::datum_type(),
+            per_channel: true,
+        };
+        let kernel = values(1, 24 * 9, -127, 127).iter().map(|v| *v as i8).collect();
+        let nchw = conv_model_with(&case, kernel, DataFormat::NCHW)?;
+        let x = input_of_shape(&case, [1, 24, 10, 10])?;
+        let (reference, ops) = run(&nchw, &x, true)?;
+        assert!(!ops.iter().any(|op| op == "QDepthWiseConv"), "{ops:?}");
+        let nhwc = super::super::nhwc::ConvNhwc.transform_into(nchw)?;
+        let (direct, ops) = run(&nhwc, &x, true)?;
+        assert!(ops.iter().any(|op| op == "QDepthWiseConv"), "{ops:?}");
+        direct.close_enough(&reference, Approximation::Exact)
+    }
+
     /// With several threads, each takes a range of channels (64 at a time, the last range
     /// here 19 wide, with a tail): the values are those of the im2col path.
     #[test]
