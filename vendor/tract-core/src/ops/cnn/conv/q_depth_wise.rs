@@ -265,6 +265,18 @@ impl QDepthWise {
             )
         };
         let mut c0 = first;
+        #[cfg(target_arch = "aarch64")]
+        while c0 + BLOCK <= end {
+            // SAFETY: as for `tap`; `bias` and `scale` hold `c` values, `out` from `first`.
+            unsafe {
+                let out = out.as_mut_ptr().add(c0 - first) as *mut i8;
+                let (x, k) = (x.as_ptr().offset(at), self.kernel.as_ptr());
+                let (b, s) = (bias.as_ptr().add(c0), self.scale.as_ptr().add(c0));
+                let unsigned = T::datum_type() == u8::datum_type();
+                neon::block(x, k, c, c0, taps, b, s, self.y0, unsigned, out);
+            }
+            c0 += BLOCK;
+        }
         while c0 + BLOCK <= end {
             let mut acc: [i32; BLOCK] = bias[c0..][..BLOCK].try_into().unwrap();
             let mut pairs = taps.chunks_exact(2);
@@ -295,6 +307,64 @@ impl QDepthWise {
                 acc = acc.wrapping_add(x[(at + offset) as usize + ch] as i32 * self.kernel[t * c + ch] as i32);
             }
             out[ch - first] = round_to_range(acc as f32 * self.scale[ch], self.y0, lo, hi).as_();
+        }
+    }
+}
+
+/// The 16-channel block on aarch64, in NEON intrinsics: LLVM vectorizes the portable loop
+/// four lanes wide there, emulating the i16 wrap with shifts (50 instructions per two taps
+/// instead of 12, and 75 for the requantization instead of 27).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// `out[0..16] = requant(bias + sum over taps of x[offset + c0..] * k[t * c + c0..])`:
+    /// two taps' products summed in i16 (`smull`, `smlal`), widened into i32 (`saddw`),
+    /// then requantized by `requant::neon::requant16`.
+    ///
+    /// # Safety
+    /// `x.offset(offset) + c0 + 16`, `kernel + t * c + c0 + 16`, `bias + 16`, `scale + 16`
+    /// and `out + 16` are in bounds for every tap.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block(
+        x: *const i8,
+        kernel: *const i8,
+        c: usize,
+        c0: usize,
+        taps: &[(usize, isize)],
+        bias: *const i32,
+        scale: *const f32,
+        y0: i32,
+        unsigned: bool,
+        out: *mut i8,
+    ) {
+        unsafe {
+            let load = |t: usize, offset: isize| {
+                (vld1q_s8(x.offset(offset).add(c0)), vld1q_s8(kernel.add(t * c + c0)))
+            };
+            let mut acc =
+                [vld1q_s32(bias), vld1q_s32(bias.add(4)), vld1q_s32(bias.add(8)), vld1q_s32(bias.add(12))];
+            let mut add = |lo: int16x8_t, hi: int16x8_t| {
+                acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
+                acc[1] = vaddw_high_s16(acc[1], lo);
+                acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
+                acc[3] = vaddw_high_s16(acc[3], hi);
+            };
+            let mut pairs = taps.chunks_exact(2);
+            for pair in &mut pairs {
+                let (xa, ka) = load(pair[0].0, pair[0].1);
+                let (xb, kb) = load(pair[1].0, pair[1].1);
+                let lo = vmlal_s8(vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vget_low_s8(xb), vget_low_s8(kb));
+                let hi = vmlal_high_s8(vmull_high_s8(xa, ka), xb, kb);
+                add(lo, hi);
+            }
+            if let [(t, offset)] = pairs.remainder() {
+                let (xa, ka) = load(*t, *offset);
+                add(vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vmull_high_s8(xa, ka));
+            }
+            let scale = [0, 4, 8, 12].map(|i| vld1q_f32(scale.add(i)));
+            crate::ops::requant::neon::requant16(acc, scale, y0, unsigned, out);
         }
     }
 }
