@@ -187,7 +187,9 @@ fn efficientnet_int8_agrees_with_float_on_photos() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    for mode in ["weights", "mixed"] {
+    // static runs every depthwise conv on tract's direct int8 kernel (vendor/tract-core
+    // QDepthWise), mixed keeps them float: ONNX Runtime checks both.
+    for mode in ["weights", "static", "mixed"] {
         let out = dir.path().join(format!("efficientnet-lite0.{mode}.onnx"));
         efficientnet_mode_agrees(&photos, mode, &out, test);
     }
