@@ -48,7 +48,7 @@ pub(crate) fn round_to_range(v: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
 
 /// The multipliers of a run of accumulators: one per value, or one for the run.
 #[derive(Clone, Copy)]
-enum Scales<'a> {
+pub(crate) enum Scales<'a> {
     PerValue(&'a [f32]),
     One(f32),
 }
@@ -57,7 +57,8 @@ enum Scales<'a> {
 /// (u8 or i8). On aarch64, 16 values at a time in NEON ([`neon::requant16`]): LLVM
 /// vectorizes the portable loop with the NaN test and both clamps spelled out, about
 /// twice the instructions.
-fn requant_run<T: Datum + Copy>(xs: &[i32], scales: Scales, zp: i32, lo: i32, hi: i32, ys: &mut [T])
+#[inline]
+pub(crate) fn requant_run<T: Datum + Copy>(xs: &[i32], scales: Scales, zp: i32, lo: i32, hi: i32, ys: &mut [T])
 where
     i32: AsPrimitive<T>,
 {

@@ -728,6 +728,26 @@ impl Conv {
         Ok(Some(model.wire_node(name, op, &[x])?[0]))
     }
 
+    /// [`Self::wire_as_quant_depth_wise`] as a codegen patch; only a quantized conv taps
+    /// its inputs to try.
+    fn quant_depth_wise_patch(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        if self.q_params.is_none() {
+            return Ok(None);
+        }
+        let mut patch = TypedModelPatch::new("quantized-depth_wise");
+        let inputs = patch.taps(model, &node.inputs)?;
+        let Some(wire) = self.wire_as_quant_depth_wise(&mut patch, &node.name, &inputs)? else {
+            return Ok(None);
+        };
+        patch.shunt_outside(model, node.id.into(), wire)?;
+        patch.obliterate(node.id)?;
+        Ok(Some(patch))
+    }
+
     pub fn wire_as_depth_wise(
         &self,
         model: &mut TypedModel,
@@ -1462,11 +1482,7 @@ impl TypedOp for Conv {
     ) -> TractResult<Option<TypedModelPatch>> {
         let input_fact = model.outlet_fact(node.inputs[0])?;
         unsafe {
-            let mut patch = TypedModelPatch::new("quantized-depth_wise");
-            let inputs = patch.taps(model, &node.inputs)?;
-            if let Some(wire) = self.wire_as_quant_depth_wise(&mut patch, &node.name, &inputs)? {
-                patch.shunt_outside(model, node.id.into(), wire)?;
-                patch.obliterate(node.id)?;
+            if let Some(patch) = self.quant_depth_wise_patch(model, node)? {
                 Ok(Some(patch))
             } else if self.q_params.is_some() {
                 let mut patch = TypedModelPatch::new("quantized-codegen");

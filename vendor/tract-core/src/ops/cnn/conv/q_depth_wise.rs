@@ -10,7 +10,7 @@ use crate::internal::*;
 use crate::ops::cnn::Patch;
 use crate::ops::cnn::patches::{Zone, ZoneScanner};
 use crate::ops::nn::DataShape;
-use crate::ops::requant::round_to_range;
+use crate::ops::requant::{Scales, requant_run, round_to_range};
 use num_traits::AsPrimitive;
 
 /// Channels per step of the inner loops: 16 i8 lanes, one NEON or SSE register.
@@ -82,26 +82,9 @@ impl QDepthWise {
         if p.kernel.shape() != [c, taps] {
             bail!("QDepthWise: expected a [{c}, taps] kernel, got {:?}", p.kernel.shape());
         }
-        let per_channel = |t: &Tensor, what: &str| -> TractResult<Vec<i32>> {
-            let v = t.cast_to::<i32>()?;
-            let v = v.try_as_plain_ram()?.as_slice::<i32>()?.to_vec();
-            match v.len() {
-                1 => Ok(vec![v[0]; c]),
-                n if n == c => Ok(v),
-                n => bail!("QDepthWise: expected 1 or {c} values for {what}, got {n}"),
-            }
-        };
-        let k0 = per_channel(p.k0, "the kernel zero point")?;
-        let bias = per_channel(p.bias, "the bias")?;
-        let k_scale: Vec<f32> = {
-            let s = p.k_scale.cast_to::<f32>()?;
-            let s = s.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-            match s.len() {
-                1 => vec![s[0]; c],
-                n if n == c => s,
-                n => bail!("QDepthWise: expected 1 or {c} kernel scales, got {n}"),
-            }
-        };
+        let k0 = per_channel::<i32>(p.k0, c, "kernel zero points")?;
+        let bias = per_channel::<i32>(p.bias, c, "bias values")?;
+        let k_scale = per_channel::<f32>(p.k_scale, c, "kernel scales")?;
         let raw = p.kernel.cast_to::<i32>()?;
         let raw = raw.try_as_plain_ram()?.as_slice::<i32>()?;
         let mut kernel = vec![0i8; taps * c];
@@ -294,11 +277,8 @@ impl QDepthWise {
                     acc[l] = acc[l].wrapping_add((x0[l] as i16 * k0[l] as i16) as i32);
                 }
             }
-            let out: &mut [T; BLOCK] = (&mut out[c0 - first..][..BLOCK]).try_into().unwrap();
-            let scale: &[f32; BLOCK] = self.scale[c0..][..BLOCK].try_into().unwrap();
-            for l in 0..BLOCK {
-                out[l] = round_to_range(acc[l] as f32 * scale[l], self.y0, lo, hi).as_();
-            }
+            let scale = Scales::PerValue(&self.scale[c0..][..BLOCK]);
+            requant_run(&acc, scale, self.y0, lo, hi, &mut out[c0 - first..][..BLOCK]);
             c0 += BLOCK;
         }
         for ch in c0..end {
@@ -366,6 +346,17 @@ mod neon {
             let scale = [0, 4, 8, 12].map(|i| vld1q_f32(scale.add(i)));
             crate::ops::requant::neon::requant16(acc, scale, y0, unsigned, out);
         }
+    }
+}
+
+/// `t` as `c` values of `T`: its own if it holds `c`, its one value repeated if it holds 1.
+fn per_channel<T: Datum + Copy>(t: &Tensor, c: usize, what: &str) -> TractResult<Vec<T>> {
+    let v = t.cast_to::<T>()?;
+    let v = v.try_as_plain_ram()?.as_slice::<T>()?;
+    match v.len() {
+        1 => Ok(vec![v[0]; c]),
+        n if n == c => Ok(v.to_vec()),
+        n => bail!("QDepthWise: expected 1 or {c} {what}, got {n}"),
     }
 }
 
