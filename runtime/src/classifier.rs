@@ -202,6 +202,11 @@ impl Classifier {
         self.labels.len()
     }
 
+    /// What each compute node of the plan runs on (see [`crate::plan::Kernel`]).
+    pub fn kernels(&self) -> Vec<crate::plan::Kernel> {
+        self.plan.kernels()
+    }
+
     /// Decodes, preprocesses and classifies encoded image bytes.
     pub fn classify_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<(Vec<f32>, Timings)> {
         let t0 = Instant::now();

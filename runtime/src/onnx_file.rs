@@ -86,6 +86,24 @@ impl OnnxFile {
         self.proto.graph.as_ref().expect("checked at read")
     }
 
+    /// The nodes that carry the arithmetic: convolutions and matrix products, float or
+    /// quantized (top-level graph only).
+    pub fn compute_nodes(&self) -> impl Iterator<Item = &pb::NodeProto> {
+        const OPS: &[&str] = &[
+            "Conv",
+            "QLinearConv",
+            "ConvInteger",
+            "Gemm",
+            "MatMul",
+            "QLinearMatMul",
+            "MatMulInteger",
+        ];
+        self.graph()
+            .node
+            .iter()
+            .filter(|n| OPS.contains(&n.op_type.as_str()))
+    }
+
     /// How many nodes of each op type the graph holds (top-level graph only).
     pub fn op_counts(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();

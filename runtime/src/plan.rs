@@ -54,6 +54,76 @@ impl Plan {
     }
 }
 
+/// What one node of the optimized plan computes with, for the nodes that carry a model's
+/// arithmetic: matrix products (convolutions lowered to them included) and direct
+/// convolutions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// The plan node's name; tract derives it from the ONNX node's.
+    pub node: String,
+    /// The tract op: `OptMatMul`, `QDepthWiseConv`, `DepthWiseConv`, ...
+    pub op: String,
+    /// tract-linalg's matrix-product kernels of an `OptMatMul`, one per size it picks
+    /// between (empty for the other ops).
+    pub mmm: Vec<String>,
+    /// Whether it computes in integers (int8 operands, i32 accumulators).
+    pub integer: bool,
+}
+
+impl Kernel {
+    /// Whether this plan node came from the ONNX node `name` (tract keeps the name, or
+    /// extends it after a dot for the nodes it splits one into).
+    pub fn is_from(&self, name: &str) -> bool {
+        self.node
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    }
+}
+
+/// The convolution ops of tract that compute in place (no matrix product).
+const DIRECT_CONV_OPS: &[&str] = &[
+    "DepthWiseConv",
+    "QDepthWiseConv",
+    "BlockedConv",
+    "DirectSpatialConv",
+    "Conv",
+];
+
+impl Plan {
+    /// The kernels of the plan, in its order.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        let model = self.runnable.model();
+        model
+            .nodes()
+            .iter()
+            .filter_map(|node| kernel_of(model, node))
+            .collect()
+    }
+}
+
+fn kernel_of(model: &TypedModel, node: &TypedNode) -> Option<Kernel> {
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    let (mmm, integer) = if let Some(mm) = node.op_as::<OptMatMul>() {
+        let mut names: Vec<String> = mm.mmm.iter().map(|k| k.name().to_string()).collect();
+        names.dedup();
+        (names, mm.mmm.iter().any(|k| k.internal_type().is_integer()))
+    } else if DIRECT_CONV_OPS.contains(&&*node.op.name()) {
+        let input = node
+            .inputs
+            .first()
+            .and_then(|i| model.outlet_fact(*i).ok())?;
+        (vec![], input.datum_type.is_integer())
+    } else {
+        return None;
+    };
+    Some(Kernel {
+        node: node.name.clone(),
+        op: node.op.name().to_string(),
+        mmm,
+        integer,
+    })
+}
+
 /// `f`, with a panic inside tract reported as an invalid graph.
 ///
 /// tract is not written for hostile input: a malformed graph it does not expect may

@@ -368,6 +368,9 @@ fn info_describes_the_shipped_model() {
         "resize short side to 256, center-crop 224x224",
         "labels      1000",
         "Conv ",
+        // The float model: every conv and the classifier on float kernels, each traced to
+        // its plan node (no "not traced" tail).
+        "kernels     50 convs and products: int8 0, float 50 (DepthWiseConv 16, ",
     ] {
         assert!(t.contains(needle), "missing {needle:?} in\n{t}");
     }
@@ -383,6 +386,15 @@ fn info_describes_the_shipped_model() {
     assert!(doc["ops"]["Conv"].as_u64().unwrap() > 40);
     assert!(doc["error"].is_null());
     assert_eq!(doc["license"], "Apache-2.0");
+    let kernels = doc["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 50);
+    for k in kernels {
+        let runs_on = k["runs_on"].as_array().unwrap();
+        assert!(
+            !runs_on.is_empty() && runs_on.iter().all(|r| r["integer"] == false),
+            "{k}"
+        );
+    }
 }
 
 /// Exit status: 0 when every input was classified, 1 when some failed and the others were

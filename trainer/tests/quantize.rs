@@ -232,6 +232,7 @@ fn efficientnet_mode_agrees(photos: &Path, mode: &str, out: &Path, test: &str) {
         .collect();
     all.push(photos.join("dog.jpg"));
     onnxruntime_agrees(out, mode, &all, test);
+    kernels_follow_the_mode(out, mode);
     // Many inferences in one process, on worker threads: tract's AMX int8 kernels read
     // past the packed activations here once (a segfault on AMX x86 CPUs, fixed in
     // vendor/tract-linalg).
@@ -246,6 +247,70 @@ fn efficientnet_mode_agrees(photos: &Path, mode: &str, out: &Path, test: &str) {
         "{mode}: glimpse bench: {:?} {}",
         bench.status,
         stderr(&bench)
+    );
+}
+
+/// `glimpse info` traces every conv and product of the int8 file to a plan node and shows
+/// what `mode` promises: weights computes in float throughout (int8 is only the storage),
+/// mixed runs the quantized convs in integers and the depthwise ones in float, static runs
+/// every conv in integers, depthwise ones on the direct kernel. The classifier's `Gemm`
+/// stays float in every mode.
+fn kernels_follow_the_mode(model: &Path, mode: &str) {
+    let info = Command::new(glimpse_e2e::bin("glimpse"))
+        .args([
+            "info",
+            "--format",
+            "json",
+            "--model",
+            model.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", stderr(&info));
+    let doc: Value = serde_json::from_str(&stdout(&info)).unwrap();
+    let nodes = doc["kernels"].as_array().expect("a kernels list");
+    assert_eq!(
+        nodes.len(),
+        50,
+        "EfficientNet-Lite0 has 49 convs and a Gemm"
+    );
+    for node in nodes {
+        let (name, op) = (
+            node["node"].as_str().unwrap(),
+            node["op_type"].as_str().unwrap(),
+        );
+        let runs_on = node["runs_on"].as_array().unwrap();
+        assert!(
+            !runs_on.is_empty(),
+            "{mode}: {name} ({op}) not traced: {node}"
+        );
+        let integer = runs_on.iter().all(|k| k["integer"] == true);
+        let want = match mode {
+            "weights" => false,
+            "mixed" => op == "QLinearConv",
+            _ => op != "Gemm",
+        };
+        assert_eq!(integer, want, "{mode}: {name} ({op}) runs on {node}");
+        if mode == "static" && name.contains("depthwise") {
+            assert_eq!(runs_on[0]["op"], "QDepthWiseConv", "{node}");
+        }
+    }
+    let text = Command::new(glimpse_e2e::bin("glimpse"))
+        .args(["info", "--model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let line = stdout(&text)
+        .lines()
+        .find(|l| l.starts_with("kernels"))
+        .map(str::to_string);
+    let int8 = match mode {
+        "weights" => "int8 0,",
+        "mixed" => "int8 33 (",
+        _ => "int8 49 (QDepthWiseConv 16, ",
+    };
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains(int8)),
+        "{mode}: {line:?}"
     );
 }
 

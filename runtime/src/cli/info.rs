@@ -1,12 +1,15 @@
 //! `glimpse info`: what a model file is, what it expects and what it outputs.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use glimpse_runtime::plan::Kernel;
 use glimpse_runtime::{Classifier, OnnxFile};
 use serde_json::json;
+use tract_onnx::pb;
 
 use super::ModelArgs;
 
@@ -86,6 +89,7 @@ fn json_doc(m: &Model, error: Option<&anyhow::Error>) -> serde_json::Value {
         "preprocess": preprocess,
         "labels": m.classifier.map(|c| &c.labels),
         "ops": file.op_counts(),
+        "kernels": m.classifier.map(|c| kernels_json(m.file, c)),
         "metadata": file.proto.metadata_props.iter().map(|p| json!({"key": p.key, "value": p.value})).collect::<Vec<_>>(),
         "error": error.map(|e| format!("{e:#}")),
     })
@@ -151,6 +155,9 @@ fn text_doc(m: &Model) -> String {
         "ops",
         join(file.op_counts().iter().map(|(k, n)| format!("{k} {n}"))),
     );
+    if let Some(c) = m.classifier {
+        row("kernels", kernels_text(file, c));
+    }
     for p in &file.proto.metadata_props {
         if p.key != glimpse_runtime::bundle::keys::LABELS {
             row(
@@ -160,6 +167,122 @@ fn text_doc(m: &Model) -> String {
         }
     }
     text
+}
+
+/// Each convolution and matrix product of the file with the plan nodes it became.
+///
+/// tract names a plan node after the ONNX node it came from, and a product that absorbed
+/// the ops after it (a residual `Add`, a `Clip`) after the last of them; so a node with
+/// no plan node of its own name is looked up through the ONNX nodes that read its output,
+/// a few steps on. Each plan node is counted for one ONNX node only.
+fn compute_kernels<'a>(
+    file: &'a OnnxFile,
+    c: &Classifier,
+) -> Vec<(&'a pb::NodeProto, Vec<Kernel>)> {
+    let kernels = c.kernels();
+    let graph = file.graph();
+    let readers = |node: &pb::NodeProto| -> Vec<&pb::NodeProto> {
+        graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| node.output.contains(i)))
+            .collect()
+    };
+    let mut claimed = vec![false; kernels.len()];
+    file.compute_nodes()
+        .map(|node| {
+            let mut frontier = vec![node];
+            let mut mine = vec![];
+            for _ in 0..4 {
+                for n in &frontier {
+                    for (k, taken) in kernels.iter().zip(claimed.iter_mut()) {
+                        if !*taken && !n.name.is_empty() && k.is_from(&n.name) {
+                            *taken = true;
+                            mine.push(k.clone());
+                        }
+                    }
+                }
+                if !mine.is_empty() {
+                    break;
+                }
+                frontier = frontier.iter().flat_map(|n| readers(n)).collect();
+            }
+            (node, mine)
+        })
+        .collect()
+}
+
+/// How a plan node computes, in a word: its matrix-product kernels, or its op.
+fn describe(k: &Kernel) -> String {
+    if k.mmm.is_empty() {
+        k.op.clone()
+    } else {
+        k.mmm.join("/")
+    }
+}
+
+/// One line: how many of the file's convolutions and products run in integers, how many
+/// in float, and on which kernels.
+fn kernels_text(file: &OnnxFile, c: &Classifier) -> String {
+    let mut int: BTreeMap<String, usize> = BTreeMap::new();
+    let mut float: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unknown = 0;
+    let nodes = compute_kernels(file, c);
+    for (_, kernels) in &nodes {
+        let Some(main) = kernels.first() else {
+            unknown += 1;
+            continue;
+        };
+        let side = if kernels.iter().all(|k| k.integer) {
+            &mut int
+        } else {
+            &mut float
+        };
+        *side.entry(describe(main)).or_default() += 1;
+    }
+    let part = |what: &str, counts: &BTreeMap<String, usize>| {
+        let n: usize = counts.values().sum();
+        let list = join(counts.iter().map(|(k, n)| format!("{k} {n}")));
+        format!(
+            "{what} {n}{}",
+            if n > 0 {
+                format!(" ({list})")
+            } else {
+                String::new()
+            }
+        )
+    };
+    let mut text = format!(
+        "{} convs and products: {}, {}",
+        nodes.len(),
+        part("int8", &int),
+        part("float", &float)
+    );
+    if unknown > 0 {
+        text.push_str(&format!(", {unknown} not traced to a plan node"));
+    }
+    text
+}
+
+fn kernels_json(file: &OnnxFile, c: &Classifier) -> serde_json::Value {
+    let nodes = compute_kernels(file, c);
+    serde_json::Value::Array(
+        nodes
+            .iter()
+            .map(|(node, kernels)| {
+                json!({
+                    "node": node.name,
+                    "op_type": node.op_type,
+                    "runs_on": kernels.iter().map(|k| json!({
+                        "plan_node": k.node,
+                        "op": k.op,
+                        "mmm": k.mmm,
+                        "integer": k.integer,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn join(items: impl Iterator<Item = String>) -> String {
