@@ -31,18 +31,40 @@ fn fashion_pngs(dir: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// tract and ONNX Runtime give the same top-1 for every photo on `model`.
 /// The largest difference of a class probability between tract and ONNX Runtime on the same
-/// quantized file. With float compute (`weights`) the two differ by float rounding only.
-/// With integer compute an accumulator near a rounding tie can requantize one int8 step
-/// apart (the two runtimes requantize and run the float ops between the integer ones each
-/// their own way), and the step travels through the layers after it: up to 0.022 seen on EfficientNet-Lite0
-/// mixed over the sample photos, 6e-8 on Fashion-MNIST.
-fn onnxruntime_bound(mode: &str) -> f32 {
+/// quantized file, where ONNX Runtime computes exactly. With float compute (`weights`) the
+/// two differ by float rounding only. With integer compute an accumulator near a rounding
+/// tie can requantize one int8 step apart (the two runtimes requantize and run the float ops
+/// between the integer ones each their own way), and the step travels through the layers
+/// after it: up to 0.022 seen on EfficientNet-Lite0 mixed over the sample photos, 6e-8 on
+/// Fashion-MNIST. `None` where ONNX Runtime's integer kernels are not exact (see
+/// [`onnxruntime_saturates`]): there only the top-1 is compared.
+fn onnxruntime_bound(mode: &str) -> Option<f32> {
     if mode == "weights" {
-        1e-4
+        Some(1e-4)
+    } else if onnxruntime_saturates() {
+        None
     } else {
-        0.05
+        Some(0.05)
+    }
+}
+
+/// Whether ONNX Runtime's uint8 x int8 kernels saturate on this host: on x86_64 without VNNI
+/// they multiply with `vpmaddubsw`, which saturates the int16 sum of two products (ONNX
+/// Runtime's quantization guide says so and suggests 7-bit weights there). On such a host
+/// (a Skylake or Haswell CI machine) the static EfficientNet-Lite0 on `coffee.png` came out
+/// 0.49 apart in one class's probability with the same top-1; under `qemu-x86_64 -cpu
+/// Haswell` ONNX Runtime's own answer moves by 0.08 from the one it gives with VNNI. ARM's
+/// kernels (and VNNI's `vpdpbusd`) are exact.
+fn onnxruntime_saturates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !(std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -58,10 +80,17 @@ fn onnxruntime_agrees(model: &Path, mode: &str, photos: &[PathBuf], test: &str) 
                     same_top1,
                     "{model} on {photo}: tract and ONNX Runtime disagree on top-1 (max prob diff {diff})"
                 );
-                assert!(
-                    diff <= bound,
-                    "{model} on {photo}: max prob diff {diff}, expected at most {bound}"
-                );
+                match bound {
+                    Some(bound) => assert!(
+                        diff <= bound,
+                        "{model} on {photo}: max prob diff {diff}, expected at most {bound}"
+                    ),
+                    None => println!(
+                        "{model} on {photo}: max prob diff {diff} from ONNX Runtime, whose \
+                         uint8 x int8 kernels saturate on this CPU (x86_64 without VNNI): \
+                         top-1 compared only"
+                    ),
+                }
             }
             None => {
                 skip(test, "libonnxruntime.so is not unpacked");
