@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::serve::{
-    agent, get, get_with, multipart, post, read_response, send_then_read, Reply, Server,
+    agent, connect_from, get, get_with, multipart, post, read_response, send_then_read, Reply,
+    Server,
 };
 use glimpse_e2e::{bin, classify_json, root, sample, shipped_model, skip};
 use serde_json::Value;
@@ -1173,6 +1174,11 @@ fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
     assert_eq!(code, 408, "{body}");
     assert!(body.contains("\"kind\":\"timeout\""), "{body}");
     // Meanwhile and afterwards, others are served.
+    assert_serves_coffee(&server);
+}
+
+/// `coffee.png` posted at LAN speed is classified as an espresso.
+fn assert_serves_coffee(server: &Server) {
     let coffee = std::fs::read(sample("coffee.png")).unwrap();
     let r = post(
         &agent(),
@@ -1182,4 +1188,183 @@ fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
         &coffee,
     );
     assert_eq!(r.json()["label"], "espresso");
+}
+
+/// The server side of the established connections from `peer` to `port`, from
+/// /proc/net/tcp: `(timer, seconds)` each, timer 2 being keepalive.
+fn server_sockets(port: u16, peer: [u8; 4]) -> Vec<(u32, f64)> {
+    let local_port = format!(":{port:04X}");
+    let remote = format!("{:08X}:", u32::from_le_bytes(peer));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let established = f[3] == "01";
+            (established && f[1].ends_with(&local_port) && f[2].starts_with(&remote)).then(|| {
+                let (timer, when) = f[5].split_once(':').unwrap();
+                // `when` is in USER_HZ (1/100 s).
+                let when = u64::from_str_radix(when, 16).unwrap() as f64 / 100.0;
+                (u32::from_str_radix(timer, 16).unwrap(), when)
+            })
+        })
+        .collect()
+}
+
+/// Waits until the metric reaches `at_least`, and returns its value.
+fn wait_metric(server: &Server, series: &str, at_least: f64) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let m = get(&agent(), &server.url("/metrics"), None);
+        let v = metric(&m.body, series).unwrap_or(0.0);
+        if v >= at_least || t0.elapsed() > Duration::from_secs(20) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn one_peer_cannot_lock_the_others_out() {
+    // Default caps: 256 connections in all, 32 from one address.
+    let server = Server::start(&["--no-watch"], &[]);
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut slow: Vec<TcpStream> = (0..256).map(|_| connect_from(other, server.addr)).collect();
+    let series = r#"glimpse_http_connections_refused_total{reason="per_peer"}"#;
+    assert_eq!(wait_metric(&server, series, 224.0), 224.0);
+    // The refused ones were told why; the others hold their slot with headers that
+    // never end (slowloris).
+    let mut refused = Vec::new();
+    for s in &mut slow {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(n) => refused.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc").unwrap();
+            }
+            Err(e) => panic!("reading a connection from {other}: {e}"),
+        }
+    }
+    assert_eq!(refused.len(), 224);
+    for answer in &refused {
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.contains("\"kind\":\"busy\""), "{answer}");
+        assert!(answer.contains("from this address"), "{answer}");
+    }
+    // Everyone else is still served at once.
+    let t0 = Instant::now();
+    let health = get(&agent(), &server.url("/healthz"), None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let m = get(&agent(), &server.url("/metrics"), None);
+    assert!(metric(&m.body, "glimpse_http_connections_open").unwrap() >= 32.0);
+    // The 32 held connections have TCP keepalive armed at 30 s (default --tcp-keepalive):
+    // a peer that vanished would not hold them for hours.
+    let held = server_sockets(server.addr.port(), [127, 0, 0, 2]);
+    assert_eq!(held.len(), 32, "{held:?}");
+    assert!(
+        held.iter().all(|&(timer, s)| timer == 2 && s <= 30.0),
+        "{held:?}"
+    );
+}
+
+#[test]
+fn a_trickling_upload_is_cut_off_at_the_minimum_rate() {
+    let server = Server::start(
+        &["--min-upload-rate", "2000", "--request-timeout", "120"],
+        &[],
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    // 400 bytes/s, a fifth of the minimum; the writer stops when the server hangs up.
+    let mut writer = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        while writer.write_all(&[0u8; 200]).is_ok() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let t0 = Instant::now();
+    let (code, body) = read_response(&mut s);
+    let waited = t0.elapsed();
+    assert_eq!(code, 408, "{body}");
+    assert!(body.contains("\"kind\":\"timeout\""), "{body}");
+    assert!(body.contains("below 2000 bytes/s"), "{body}");
+    // Cut off after the 5 s grace, long before the request timeout.
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(60),
+        "{waited:?}"
+    );
+    // A client uploading at LAN speed is served.
+    assert_serves_coffee(&server);
+}
+
+/// Opens `GET /v1/events` and reads its status line and headers.
+fn open_events(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /v1/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    while !head.ends_with("\r\n\r\n") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        head.push_str(&line);
+    }
+    (s, head)
+}
+
+#[test]
+fn event_streams_are_capped_and_their_slots_come_back() {
+    let samples = root().join("samples");
+    let server = Server::start(
+        &[
+            "--images",
+            samples.to_str().unwrap(),
+            "--loop",
+            "--fps",
+            "8",
+            "--hold-frames",
+            "1",
+            "--threshold",
+            "0",
+            "--max-event-streams",
+            "2",
+        ],
+        &[],
+    );
+    let (first, head) = open_events(server.addr);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_second, head) = open_events(server.addr);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let third = get(&agent(), &server.url("/v1/events"), None);
+    assert_error(&third, 503, "busy");
+    assert_eq!(third.retry_after.as_deref(), Some("5"));
+    assert!(third.body.contains("--max-event-streams"), "{}", third.body);
+    // A client that goes frees its slot (noticed at the next event written to it).
+    drop(first);
+    let t0 = Instant::now();
+    loop {
+        let (_s, head) = open_events(server.addr);
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no slot came back: {head}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -195,6 +195,18 @@ pub fn post(
     )
 }
 
+/// A connection to `addr` from the local address `from` (another loopback address such as
+/// 127.0.0.2 makes another peer).
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("binding to {from}: {e}"));
+    s.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connecting from {from} to {addr}: {e}"));
+    s.into()
+}
+
 /// Reads one HTTP/1.1 response (headers and Content-Length body) from a raw socket.
 pub fn read_response(s: &mut TcpStream) -> (u16, String) {
     let mut reader = BufReader::new(s);

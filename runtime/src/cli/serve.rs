@@ -89,6 +89,28 @@ pub struct Args {
     /// Open connections at most; further ones are closed at once.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
     pub max_connections: u64,
+    /// Open connections from one address at most (the rest of --max-connections stays
+    /// free for others: health checks, Prometheus, Home Assistant); further ones get a 503
+    /// and are closed.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
+    pub max_connections_per_peer: u64,
+    /// Event streams (`GET /v1/events`) open at once; further ones get 503.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
+    pub max_event_streams: u64,
+    /// Bytes per second a request body must arrive at on average, after its first 5 s
+    /// (408 below; 0 for no minimum).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 1024,
+        help_heading = "HTTP"
+    )]
+    pub min_upload_rate: u64,
+    /// Seconds of silence before TCP keepalive probes a connection; a client that
+    /// vanished is cut off within about twice this, even while events are written to it
+    /// (0: the kernel's defaults, hours).
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "HTTP")]
+    pub tcp_keepalive: u64,
     /// Seconds a request may take to upload and be classified (408/503 beyond).
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs, help_heading = "HTTP")]
     pub request_timeout: f64,
@@ -326,6 +348,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         workers,
         queue: args.queue,
         max_connections: args.max_connections as usize,
+        max_connections_per_peer: args.max_connections_per_peer as usize,
+        max_event_streams: args.max_event_streams as usize,
+        min_upload_rate: args.min_upload_rate,
+        tcp_keepalive: (args.tcp_keepalive > 0).then(|| Duration::from_secs(args.tcp_keepalive)),
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         header_timeout: Duration::from_secs_f64(args.header_timeout),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),

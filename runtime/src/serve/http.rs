@@ -39,6 +39,11 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Inferences running at once.
     pub workers: Arc<Semaphore>,
+    /// Event streams open at once, and at most.
+    pub event_streams: Arc<Semaphore>,
+    pub max_event_streams: usize,
+    /// Bytes per second a request body must arrive at, after [`UPLOAD_GRACE`] (0: none).
+    pub min_upload_rate: u64,
     pub request_timeout: Duration,
     pub default_top_k: usize,
     pub camera: Option<Arc<CameraShared>>,
@@ -311,6 +316,23 @@ fn no_camera() -> ApiError {
 /// state first, if there is one). Ends when the server shuts down.
 async fn events(State(st): State<Shared>) -> Result<Response, ApiError> {
     let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+    // Held by the stream: the slot comes back when the client goes (or is cut off by
+    // the TCP user timeout, `conn::keepalive`).
+    let slot = st
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "{} event streams are open, the most this server keeps (--max-event-streams)",
+                    st.max_event_streams
+                ),
+            )
+        })?;
     let rx = cam.events.subscribe();
     let current = cam
         .latest
@@ -344,7 +366,12 @@ async fn events(State(st): State<Shared>) -> Result<Response, ApiError> {
             }
         }
     });
-    let stream = futures_util::stream::iter(first).chain(changes);
+    let stream = futures_util::stream::iter(first)
+        .chain(changes)
+        .map(move |event| {
+            let _ = &slot;
+            event
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -425,7 +452,7 @@ async fn classify(
     st.metrics.inflight.inc();
     let _inflight = InFlight(&st.metrics);
     let deadline = tokio::time::Instant::now() + st.request_timeout;
-    let image = read_image(req, st.limits.max_bytes, deadline).await?;
+    let image = read_image(req, st.limits.max_bytes, st.min_upload_rate, deadline).await?;
     let worker = acquire_worker(&st, deadline).await?;
     let loaded = st.model.get();
     let limits = st.limits;
@@ -506,6 +533,7 @@ fn overloaded() -> ApiError {
 async fn read_image(
     req: Request,
     limit: u64,
+    min_rate: u64,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, ApiError> {
     let is_multipart = req
@@ -518,7 +546,7 @@ async fn read_image(
                 .starts_with("multipart/form-data")
         });
     let (parts, body) = req.into_parts();
-    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit))
+    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit, min_rate))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -631,12 +659,26 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
     .await;
 }
 
+/// A body's first bytes may take this long before the minimum upload rate applies (a
+/// phone waking its radio, TCP slow start): Kestrel's grace period.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
+
 /// Reads the body, refusing it as soon as it grows past `limit` (and draining the rest,
-/// so that the client reads the 413).
-async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+/// so that the client reads the 413), or once it arrives slower than `min_rate` bytes per
+/// second on average after [`UPLOAD_GRACE`] (408): a trickling upload must not hold a
+/// connection and a queue slot for the whole request timeout.
+async fn read_body(body: Body, limit: u64, min_rate: u64) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    let start = tokio::time::Instant::now();
+    loop {
+        let next = match upload_due(start, buf.len() as u64, min_rate) {
+            Some(due) => tokio::time::timeout_at(due, stream.next())
+                .await
+                .map_err(|_| too_slow(buf.len(), start, min_rate))?,
+            None => stream.next().await,
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -653,6 +695,28 @@ async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+/// When more of a body must have arrived, `seen` bytes in: the time `min_rate` would take
+/// for them, after the grace period (`None`: no minimum).
+fn upload_due(
+    start: tokio::time::Instant,
+    seen: u64,
+    min_rate: u64,
+) -> Option<tokio::time::Instant> {
+    (min_rate > 0)
+        .then(|| start + UPLOAD_GRACE + Duration::from_secs_f64(seen as f64 / min_rate as f64))
+}
+
+fn too_slow(seen: usize, start: tokio::time::Instant, min_rate: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "timeout",
+        format!(
+            "the request body arrived too slowly: {seen} bytes in {:.1} s, below {min_rate} bytes/s (--min-upload-rate)",
+            start.elapsed().as_secs_f64()
+        ),
+    )
 }
 
 /// The image in a multipart form: the field named `image`, else the first file.

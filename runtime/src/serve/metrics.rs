@@ -43,6 +43,12 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `per_peer` or `total` (`serve::conn::Refusal`).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -55,6 +61,8 @@ pub struct Metrics {
     pub inference_seconds: Family<SourceLabels, Histogram>,
     pub errors: Family<KindLabels, Counter>,
     pub inflight: Gauge,
+    pub connections_open: Gauge,
+    pub connections_refused: Family<ReasonLabels, Counter>,
     pub frames_captured: Counter,
     pub frames_classified: Counter,
     pub frames_dropped: Counter,
@@ -80,6 +88,8 @@ impl Metrics {
             inference_seconds: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
             inflight: Gauge::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
             frames_captured: Counter::default(),
             frames_classified: Counter::default(),
             frames_dropped: Counter::default(),
@@ -108,13 +118,23 @@ impl Metrics {
         );
         r.register(
             "glimpse_errors",
-            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped",
+            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, busy, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped",
             m.errors.clone(),
         );
         r.register(
             "glimpse_inferences_in_flight",
             "Requests admitted and not yet answered (running or queued)",
             m.inflight.clone(),
+        );
+        r.register(
+            "glimpse_http_connections_open",
+            "HTTP connections open",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "glimpse_http_connections_refused",
+            "HTTP connections closed at once by reason: per_peer (--max-connections-per-peer) or total (--max-connections)",
+            m.connections_refused.clone(),
         );
         r.register(
             "glimpse_frames_captured",

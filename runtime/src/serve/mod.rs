@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod camera;
+pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -49,7 +50,16 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Requests that may wait for a worker; beyond, 503 with Retry-After.
     pub queue: usize,
+    /// Open connections at most, in all and from one peer address.
     pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Server-sent event streams open at once (`GET /v1/events`).
+    pub max_event_streams: usize,
+    /// A request body must arrive at this many bytes per second at least, after a grace
+    /// period (0: no minimum).
+    pub min_upload_rate: u64,
+    /// TCP keepalive idle time (`conn::keepalive`); `None`: the kernel's defaults.
+    pub tcp_keepalive: Option<Duration>,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
     pub drain_timeout: Duration,
@@ -138,6 +148,9 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         limits: opts.limits,
         admission: Arc::new(Semaphore::new(opts.workers + opts.queue)),
         workers: Arc::new(Semaphore::new(opts.workers)),
+        event_streams: Arc::new(Semaphore::new(opts.max_event_streams)),
+        max_event_streams: opts.max_event_streams,
+        min_upload_rate: opts.min_upload_rate,
         request_timeout: opts.request_timeout,
         default_top_k: opts.default_top_k,
         camera: camera.as_ref().map(|c| c.shared.clone()),
@@ -167,7 +180,8 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         NotifyState::Status(&format!("serving on {local}")),
     ]);
     announce(local, &opts, &attached);
-    let graceful = accept_loop(listener, http::router(state.clone()), &opts, shutdown_rx).await;
+    let app = http::router(state.clone());
+    let graceful = accept_loop(listener, app, &opts, &metrics, shutdown_rx).await;
     drain(graceful, &state, opts.drain_timeout).await;
     if let Some(camera) = &camera {
         camera.stop.store(true, Ordering::Relaxed);
@@ -298,10 +312,11 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     opts: &ServeOptions,
+    metrics: &Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> hyper_util::server::graceful::GracefulShutdown {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(opts.max_connections));
+    let admission = conn::Admission::new(opts.max_connections, opts.max_connections_per_peer);
     let mut http = connection_builder();
     // Slow or silent clients (slowloris) lose their connection after the header timeout.
     http.timer(TokioTimer::new())
@@ -319,22 +334,52 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            log::warn!("{peer}: refused, {} connections open", opts.max_connections);
-            continue;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                refused(peer, why, opts, metrics);
+                conn::refuse(stream, why);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = conn::keepalive(&stream, opts.tcp_keepalive) {
+            log::debug!("{peer}: setting TCP keepalive: {e}");
+        }
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
+        let open = metrics.connections_open.clone();
+        open.inc();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 log::debug!("{peer}: {e}");
             }
-            drop(permit);
+            open.dec();
+            drop(admitted);
         });
     }
     graceful
+}
+
+/// Counts a refused connection and says so in the log (at debug level after the first
+/// few: a flood must not fill the journal).
+fn refused(peer: SocketAddr, why: conn::Refusal, opts: &ServeOptions, metrics: &Metrics) {
+    let counter = metrics
+        .connections_refused
+        .get_or_create(&metrics::ReasonLabels {
+            reason: why.label(),
+        });
+    counter.inc();
+    let cap = match why {
+        conn::Refusal::PerPeer => format!("{} from {}", opts.max_connections_per_peer, peer.ip()),
+        conn::Refusal::Total => opts.max_connections.to_string(),
+    };
+    if counter.get() <= 10 {
+        log::warn!("{peer}: refused, {cap} connections open");
+    } else {
+        log::debug!("{peer}: refused, {cap} connections open");
+    }
 }
 
 /// SIGTERM/SIGINT start the graceful shutdown; a second one ends the process at once.
