@@ -164,6 +164,9 @@ fn classifies_real_photos_with_auth_limits_and_json_errors() {
             break;
         }
     }
+    // The last chunk, as a real client ends its body: without it the server drains for
+    // its whole linger time (10 s), as long as this socket's read timeout.
+    let _ = s.write_all(b"0\r\n\r\n");
     let (code, body) = read_response(&mut s);
     assert_eq!(code, 413, "{body}");
     let mut huge = Vec::new();
@@ -458,6 +461,62 @@ fn hot_reload_swaps_good_models_and_keeps_serving_on_broken_ones() {
         after["sha256"]
     );
     assert_eq!(get(&a, &server.url("/readyz"), None).status, 200);
+}
+
+/// Replaces the model file atomically with `bytes`, as `glimpse-train` writes.
+fn replace_model(model: &Path, bytes: &[u8]) {
+    let staging = model.with_extension("staging");
+    std::fs::write(&staging, bytes).unwrap();
+    std::fs::rename(&staging, model).unwrap();
+}
+
+#[test]
+fn a_reload_that_would_exhaust_memory_or_is_too_large_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(root().join("models/fashion-mnist.onnx"), &model).unwrap();
+    let model_s = model.to_str().unwrap();
+    let watch = ["--model", model_s, "--watch-interval", "0.2"];
+    let limits = [
+        "--reload-memory-limit",
+        "1073741824",
+        "--max-model-bytes",
+        "4000000",
+    ];
+    let server = Server::start(&[&watch[..], &limits[..]].concat(), &[]);
+    let a = agent();
+    let before = get(&a, &server.url("/v1/model"), None).json();
+    // Its first run fills a 1.2 GB tensor: the check process, limited to 1 GiB, dies
+    // of it; the daemon never loads it.
+    let huge = glimpse_e2e::corpus::huge_tensor_model();
+    replace_model(&model, &huge);
+    let failed = server.wait_log("MiB, --reload-memory-limit)", Duration::from_secs(60));
+    assert!(failed.contains("reload failed, still serving"), "{failed}");
+    assert!(failed.contains("memory limit 1024 MiB"), "{failed}");
+    let png = std::fs::read(sample("coffee.png")).unwrap();
+    let r = post(&a, &server.url("/v1/classify"), None, "image/png", &png);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["model_sha256"], before["sha256"]);
+    // A file over --max-model-bytes is refused before it is read.
+    replace_model(&model, &std::fs::read(shipped_model()).unwrap());
+    let failed = server.wait_log("(--max-model-bytes)", Duration::from_secs(60));
+    assert!(
+        failed.contains("over the limit of 4000000 bytes"),
+        "{failed}"
+    );
+    assert_eq!(get(&a, &server.url("/v1/model"), None).json(), before);
+    drop(server);
+
+    // The same huge model is otherwise valid: loaded in-process (no check process), on
+    // a machine with the memory for it, it serves.
+    std::fs::copy(root().join("models/fashion-mnist.onnx"), &model).unwrap();
+    let server = Server::start(
+        &[&watch[..], &["--reload-memory-limit", "0"][..]].concat(),
+        &[],
+    );
+    replace_model(&model, &huge);
+    server.wait_log("glimpse serve: reloaded", Duration::from_secs(60));
+    assert_eq!(get(&a, &server.url("/v1/model"), None).json()["classes"], 4);
 }
 
 #[test]

@@ -419,6 +419,41 @@ fn tiny_model(mutate: impl FnOnce(&mut pb::ModelProto)) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// The tiny classifier with its pooled colour broadcast to 3 x 10,000 x 10,000 floats
+/// (1.2 GB) and averaged back before the scores: the same answers, but every run
+/// allocates and fills that tensor (a model that exhausts a small board's memory).
+pub fn huge_tensor_model() -> Vec<u8> {
+    tiny_model(|m| {
+        let g = graph(m);
+        g.initializer.push(pb::TensorProto {
+            name: "huge_shape".into(),
+            dims: vec![4],
+            data_type: pb::tensor_proto::DataType::Int64 as i32,
+            int64_data: vec![1, 3, 10_000, 10_000],
+            ..Default::default()
+        });
+        let flatten = g.node.iter_mut().find(|n| n.op_type == "Flatten").unwrap();
+        flatten.input = vec!["averaged".into()];
+        let node = |op: &str, input: &[&str], output: &str| pb::NodeProto {
+            name: output.into(),
+            op_type: op.into(),
+            input: input.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let mut mean = node("ReduceMean", &["huge"], "averaged");
+        mean.attribute.push(pb::AttributeProto {
+            name: "axes".into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: vec![2, 3],
+            ..Default::default()
+        });
+        g.node
+            .insert(1, node("Expand", &["pooled", "huge_shape"], "huge"));
+        g.node.insert(2, mean);
+    })
+}
+
 fn set_prop(m: &mut pb::ModelProto, key: &str, value: &str) {
     let p = m
         .metadata_props

@@ -135,6 +135,19 @@ pub struct Args {
     /// Reload only on SIGHUP, not when the file changes.
     #[arg(long, help_heading = "Reload")]
     pub no_watch: bool,
+    /// Model files larger than this are refused, at start and on reload.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, help_heading = "Reload")]
+    pub max_model_bytes: u64,
+    /// A new model is first loaded and probed by a child process with at most this much
+    /// address space, so that a model that would exhaust memory is refused before the
+    /// daemon loads it (default: half of this service's cgroup memory.max, else of the
+    /// RAM; 0: load in-process only).
+    #[arg(long, value_name = "BYTES", help_heading = "Reload")]
+    pub reload_memory_limit: Option<u64>,
+    /// Load and probe the model with these settings, print its sha256 and exit (what the
+    /// child process of a reload runs).
+    #[arg(long, hide = true)]
+    pub check_model: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -340,6 +353,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::model_args::warn_assumed(&classifier);
         Ok(classifier)
     });
+    if args.check_model {
+        let loaded = serve::model::load_and_probe(
+            &loader,
+            &model_path,
+            args.probe_image.as_deref(),
+            args.max_model_bytes,
+        )?;
+        super::print(&format!(
+            "{}{}\n",
+            serve::child_check::OK_PREFIX,
+            loaded.sha256
+        ))
+        .context("writing output")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = ServeOptions {
         listen: args.listen,
         token,
@@ -360,6 +388,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         loader,
         probe: args.probe_image.clone(),
         watch_model: (!args.no_watch).then(|| Duration::from_secs_f64(args.watch_interval)),
+        max_model_bytes: args.max_model_bytes,
+        reload_check: reload_check(&args),
         camera: camera(&args, limits)?,
         mqtt: mqtt(&args)?,
     };
@@ -369,6 +399,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
     serve::run(opts)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The child process that checks a new model before a reload: this program again, with
+/// this daemon's options and `--check-model`, under --reload-memory-limit.
+fn reload_check(args: &Args) -> Option<serve::child_check::ChildCheck> {
+    let memory_limit = match args.reload_memory_limit {
+        Some(0) => return None,
+        Some(bytes) => bytes,
+        None => serve::memory::ceiling().map_or(1 << 30, |b| b / 2),
+    };
+    // /proc/self/exe is this very binary even after a package upgrade replaced the file.
+    let command = [OsString::from("/proc/self/exe"), "serve".into()]
+        .into_iter()
+        .chain(std::env::args_os().skip_while(|a| a != "serve").skip(1))
+        .chain(["--check-model".into()])
+        .collect();
+    Some(serve::child_check::ChildCheck {
+        command,
+        memory_limit,
+        timeout: RELOAD_CHECK_TIMEOUT,
+    })
+}
+
+/// A model check that takes longer is stopped (a large model on a Pi Zero loads in
+/// tens of seconds).
+const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The API token: --token, --token-file or the environment. Without one, listening beyond
 /// loopback needs --allow-unauthenticated.
@@ -449,8 +504,12 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
 
 /// `--check`: loads and probes the model and says what would be served.
 fn check(opts: &ServeOptions) -> Result<ExitCode> {
-    let loaded =
-        serve::model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
+    let loaded = serve::model::load_and_probe(
+        &opts.loader,
+        &opts.model_path,
+        opts.probe.as_deref(),
+        opts.max_model_bytes,
+    )?;
     super::print(&format!(
         "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}\n",
         opts.model_path.display(),

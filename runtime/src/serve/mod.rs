@@ -7,8 +7,10 @@
 
 pub mod auth;
 pub mod camera;
+pub mod child_check;
 pub mod conn;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
@@ -71,6 +73,11 @@ pub struct ServeOptions {
     pub probe: Option<PathBuf>,
     /// Poll the model file this often and reload when it changes.
     pub watch_model: Option<Duration>,
+    /// Model files larger than this are refused, at start and on reload.
+    pub max_model_bytes: u64,
+    /// A reloaded model is loaded and probed in a child process first (`None`: in-process
+    /// only).
+    pub reload_check: Option<child_check::ChildCheck>,
     pub camera: Option<CameraSetup>,
     pub mqtt: Option<MqttConfig>,
 }
@@ -95,7 +102,12 @@ impl ServeOptions {
 /// (or the drain timeout passed).
 pub fn run(opts: ServeOptions) -> Result<()> {
     let started = Instant::now();
-    let first = model::load_and_probe(&opts.loader, &opts.model_path, opts.probe.as_deref())?;
+    let first = model::load_and_probe(
+        &opts.loader,
+        &opts.model_path,
+        opts.probe.as_deref(),
+        opts.max_model_bytes,
+    )?;
     log::info!(
         "loaded {} (sha256 {}) in {:.0} ms",
         first.path.display(),
@@ -241,6 +253,8 @@ fn spawn_reloader(
         loader: opts.loader.clone(),
         path: opts.model_path.clone(),
         probe: opts.probe.clone(),
+        max_bytes: opts.max_model_bytes,
+        child: opts.reload_check.clone(),
         watch_every: opts.watch_model,
     };
     tokio::spawn(reloader(
@@ -412,7 +426,30 @@ struct Reload {
     loader: Loader,
     path: PathBuf,
     probe: Option<PathBuf>,
+    max_bytes: u64,
+    child: Option<child_check::ChildCheck>,
     watch_every: Option<Duration>,
+}
+
+impl Reload {
+    /// Reads the model file, has a child process load and probe it under its memory
+    /// limit, then loads and probes the same bytes here.
+    fn load(&self) -> Result<model::Loaded> {
+        let bytes = model::read_model(&self.path, self.max_bytes)?;
+        let sha256 = crate::fsutil::sha256_hex(&bytes);
+        if let Some(child) = &self.child {
+            child
+                .run(&sha256)
+                .with_context(|| format!("checking {}", self.path.display()))?;
+        }
+        model::load_bytes(
+            &self.loader,
+            &self.path,
+            bytes,
+            sha256,
+            self.probe.as_deref(),
+        )
+    }
 }
 
 /// Reloads the model on SIGHUP and, with `watch_every`, when the file changes.
@@ -423,12 +460,8 @@ async fn reloader(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Reload {
-        loader,
-        path,
-        probe,
-        watch_every,
-    } = how;
+    let how = Arc::new(how);
+    let (path, watch_every) = (how.path.clone(), how.watch_every);
     let mut tick = tokio::time::interval(watch_every.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stamp = FileStamp::of(&path);
@@ -448,12 +481,11 @@ async fn reloader(
         stamp = FileStamp::of(&path);
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
         log::info!("reloading {} ({why})", path.display());
-        let (l, p, pr) = (loader.clone(), path.clone(), probe.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || model::load_and_probe(&l, &p, pr.as_deref()))
-                .await
-                .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
-                .and_then(|r| r);
+        let job = how.clone();
+        let outcome = tokio::task::spawn_blocking(move || job.load())
+            .await
+            .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
+            .and_then(|r| r);
         match outcome {
             Ok(loaded) => {
                 let old = slot.get().sha256.clone();

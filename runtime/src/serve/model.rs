@@ -48,11 +48,52 @@ impl FileStamp {
     }
 }
 
-/// Loads the model at `path` and checks it on a probe image: the output must have one
-/// finite probability per label, summing to 1.
-pub fn load_and_probe(loader: &Loader, path: &Path, probe: Option<&Path>) -> Result<Loaded> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// Loads the model at `path` (refused beyond `max_bytes`) and checks it on a probe image:
+/// the output must have one finite probability per label, summing to 1.
+pub fn load_and_probe(
+    loader: &Loader,
+    path: &Path,
+    probe: Option<&Path>,
+    max_bytes: u64,
+) -> Result<Loaded> {
+    let bytes = read_model(path, max_bytes)?;
     let sha256 = crate::fsutil::sha256_hex(&bytes);
+    load_bytes(loader, path, bytes, sha256, probe)
+}
+
+/// The bytes of the model file, if it is no larger than `max_bytes` (checked before it is
+/// read, and while: the file may grow meanwhile).
+pub fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = |len: u64| {
+        anyhow::anyhow!(
+            "{}: {len} bytes, over the limit of {max_bytes} bytes (--max-model-bytes)",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > max_bytes {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Builds the classifier from a model file's bytes and checks it on the probe image.
+pub fn load_bytes(
+    loader: &Loader,
+    path: &Path,
+    bytes: Vec<u8>,
+    sha256: String,
+    probe: Option<&Path>,
+) -> Result<Loaded> {
     let classifier = loader(&bytes).with_context(|| format!("loading model {}", path.display()))?;
     let image = match probe {
         Some(p) => {
