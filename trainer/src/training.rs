@@ -227,6 +227,41 @@ struct Progress {
     best_val_loss: f64,
     stale_epochs: usize,
     config: String,
+    /// The images it was trained and validated on.
+    data: DataFingerprint,
+}
+
+/// What identifies a run's training and validation images: a checkpoint resumes only on
+/// the same ones (other images would reshuffle the splits, and validation images could
+/// leak into training).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DataFingerprint {
+    train: usize,
+    val: usize,
+    /// sha256 over every image's label, size and pixels, training then validation.
+    sha256: String,
+}
+
+impl DataFingerprint {
+    fn of(train: &[Example], val: &[Example]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (split, examples) in [(b"train", train), (b"valid", val)] {
+            h.update(split);
+            h.update((examples.len() as u64).to_le_bytes());
+            for e in examples {
+                h.update((e.label as u64).to_le_bytes());
+                h.update(e.image.width().to_le_bytes());
+                h.update(e.image.height().to_le_bytes());
+                h.update(e.image.as_raw());
+            }
+        }
+        DataFingerprint {
+            train: train.len(),
+            val: val.len(),
+            sha256: format!("{:x}", h.finalize()),
+        }
+    }
 }
 
 pub struct Outcome {
@@ -238,7 +273,11 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-const MAGIC: &[u8; 12] = b"GLIMPSECKPT1";
+/// Format 2: the parts, then the sha256 of everything before it (hex). Format 1 had no
+/// checksum and no data fingerprint.
+const MAGIC: &[u8; 12] = b"GLIMPSECKPT2";
+const MAGIC_V1: &[u8; 12] = b"GLIMPSECKPT1";
+const CHECKSUM_LEN: usize = 64;
 
 /// The checkpoint file of a run writing `out`: `<out>.ckpt/checkpoint.bin`.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
@@ -280,6 +319,8 @@ fn write_checkpoint(
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
+    let checksum = glimpse_runtime::fsutil::sha256_hex(&buf);
+    buf.extend_from_slice(checksum.as_bytes());
     Ok(glimpse_runtime::fsutil::atomic_write(path, &buf)?)
 }
 
@@ -300,8 +341,21 @@ fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
             path.display()
         )
     };
-    if !buf.starts_with(MAGIC) {
+    if buf.starts_with(MAGIC_V1) {
+        bail!(
+            "{}: written by an older glimpse-train (checkpoint format 1, without a checksum or a record of its data); start afresh without --resume",
+            path.display()
+        );
+    }
+    if !buf.starts_with(MAGIC) || buf.len() < MAGIC.len() + CHECKSUM_LEN {
         return Err(bad());
+    }
+    let (buf, checksum) = buf.split_at(buf.len() - CHECKSUM_LEN);
+    if glimpse_runtime::fsutil::sha256_hex(buf).as_bytes() != checksum {
+        bail!(
+            "{}: the checkpoint is damaged (its contents do not match their sha256); start afresh without --resume",
+            path.display()
+        );
     }
     let mut at = MAGIC.len();
     let mut parts = Vec::new();
@@ -319,6 +373,9 @@ fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
                 .to_vec(),
         );
         at += len;
+    }
+    if at != buf.len() {
+        return Err(bad());
     }
     let progress: Progress = serde_json::from_slice(&parts[0]).map_err(|_| bad())?;
     let best = parts.pop().expect("4 parts");
@@ -460,7 +517,9 @@ pub fn train(
     );
     let device = Device::flex().autodiff();
     device.seed(cfg.optim.seed);
-    let (mut model, optim, mut progress, mut best_bytes) = start(cfg, checkpoint, resume, &device)?;
+    let data = DataFingerprint::of(train, val);
+    let (mut model, optim, mut progress, mut best_bytes) =
+        start(cfg, checkpoint, resume, data, &device)?;
     let pp = &cfg.preprocess;
     let val_inputs = preprocess_all(val, pp);
     let val_labels: Vec<usize> = val.iter().map(|e| e.label).collect();
@@ -531,6 +590,7 @@ fn start(
     cfg: &TrainingConfig,
     checkpoint: &Path,
     resume: bool,
+    data: DataFingerprint,
     device: &Device,
 ) -> Result<(Classifier, ModuleOptimizer, Progress, Vec<u8>)> {
     let config_json = burn::config::config_to_json(cfg);
@@ -544,6 +604,7 @@ fn start(
             best_val_loss: f64::INFINITY,
             stale_epochs: 0,
             config: config_json,
+            data,
         };
         return Ok((model, optim, progress, Vec::new()));
     }
@@ -558,10 +619,23 @@ fn start(
         optim: o,
         best,
     } = read_checkpoint(checkpoint)?;
+    // The images first: they also change settings measured on them (mean, std).
+    if progress.data != data {
+        let was = &progress.data;
+        bail!(
+            "--resume: the images changed since the checkpoint {} was written ({} training and {} validation images then, {} and {} now, or the same number with other contents): the splits would differ and validation images could leak into training; start afresh without --resume",
+            checkpoint.display(),
+            was.train,
+            was.val,
+            data.train,
+            data.val
+        );
+    }
     if progress.config != config_json {
         bail!(
-            "--resume: the checkpoint {} was made with other settings; run with the same options (its configuration is in the checkpoint) or start afresh without --resume",
-            checkpoint.display()
+            "--resume: the checkpoint {} was made with other settings ({}); run with the same options or start afresh without --resume",
+            checkpoint.display(),
+            setting_changes(&progress.config, &config_json)
         );
     }
     // The model first: the optimizer state is keyed by the model's parameter ids.
@@ -575,6 +649,34 @@ fn start(
         cfg.optim.epochs
     );
     Ok((model, optim, progress, best))
+}
+
+/// The settings that differ between two training configurations (JSON), as
+/// `optim.epochs: 4 then, 5 now`.
+fn setting_changes(then: &str, now: &str) -> String {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, va) in a {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, va, b.get(k).unwrap_or(&serde_json::Value::Null), out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} then, {b} now")),
+            _ => {}
+        }
+    }
+    let parse = |s: &str| serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+    let mut out = Vec::new();
+    walk("", &parse(then), &parse(now), &mut out);
+    if out.is_empty() {
+        return "its configuration is in the checkpoint".into();
+    }
+    out.join("; ")
 }
 
 /// The sums over one epoch's batches.

@@ -304,17 +304,84 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     let o = train(&other);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("was made with other settings"),
+        stderr(&o).contains("was made with other settings (optim.epochs: 4 then, 5 now)"),
         "{}",
         stderr(&o)
     );
     // A damaged checkpoint is named as such.
-    std::fs::write(&ckpt, b"GLIMPSECKPT1 damaged").unwrap();
+    std::fs::write(&ckpt, b"GLIMPSECKPT2 damaged").unwrap();
     other = resumed.clone();
     let o = train(&other);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("not a glimpse checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// One quick epoch on the dataset `root` (a folder or a CSV file), writing `out`, with
+/// `extra` options.
+fn train_quick(root: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "train",
+        "--data",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--width",
+        "0.25",
+    ];
+    a.extend_from_slice(extra);
+    train(&a)
+}
+
+#[test]
+fn resume_refuses_other_images_and_a_damaged_checkpoint() {
+    if data().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("photos");
+    let out = tmp.path().join("r.onnx");
+    let ckpt = tmp.path().join("r.onnx.ckpt/checkpoint.bin");
+    class_folder(&root, "trouser", 1, 30);
+    class_folder(&root, "bag", 8, 30);
+    let run = |extra: &[&str]| train_quick(&root, &out, &[&["--keep-checkpoint"], extra].concat());
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same images: resumed (nothing left to train).
+    let o = run(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming after epoch 1"),
+        "{}",
+        stderr(&o)
+    );
+    // One more photo in a class: the splits would reshuffle, so it is refused.
+    class_folder(&root, "bag", 8, 31);
+    let o = run(&["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the images changed since the checkpoint")
+            && stderr(&o).contains("48 training and 6 validation images then"),
+        "{}",
+        stderr(&o)
+    );
+    // One flipped bit anywhere in the checkpoint is caught by its checksum.
+    std::fs::remove_file(root.join("bag/30.png")).unwrap();
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let o = run(&["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the checkpoint is damaged"),
         "{}",
         stderr(&o)
     );
@@ -342,23 +409,7 @@ fn folder_datasets_and_bad_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("photos");
     let out = tmp.path().join("f.onnx");
-    let run = |extra: &[&str]| {
-        let mut a = vec![
-            "train",
-            "--data",
-            root.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--width",
-            "0.25",
-        ];
-        a.extend_from_slice(extra);
-        train(&a)
-    };
+    let run = |extra: &[&str]| train_quick(&root, &out, extra);
 
     std::fs::create_dir_all(&root).unwrap();
     let o = run(&[]);
@@ -440,19 +491,7 @@ fn folder_datasets_and_bad_inputs() {
     }
     rows += "photos/bag/missing.png,bag\n";
     std::fs::write(&csv, rows).unwrap();
-    let o = train(&[
-        "train",
-        "--data",
-        csv.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--width",
-        "0.25",
-    ]);
+    let o = train_quick(&csv, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("missing.png"), "{}", stderr(&o));
 }
