@@ -12,7 +12,7 @@
 #   /usr/share/glimpse/models/efficientnet-lite0.onnx   (found there by default)
 #   /lib/systemd/system/glimpse.service                 (not enabled by the package)
 #   /etc/glimpse/glimpse.toml                           (a conffile: local edits are kept)
-#   /usr/share/doc/glimpse/                             (README, model cards, token drop-in)
+#   /usr/share/doc/glimpse/                             (README, model cards, token and MQTT drop-ins)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cross/targets.sh
@@ -46,6 +46,7 @@ for arch in "${which[@]}"; do
   install -D -m 0644 README.md "$root/usr/share/doc/glimpse/README.md"
   install -D -m 0644 models/README.md "$root/usr/share/doc/glimpse/MODELS.md"
   install -D -m 0644 cross/packaging/token-credential.conf "$root/usr/share/doc/glimpse/token-credential.conf"
+  install -D -m 0644 cross/packaging/mqtt-credential.conf "$root/usr/share/doc/glimpse/mqtt-credential.conf"
   printf 'glimpse is licensed under the Apache License 2.0 (/usr/share/common-licenses/Apache-2.0).\nThe EfficientNet-Lite0 weights: see MODELS.md.\n' \
     > "$root/usr/share/doc/glimpse/copyright"
 

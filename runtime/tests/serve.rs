@@ -1427,3 +1427,51 @@ fn event_streams_are_capped_and_their_slots_come_back() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn secrets_come_from_systemd_credentials_and_topics_are_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    // LoadCredential=token:... (cross/packaging/token-credential.conf): systemd puts the
+    // file in $CREDENTIALS_DIRECTORY, and the token is required without any option.
+    let creds = tempfile::tempdir().unwrap();
+    let token = creds.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let server = Server::start(
+        &["--no-watch"],
+        &[("CREDENTIALS_DIRECTORY", creds.path().to_str().unwrap())],
+    );
+    assert_eq!(get(&agent(), &server.url("/v1/model"), None).status, 401);
+    assert_eq!(
+        get(&agent(), &server.url("/v1/model"), Some(TOKEN)).status,
+        200
+    );
+    assert!(!server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("readable by group")));
+    drop(server);
+    // A token file others may read is used, with a warning.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(
+        &["--no-watch", "--token-file", token.to_str().unwrap()],
+        &[],
+    );
+    let warning = server.wait_log("readable by group or others", Duration::from_secs(10));
+    assert!(warning.contains("(mode 0644): chmod 600 it"), "{warning}");
+    drop(server);
+    // Topics to publish to cannot hold wildcards.
+    for (option, topic) in [
+        ("--mqtt-topic", "glimpse/+/shed"),
+        ("--mqtt-discovery-prefix", "home#"),
+    ] {
+        let err =
+            serve_refuses(&["--mqtt-host", "127.0.0.1", option, topic].map(std::ffi::OsStr::new));
+        assert!(
+            err.contains(&format!("{option} {topic:?} holds a wildcard")),
+            "{err}"
+        );
+    }
+}

@@ -44,7 +44,8 @@ pub struct Args {
     )]
     pub listen: SocketAddr,
     /// Bearer token required on every endpoint but /healthz and /readyz (at least 16
-    /// characters). Prefer --token-file or $GLIMPSE_TOKEN: arguments are visible in `ps`.
+    /// characters). Prefer --token-file, $GLIMPSE_TOKEN or the systemd credential `token`
+    /// (LoadCredential=token:FILE): arguments are visible in `ps`.
     #[arg(
         long,
         value_name = "SECRET",
@@ -174,7 +175,8 @@ pub struct Args {
     pub mqtt_client_id: Option<String>,
     #[arg(long, value_name = "USER", help_heading = "MQTT")]
     pub mqtt_username: Option<String>,
-    /// File holding the MQTT password (else $GLIMPSE_MQTT_PASSWORD).
+    /// File holding the MQTT password (else $GLIMPSE_MQTT_PASSWORD, else the systemd
+    /// credential `mqtt-password`).
     #[arg(long, value_name = "FILE", help_heading = "MQTT")]
     pub mqtt_password_file: Option<PathBuf>,
     /// Home Assistant discovery prefix.
@@ -306,14 +308,54 @@ fn with_config(args: Args) -> Result<Args> {
     Ok(ServeCommand::from_arg_matches(&matches)?.args)
 }
 
+/// The first line of a secret file; a file that group or others may read is used, with a
+/// warning.
 fn read_secret_file(path: &Path, what: &str) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the {what} from {}", path.display()))?;
+    warn_if_shared(path, what);
     let line = text.lines().next().unwrap_or("").trim().to_string();
     if line.is_empty() {
         bail!("{}: the {what} file is empty", path.display());
     }
     Ok(line)
+}
+
+fn warn_if_shared(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode()) else {
+        return;
+    };
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "{}: the {what} file is readable by group or others (mode {:04o}): chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+}
+
+/// A systemd credential of this service (`LoadCredential=NAME:...`), if it has one: the
+/// drop-ins in cross/packaging/ pass the token and the MQTT password this way.
+fn credential(name: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name);
+    path.is_file().then_some(path)
+}
+
+/// A topic glimpse publishes under: no MQTT wildcards, no empty levels at its ends, no NUL.
+fn check_topic(option: &str, topic: &str) -> Result<()> {
+    let problem = if topic.is_empty() {
+        "is empty"
+    } else if topic.contains(['+', '#']) {
+        "holds a wildcard (+ or #), which a topic to publish to cannot"
+    } else if topic.starts_with('/') || topic.ends_with('/') {
+        "starts or ends with /"
+    } else if topic.contains('\0') {
+        "holds a NUL character"
+    } else {
+        return Ok(());
+    };
+    bail!("{option} {topic:?} {problem}")
 }
 
 /// The default MQTT client id, `glimpse-<hostname>-<6 hex digits of /etc/machine-id>`:
@@ -425,13 +467,18 @@ fn reload_check(args: &Args) -> Option<serve::child_check::ChildCheck> {
 /// tens of seconds).
 const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The API token: --token, --token-file or the environment. Without one, listening beyond
+/// The API token: --token, --token-file, the environment or the systemd credential. Without one, listening beyond
 /// loopback needs --allow-unauthenticated.
 fn token(args: &Args) -> Result<Option<Token>> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(f)) => Some(read_secret_file(f, "API token")?),
-        (None, None) => std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+        (None, None) => match std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None => credential("token")
+                .map(|f| read_secret_file(&f, "API token"))
+                .transpose()?,
+        },
     }
     .map(|t| Token::new(&t))
     .transpose()?;
@@ -481,20 +528,30 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
         .unwrap_or_else(default_client_id);
     let password = match &args.mqtt_password_file {
         Some(f) => Some(read_secret_file(f, "MQTT password")?),
-        None => std::env::var(MQTT_PASSWORD_ENV).ok(),
+        None => match std::env::var(MQTT_PASSWORD_ENV).ok() {
+            Some(p) => Some(p),
+            None => credential("mqtt-password")
+                .map(|f| read_secret_file(&f, "MQTT password"))
+                .transpose()?,
+        },
     };
     let credentials = match (&args.mqtt_username, password) {
         (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
         (None, Some(_)) => bail!("an MQTT password was given without --mqtt-username"),
         (None, None) => None,
     };
+    let topic = args
+        .mqtt_topic
+        .clone()
+        .unwrap_or_else(|| format!("glimpse/{}", serve::mqtt::node_id(&client_id)));
+    check_topic("--mqtt-topic", &topic)?;
+    if !args.mqtt_no_discovery {
+        check_topic("--mqtt-discovery-prefix", &args.mqtt_discovery_prefix)?;
+    }
     Ok(Some(MqttConfig {
         host: host.clone(),
         port: args.mqtt_port,
-        topic: args
-            .mqtt_topic
-            .clone()
-            .unwrap_or_else(|| format!("glimpse/{}", serve::mqtt::node_id(&client_id))),
+        topic,
         client_id,
         credentials,
         discovery_prefix: (!args.mqtt_no_discovery).then(|| args.mqtt_discovery_prefix.clone()),
