@@ -335,11 +335,21 @@ fn warn_if_shared(path: &Path, what: &str) {
     }
 }
 
-/// A systemd credential of this service (`LoadCredential=NAME:...`), if it has one: the
-/// drop-ins in cross/packaging/ pass the token and the MQTT password this way.
-fn credential(name: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name);
-    path.is_file().then_some(path)
+/// A secret from the environment variable `env` if it is set and not empty, else from the
+/// systemd credential `name` of this service (`LoadCredential=NAME:...`: the drop-ins in
+/// cross/packaging/ pass the token and the MQTT password this way).
+fn env_or_credential(env: &str, name: &str, what: &str) -> Result<Option<String>> {
+    if let Some(value) = std::env::var(env).ok().filter(|v| !v.is_empty()) {
+        return Ok(Some(value));
+    }
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(dir).join(name);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    read_secret_file(&path, what).map(Some)
 }
 
 /// A topic glimpse publishes under: no MQTT wildcards, no empty levels at its ends, no NUL.
@@ -401,6 +411,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &model_path,
             args.probe_image.as_deref(),
             args.max_model_bytes,
+            None,
         )?;
         super::print(&format!(
             "{}{}\n",
@@ -473,12 +484,7 @@ fn token(args: &Args) -> Result<Option<Token>> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(f)) => Some(read_secret_file(f, "API token")?),
-        (None, None) => match std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
-            Some(t) => Some(t),
-            None => credential("token")
-                .map(|f| read_secret_file(&f, "API token"))
-                .transpose()?,
-        },
+        (None, None) => env_or_credential(TOKEN_ENV, "token", "API token")?,
     }
     .map(|t| Token::new(&t))
     .transpose()?;
@@ -528,12 +534,7 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
         .unwrap_or_else(default_client_id);
     let password = match &args.mqtt_password_file {
         Some(f) => Some(read_secret_file(f, "MQTT password")?),
-        None => match std::env::var(MQTT_PASSWORD_ENV).ok() {
-            Some(p) => Some(p),
-            None => credential("mqtt-password")
-                .map(|f| read_secret_file(&f, "MQTT password"))
-                .transpose()?,
-        },
+        None => env_or_credential(MQTT_PASSWORD_ENV, "mqtt-password", "MQTT password")?,
     };
     let credentials = match (&args.mqtt_username, password) {
         (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
@@ -566,6 +567,7 @@ fn check(opts: &ServeOptions) -> Result<ExitCode> {
         &opts.model_path,
         opts.probe.as_deref(),
         opts.max_model_bytes,
+        None,
     )?;
     super::print(&format!(
         "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}\n",

@@ -107,6 +107,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         &opts.model_path,
         opts.probe.as_deref(),
         opts.max_model_bytes,
+        None,
     )?;
     log::info!(
         "loaded {} (sha256 {}) in {:.0} ms",
@@ -431,27 +432,6 @@ struct Reload {
     watch_every: Option<Duration>,
 }
 
-impl Reload {
-    /// Reads the model file, has a child process load and probe it under its memory
-    /// limit, then loads and probes the same bytes here.
-    fn load(&self) -> Result<model::Loaded> {
-        let bytes = model::read_model(&self.path, self.max_bytes)?;
-        let sha256 = crate::fsutil::sha256_hex(&bytes);
-        if let Some(child) = &self.child {
-            child
-                .run(&sha256)
-                .with_context(|| format!("checking {}", self.path.display()))?;
-        }
-        model::load_bytes(
-            &self.loader,
-            &self.path,
-            bytes,
-            sha256,
-            self.probe.as_deref(),
-        )
-    }
-}
-
 /// Reloads the model on SIGHUP and, with `watch_every`, when the file changes.
 async fn reloader(
     mut hup: tokio::signal::unix::Signal,
@@ -482,10 +462,18 @@ async fn reloader(
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
         log::info!("reloading {} ({why})", path.display());
         let job = how.clone();
-        let outcome = tokio::task::spawn_blocking(move || job.load())
-            .await
-            .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
-            .and_then(|r| r);
+        let outcome = tokio::task::spawn_blocking(move || {
+            model::load_and_probe(
+                &job.loader,
+                &job.path,
+                job.probe.as_deref(),
+                job.max_bytes,
+                job.child.as_ref(),
+            )
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
+        .and_then(|r| r);
         match outcome {
             Ok(loaded) => {
                 let old = slot.get().sha256.clone();

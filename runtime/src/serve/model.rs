@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 
+use super::child_check::ChildCheck;
 use crate::{decode, Classifier, Limits};
 
 /// Builds a classifier from the bytes of a model file (with the user's overrides
@@ -49,21 +50,29 @@ impl FileStamp {
 }
 
 /// Loads the model at `path` (refused beyond `max_bytes`) and checks it on a probe image:
-/// the output must have one finite probability per label, summing to 1.
+/// the output must have one finite probability per label, summing to 1. With `child`, a
+/// child process loads and probes the file first, under its memory limit, and the same
+/// bytes are loaded here only if it succeeded.
 pub fn load_and_probe(
     loader: &Loader,
     path: &Path,
     probe: Option<&Path>,
     max_bytes: u64,
+    child: Option<&ChildCheck>,
 ) -> Result<Loaded> {
     let bytes = read_model(path, max_bytes)?;
     let sha256 = crate::fsutil::sha256_hex(&bytes);
+    if let Some(child) = child {
+        child
+            .run(&sha256)
+            .with_context(|| format!("checking {}", path.display()))?;
+    }
     load_bytes(loader, path, bytes, sha256, probe)
 }
 
 /// The bytes of the model file, if it is no larger than `max_bytes` (checked before it is
 /// read, and while: the file may grow meanwhile).
-pub fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let too_big = |len: u64| {
         anyhow::anyhow!(
@@ -87,7 +96,7 @@ pub fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
 }
 
 /// Builds the classifier from a model file's bytes and checks it on the probe image.
-pub fn load_bytes(
+fn load_bytes(
     loader: &Loader,
     path: &Path,
     bytes: Vec<u8>,
