@@ -723,6 +723,199 @@ impl Drop for Broker {
     }
 }
 
+/// A subscriber on `port` that sends every message under `filter` down a channel,
+/// subscribing again after each reconnection.
+fn subscriber(
+    port: u16,
+    filter: &str,
+    login: Option<(&str, &str)>,
+) -> mpsc::Receiver<(String, String)> {
+    let (tx, rx) = mpsc::channel::<(String, String)>();
+    let mut opts = rumqttc::MqttOptions::new(format!("sub-{port}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    if let Some((user, pass)) = login {
+        opts.set_credentials(user, pass);
+    }
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    let filter = filter.to_string();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(&filter, rumqttc::QoS::AtLeastOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
+    let Some(mosquitto) = glimpse_e2e::mosquitto() else {
+        skip(
+            "serve: MQTT over TLS",
+            "Debian's mosquitto is not installed",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = glimpse_e2e::tls::TestPki::new(dir.path());
+    // The broker: no anonymous clients, one user, a TLS listener that wants a client
+    // certificate from the CA, and a plain loopback listener for the test's subscriber.
+    let passwd = dir.path().join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["board", "s3cret pass"])
+        .output()
+        .expect("mosquitto_passwd (Debian's mosquitto) runs");
+    assert!(made.status.success(), "{made:?}");
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\npersistence false\nper_listener_settings false\nallow_anonymous false\n\
+             password_file {}\n\
+             listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+             listener {plain_port} 127.0.0.1\n",
+            passwd.display(),
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+        ),
+    )
+    .unwrap();
+    let _broker = Broker::start(&mosquitto, &conf, plain_port);
+    let rx = subscriber(plain_port, "glimpse/tls/#", Some(("board", "s3cret pass")));
+    let write_secret = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    std::fs::set_permissions(
+        &pki.client_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let good = write_secret("good", "s3cret pass\n");
+    let wrong = write_secret("wrong", "guess\n");
+    let samples = root().join("samples");
+    let tls_port_s = tls_port.to_string();
+    let start = |password: &Path, ca: &Path| {
+        Server::start(
+            &[
+                "--images",
+                samples.to_str().unwrap(),
+                "--loop",
+                "--fps",
+                "4",
+                "--hold-frames",
+                "1",
+                "--threshold",
+                "0",
+                "--mqtt-host",
+                "127.0.0.1",
+                "--mqtt-port",
+                &tls_port_s,
+                "--mqtt-tls",
+                "--mqtt-ca",
+                ca.to_str().unwrap(),
+                "--mqtt-client-cert",
+                pki.client_cert.to_str().unwrap(),
+                "--mqtt-client-key",
+                pki.client_key.to_str().unwrap(),
+                "--mqtt-username",
+                "board",
+                "--mqtt-password-file",
+                password.to_str().unwrap(),
+                "--mqtt-topic",
+                "glimpse/tls",
+                "--mqtt-no-discovery",
+            ],
+            &[],
+        )
+    };
+
+    // The right password: availability and state changes arrive through the TLS listener.
+    let server = start(&good, &pki.ca);
+    server.wait_log("over TLS", Duration::from_secs(10));
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    while !(seen
+        .iter()
+        .any(|(t, p): &(String, String)| t == "glimpse/tls/availability" && p == "online")
+        && seen.iter().any(|(t, _)| t == "glimpse/tls/state"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "no availability and state over TLS; got {seen:#?}"
+        );
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(m);
+        }
+    }
+    let text = get(&agent(), &server.url("/metrics"), None).body;
+    assert_eq!(metric(&text, "glimpse_mqtt_connected"), Some(1.0), "{text}");
+    drop(server);
+
+    // A wrong password is named as such, and the daemon goes on serving.
+    let server = start(&wrong, &pki.ca);
+    let refused = server.wait_log("refused the user name or password", Duration::from_secs(20));
+    assert!(
+        refused.contains(&format!("127.0.0.1:{tls_port}")),
+        "{refused}"
+    );
+    assert_eq!(get(&agent(), &server.url("/healthz"), None).status, 200);
+    let text = get(&agent(), &server.url("/metrics"), None).body;
+    assert_eq!(metric(&text, "glimpse_mqtt_connected"), Some(0.0), "{text}");
+    drop(server);
+
+    // A broker whose certificate the given CA did not sign is not trusted.
+    let server = start(&good, &pki.other_ca);
+    server.wait_log("UnknownIssuer", Duration::from_secs(20));
+    drop(server);
+
+    // Credentials in clear to a broker off loopback are refused, unless allowed.
+    let err = serve_refuses(
+        &[
+            "--mqtt-host",
+            "192.0.2.7",
+            "--mqtt-username",
+            "board",
+            "--mqtt-password-file",
+        ]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([good.as_os_str()])
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("refusing to send the MQTT user name and password in clear to 192.0.2.7"),
+        "{err}"
+    );
+    // TLS files without --mqtt-tls are a mistake, not a silent plain connection.
+    let err = serve_refuses(
+        &["--mqtt-host", "127.0.0.1", "--mqtt-ca"]
+            .map(std::ffi::OsStr::new)
+            .into_iter()
+            .chain([pki.ca.as_os_str()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("--mqtt-tls"), "{err}");
+}
+
 #[test]
 fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
     let Some(mosquitto) = glimpse_e2e::mosquitto() else {

@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod serve;
+pub mod tls;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -158,13 +158,37 @@ pub struct Args {
     /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
     #[arg(long, value_name = "HOST", help_heading = "MQTT")]
     pub mqtt_host: Option<String>,
+    /// Broker port (default 1883, 8883 with --mqtt-tls).
+    #[arg(long, value_name = "PORT", help_heading = "MQTT")]
+    pub mqtt_port: Option<u16>,
+    /// Connect over TLS (rustls), the broker's certificate checked against --mqtt-ca or
+    /// else the system's CA store, and its name or address against the certificate.
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_tls: bool,
+    /// PEM file of the CA certificates the broker's certificate must chain to (a private CA).
     #[arg(
         long,
-        value_name = "PORT",
-        default_value_t = 1883,
+        value_name = "FILE",
+        requires = "mqtt_tls",
         help_heading = "MQTT"
     )]
-    pub mqtt_port: u16,
+    pub mqtt_ca: Option<PathBuf>,
+    /// PEM certificate chain this board presents, for a broker that requires client
+    /// certificates (with --mqtt-client-key).
+    #[arg(long, value_name = "FILE", requires_all = ["mqtt_tls", "mqtt_client_key"], help_heading = "MQTT")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    /// PEM private key of --mqtt-client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mqtt_client_cert",
+        help_heading = "MQTT"
+    )]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// Send the MQTT user name and password without TLS to a broker that is not on
+    /// loopback (refused otherwise: anyone on the network could read them).
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_allow_cleartext: bool,
     /// Base topic (default glimpse/<client id>): <topic>/state (retained),
     /// <topic>/status, <topic>/availability.
     #[arg(long, value_name = "TOPIC", help_heading = "MQTT")]
@@ -541,6 +565,14 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
         (None, Some(_)) => bail!("an MQTT password was given without --mqtt-username"),
         (None, None) => None,
     };
+    let tls = args.mqtt_tls.then(|| mqtt_tls(args)).transpose()?;
+    if credentials.is_some() && tls.is_none() && !is_loopback(host) && !args.mqtt_allow_cleartext {
+        bail!(
+            "refusing to send the MQTT user name and password in clear to {host}, which is not \
+             on loopback: add --mqtt-tls (and --mqtt-ca for a private CA), or \
+             --mqtt-allow-cleartext on a network you trust"
+        );
+    }
     let topic = args
         .mqtt_topic
         .clone()
@@ -551,13 +583,41 @@ fn mqtt(args: &Args) -> Result<Option<MqttConfig>> {
     }
     Ok(Some(MqttConfig {
         host: host.clone(),
-        port: args.mqtt_port,
+        port: args
+            .mqtt_port
+            .unwrap_or(if args.mqtt_tls { 8883 } else { 1883 }),
         topic,
         client_id,
         credentials,
+        tls,
         discovery_prefix: (!args.mqtt_no_discovery).then(|| args.mqtt_discovery_prefix.clone()),
         status_interval: Duration::from_secs_f64(args.mqtt_status_interval),
     }))
+}
+
+/// The TLS settings of --mqtt-ca and --mqtt-client-cert/--mqtt-client-key, files checked now.
+fn mqtt_tls(args: &Args) -> Result<Arc<rustls::ClientConfig>> {
+    if let Some(key) = &args.mqtt_client_key {
+        warn_if_shared(key, "MQTT client key");
+    }
+    let files = serve::tls::TlsFiles {
+        ca: args.mqtt_ca.clone(),
+        client: args
+            .mqtt_client_cert
+            .clone()
+            .zip(args.mqtt_client_key.clone()),
+    };
+    Ok(serve::tls::client_config(&files)?)
+}
+
+/// Whether `host` is this machine: `localhost` (or a name under it) or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `--check`: loads and probes the model and says what would be served.
@@ -623,7 +683,7 @@ mod tests {
         .args;
         assert_eq!(parsed.listen.port(), 9000);
         assert_eq!(parsed.top_k, 7, "the command line wins over the file");
-        assert_eq!(parsed.mqtt_port, 1884);
+        assert_eq!(parsed.mqtt_port, Some(1884));
         assert_eq!(
             parsed.events.watch.as_deref(),
             Some(&["cat".to_string(), "dog".to_string()][..])

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod origin;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

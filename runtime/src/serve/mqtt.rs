@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+    TlsConfiguration, Transport,
+};
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
@@ -20,6 +23,8 @@ pub struct MqttConfig {
     pub topic: String,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
+    /// TLS to the broker (`serve::tls::client_config`); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Home Assistant discovery prefix (`homeassistant`); `None` turns discovery off.
     pub discovery_prefix: Option<String>,
     pub status_interval: Duration,
@@ -103,10 +108,11 @@ pub async fn run(
     let mut status_tick = tokio::time::interval(cfg.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     log::info!(
-        "mqtt: connecting to {}:{} as {}",
+        "mqtt: connecting to {}:{} as {}{}",
         cfg.host,
         cfg.port,
-        cfg.client_id
+        cfg.client_id,
+        if cfg.tls.is_some() { " over TLS" } else { "" }
     );
     loop {
         tokio::select! {
@@ -126,6 +132,7 @@ pub async fn run(
                 Err(e) => {
                     metrics.mqtt_connected.set(0);
                     metrics.error("mqtt");
+                    let e = describe(&e);
                     if !down_since_logged {
                         log::warn!("mqtt: {}:{}: {e}; reconnecting with backoff", cfg.host, cfg.port);
                         down_since_logged = true;
@@ -182,7 +189,29 @@ fn options(cfg: &MqttConfig, availability: &str) -> MqttOptions {
     if let Some((user, pass)) = &cfg.credentials {
         opts.set_credentials(user.clone(), pass.clone());
     }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
     opts
+}
+
+/// A connection error as a person can act on it: the broker's refusals say which setting
+/// to check; TLS and network errors as rumqttc gives them (rustls names the certificate
+/// problem, e.g. `invalid peer certificate: UnknownIssuer`).
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => "the broker refused the user name or password (check --mqtt-username and the \
+              MQTT password)"
+            .into(),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("the broker refused the connection: {code:?}")
+        }
+        e => e.to_string(),
+    }
 }
 
 /// Queues a message; a full queue drops it (counted), never blocks.
@@ -227,6 +256,7 @@ mod tests {
             topic: "glimpse/shed".into(),
             client_id: "shed cam".into(),
             credentials: None,
+            tls: None,
             discovery_prefix: Some("homeassistant".into()),
             status_interval: Duration::from_secs(60),
         };
