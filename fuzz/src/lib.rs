@@ -230,6 +230,8 @@ fn http_state(token: Option<&str>) -> Arc<AppState> {
         limits: limits(),
         admission: Arc::new(tokio::sync::Semaphore::new(4)),
         workers: Arc::new(tokio::sync::Semaphore::new(1)),
+        // A budget, so that the charges of bodies and decoded images are fuzzed too.
+        memory: Some(glimpse_runtime::serve::memory::Budget::new(256 << 20)),
         event_streams: Arc::new(tokio::sync::Semaphore::new(2)),
         max_event_streams: 2,
         min_upload_rate: 1024,

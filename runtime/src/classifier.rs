@@ -210,10 +210,20 @@ impl Classifier {
     /// Decodes, preprocesses and classifies encoded image bytes.
     pub fn classify_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<(Vec<f32>, Timings)> {
         let t0 = Instant::now();
-        let img = decode::decode(bytes, limits)?;
-        let decode = t0.elapsed();
-        let (probs, mut timings) = self.classify(&img)?;
-        timings.decode = decode;
+        // Turned upright after the downscale: no full-size rotated copy.
+        let (img, orientation) = decode::decode_unoriented(bytes, limits)?;
+        let t1 = Instant::now();
+        let input = self
+            .preprocess
+            .to_tensor_oriented(&[(&img, orientation)], &mut Resizer::new());
+        drop(img);
+        let t2 = Instant::now();
+        let probs = self.run(input)?;
+        let timings = Timings {
+            decode: t1 - t0,
+            preprocess: t2 - t1,
+            inference: t2.elapsed(),
+        };
         Ok((probs, timings))
     }
 

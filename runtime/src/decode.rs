@@ -8,6 +8,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 /// Formats glimpse decodes (the `image` crate features the runtime is built with).
@@ -173,6 +174,73 @@ pub fn read_image_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, DecodeEr
 /// Decodes an encoded image (first frame of an animation), applies its EXIF orientation
 /// and returns RGB8 pixels. Alpha is dropped.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
+    let (img, orientation) = decode_unoriented(bytes, limits)?;
+    if orientation == Orientation::NoTransforms {
+        return Ok(img);
+    }
+    let mut img = DynamicImage::ImageRgb8(img);
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+/// [`decode`] without turning the picture upright: the EXIF orientation is returned for
+/// the caller to apply. One that shrinks the image first turns the small result
+/// (`Preprocess::fit_oriented`), which saves a full-size copy (72 MB for a 24 MP photo).
+pub fn decode_unoriented(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(RgbImage, Orientation), DecodeError> {
+    let (mut decoder, format) = open(bytes, limits)?;
+    let name = format_name(format);
+    let (w, h) = decoder.dimensions();
+    // A broken EXIF block must not make a good photo undecodable: fall back to upright.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(bytes)?;
+    }
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_large(limits, (w, h)),
+        e => corrupt(name, e),
+    })?;
+    let rgb = match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    };
+    Ok((rgb, orientation))
+}
+
+/// The most memory [`decode_unoriented`] allocates for these bytes at once, besides the
+/// bytes themselves, estimated from the header alone (no pixel is decoded): the
+/// decoder's output, the RGB8 copy when the output is another layout, and the
+/// coefficients a progressive JPEG keeps. Refuses what decoding would refuse for its
+/// format or size.
+pub fn decode_cost(bytes: &[u8], limits: &Limits) -> Result<u64, DecodeError> {
+    let (decoder, format) = open(bytes, limits)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    let color = decoder.color_type();
+    let output = pixels * u64::from(color.bytes_per_pixel());
+    let to_rgb8 = if color == image::ColorType::Rgb8 {
+        0
+    } else {
+        pixels * 3
+    };
+    let working = match format {
+        // i16 coefficients of every block of every component, kept until the last scan.
+        ImageFormat::Jpeg if jpeg_is_progressive(bytes) => pixels * 6,
+        // The frame's palette indices and the RGBA canvas they are drawn onto.
+        ImageFormat::Gif => pixels * 5,
+        _ => 0,
+    };
+    Ok(output + to_rgb8 + working)
+}
+
+/// A decoder for `bytes` whose header passed the checks: a supported format, and a
+/// declared size within the limits (before any pixel buffer exists).
+fn open<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<(impl ImageDecoder + 'a, ImageFormat), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -188,63 +256,68 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
         Some(f) => return Err(DecodeError::Unsupported(f)),
         None => return Err(DecodeError::NotAnImage { hint: sniff(bytes) }),
     };
-    let name = format_name(format);
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
-        format: name,
-        reason: lowercase_first(&e.to_string()),
-    };
-
     // The decoders' own allocation cap is a second line of defence behind our pixel check.
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(limits.max_side);
     decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(64 << 20));
     reader.limits(decoder_limits);
-
-    let too_large = |(width, height): (u32, u32)| DecodeError::TooLarge {
-        width,
-        height,
-        max_pixels: limits.max_pixels,
-        max_side: limits.max_side,
-    };
-    let mut decoder = match reader.into_decoder() {
+    let decoder = match reader.into_decoder() {
         Ok(d) => d,
         // A header over the side limit is refused by the decoder itself; report the size.
         Err(image::ImageError::Limits(_)) => {
             let dims = ImageReader::with_format(Cursor::new(bytes), format)
                 .into_dimensions()
                 .unwrap_or((0, 0));
-            return Err(too_large(dims));
+            return Err(too_large(limits, dims));
         }
-        Err(e) => return Err(corrupt(e)),
+        Err(e) => return Err(corrupt(format_name(format), e)),
     };
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         return Err(DecodeError::Corrupt {
-            format: name,
+            format: format_name(format),
             reason: format!("image has no pixels ({w}x{h})"),
         });
     }
     if w > limits.max_side || h > limits.max_side || u64::from(w) * u64::from(h) > limits.max_pixels
     {
-        return Err(too_large((w, h)));
+        return Err(too_large(limits, (w, h)));
     }
-    // A broken EXIF block must not make a good photo undecodable: fall back to upright.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    if format == ImageFormat::Jpeg {
-        check_jpeg_complete(bytes)?;
+    Ok((decoder, format))
+}
+
+fn too_large(limits: &Limits, (width, height): (u32, u32)) -> DecodeError {
+    DecodeError::TooLarge {
+        width,
+        height,
+        max_pixels: limits.max_pixels,
+        max_side: limits.max_side,
     }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| match e {
-        image::ImageError::Limits(_) => too_large((w, h)),
-        e => corrupt(e),
-    })?;
-    img.apply_orientation(orientation);
-    Ok(match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    })
+}
+
+fn corrupt(format: &'static str, e: image::ImageError) -> DecodeError {
+    DecodeError::Corrupt {
+        format,
+        reason: lowercase_first(&e.to_string()),
+    }
+}
+
+/// Whether a JPEG's frame header (the first SOF marker) is progressive: SOF2, SOF6, SOF10
+/// or SOF14. Walks the marker segments from SOI; anything malformed counts as not.
+fn jpeg_is_progressive(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        match marker {
+            // Fill bytes before a marker.
+            0xFF => i += 1,
+            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
+            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF | 0xDA => return false,
+            _ => i += 2 + usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]])),
+        }
+    }
+    false
 }
 
 /// A JPEG cut short still decodes (libjpeg and zune fill the missing rows with grey),
@@ -408,6 +481,38 @@ mod tests {
             ..limits
         };
         assert!(decode(&png, &small).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn decode_cost_reads_the_header_alone() {
+        let limits = Limits::default();
+        let png8 = encode(&gradient(), ImageFormat::Png);
+        assert_eq!(decode_cost(&png8, &limits).unwrap(), 64 * 48 * 3);
+        // 16-bit RGB: the decoder's 6 bytes a pixel, then the RGB8 copy.
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            64,
+            48,
+            image::Rgb([1u16, 2, 3]),
+        ));
+        let mut png16 = Cursor::new(Vec::new());
+        deep.write_to(&mut png16, ImageFormat::Png).unwrap();
+        assert_eq!(decode_cost(png16.get_ref(), &limits).unwrap(), 64 * 48 * 9);
+        let jpeg = encode(&gradient(), ImageFormat::Jpeg);
+        assert!(!jpeg_is_progressive(&jpeg));
+        assert_eq!(decode_cost(&jpeg, &limits).unwrap(), 64 * 48 * 3);
+        // SOF2 after an APP0 segment; a SOF2 byte pair inside a segment is skipped.
+        assert!(jpeg_is_progressive(&[
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xC2, 0, 11
+        ]));
+        assert!(!jpeg_is_progressive(&[
+            0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0xFF, 0xC2, 0xFF, 0xC0, 0, 11
+        ]));
+        // What decoding refuses for its size, the estimate refuses too.
+        let tiny = Limits {
+            max_pixels: 100,
+            ..limits
+        };
+        assert!(decode_cost(&png8, &tiny).unwrap_err().is_too_large());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
 use image::RgbImage;
 use tract_onnx::prelude::{tract_ndarray, Tensor};
 
@@ -140,19 +141,74 @@ impl Preprocess {
                 self.fit_region(img, region, resizer)
             }
             Resize::Letterbox { fill } => {
-                let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
-                let iw = ((sw as f64 * scale).round() as u32).clamp(1, dw);
-                let ih = ((sh as f64 * scale).round() as u32).clamp(1, dh);
-                let inner = resize(img, iw, ih, resizer);
-                let mut out = RgbImage::from_pixel(dw, dh, image::Rgb(fill));
-                image::imageops::replace(
-                    &mut out,
-                    &inner,
-                    ((dw - iw) / 2).into(),
-                    ((dh - ih) / 2).into(),
-                );
-                out
+                let (iw, ih) = self.letterbox_inner((sw, sh));
+                self.pad(&resize(img, iw, ih, resizer), fill)
             }
+        }
+    }
+
+    /// The size a letterboxed image of `(sw, sh)` is scaled to inside the input size.
+    fn letterbox_inner(&self, (sw, sh): (u32, u32)) -> (u32, u32) {
+        let (dw, dh) = (self.width, self.height);
+        let scale = (dw as f64 / sw as f64).min(dh as f64 / sh as f64);
+        let iw = ((sw as f64 * scale).round() as u32).clamp(1, dw);
+        let ih = ((sh as f64 * scale).round() as u32).clamp(1, dh);
+        (iw, ih)
+    }
+
+    /// `inner` centred on the input size, the rest `fill`.
+    fn pad(&self, inner: &RgbImage, fill: [u8; 3]) -> RgbImage {
+        let (dw, dh) = (self.width, self.height);
+        let (iw, ih) = inner.dimensions();
+        let mut out = RgbImage::from_pixel(dw, dh, image::Rgb(fill));
+        image::imageops::replace(
+            &mut out,
+            inner,
+            ((dw - iw) / 2).into(),
+            ((dh - ih) / 2).into(),
+        );
+        out
+    }
+
+    /// [`Self::fit`] for a stored image that `orientation` (EXIF) turns upright: fits it
+    /// in its own frame (the input size turned with it), then turns the small result.
+    /// The same crop and scale as fitting the upright image, without a full-size turned
+    /// copy; only the order of the two resampling passes differs (values within 1 of 255).
+    pub fn fit_oriented(
+        &self,
+        img: &RgbImage,
+        orientation: Orientation,
+        resizer: &mut Resizer,
+    ) -> RgbImage {
+        use Orientation::*;
+        let swaps = matches!(
+            orientation,
+            Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
+        );
+        let turn = |fitted: RgbImage| {
+            let mut turned = image::DynamicImage::ImageRgb8(fitted);
+            turned.apply_orientation(orientation);
+            turned.into_rgb8()
+        };
+        let (w, h) = img.dimensions();
+        match (orientation, self.resize) {
+            (NoTransforms, _) => self.fit(img, resizer),
+            // The padding is placed in the upright frame (an odd margin would otherwise
+            // move to the other side): only the scaled picture is turned.
+            (_, Resize::Letterbox { fill }) => {
+                let (iw, ih) = self.letterbox_inner(if swaps { (h, w) } else { (w, h) });
+                let (rw, rh) = if swaps { (ih, iw) } else { (iw, ih) };
+                self.pad(&turn(resize(img, rw, rh, resizer)), fill)
+            }
+            _ if swaps => turn(
+                Preprocess {
+                    width: self.height,
+                    height: self.width,
+                    ..self.clone()
+                }
+                .fit(img, resizer),
+            ),
+            _ => turn(self.fit(img, resizer)),
         }
     }
 
@@ -205,11 +261,25 @@ impl Preprocess {
 
     /// Fits and normalizes a batch of images into one input tensor `[N, ...]`.
     pub fn to_tensor(&self, images: &[&RgbImage], resizer: &mut Resizer) -> Tensor {
+        let oriented: Vec<_> = images
+            .iter()
+            .map(|i| (*i, Orientation::NoTransforms))
+            .collect();
+        self.to_tensor_oriented(&oriented, resizer)
+    }
+
+    /// [`Self::to_tensor`] for stored images each turned upright by its orientation
+    /// ([`Self::fit_oriented`]).
+    pub fn to_tensor_oriented(
+        &self,
+        images: &[(&RgbImage, Orientation)],
+        resizer: &mut Resizer,
+    ) -> Tensor {
         let shape = self.shape(images.len());
         let per = shape[1..].iter().product::<usize>();
         let mut data = vec![0f32; per * images.len()];
-        for (img, chunk) in images.iter().zip(data.chunks_exact_mut(per)) {
-            let fitted = self.fit(img, resizer);
+        for ((img, orientation), chunk) in images.iter().zip(data.chunks_exact_mut(per)) {
+            let fitted = self.fit_oriented(img, *orientation, resizer);
             self.normalize_into(&fitted, chunk);
         }
         tract_ndarray::Array4::from_shape_vec(shape, data)
@@ -425,6 +495,48 @@ mod tests {
         p.normalize_into(&img, &mut out);
         let luma = 0.299 * 200.0 + 0.587 * 100.0 + 0.114 * 50.0;
         assert!((out[0] - (luma - 10.0) / 2.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn fitting_before_turning_matches_turning_before_fitting() {
+        use image::metadata::Orientation::*;
+        // A wide photo stored sideways, every pixel different.
+        let stored = RgbImage::from_fn(96, 60, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x * y) % 251) as u8])
+        });
+        for resize in [
+            Resize::CenterCrop { short_side: 40 },
+            Resize::Stretch,
+            Resize::Letterbox { fill: [0, 0, 0] },
+        ] {
+            let mut p = pp(resize, Channels::Rgb, Layout::Nchw);
+            (p.width, p.height) = (36, 28);
+            for orientation in [
+                Rotate90,
+                Rotate180,
+                Rotate270,
+                FlipHorizontal,
+                Rotate90FlipH,
+            ] {
+                let mut upright = image::DynamicImage::ImageRgb8(stored.clone());
+                upright.apply_orientation(orientation);
+                let want = p.fit(&upright.into_rgb8(), &mut Resizer::new());
+                let got = p.fit_oriented(&stored, orientation, &mut Resizer::new());
+                assert_eq!(
+                    got.dimensions(),
+                    want.dimensions(),
+                    "{resize:?} {orientation:?}"
+                );
+                let worst = got
+                    .as_raw()
+                    .iter()
+                    .zip(want.as_raw())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                assert!(worst <= 1, "{resize:?} {orientation:?}: off by {worst}");
+            }
+        }
     }
 
     #[test]

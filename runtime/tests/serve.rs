@@ -723,6 +723,78 @@ impl Drop for Broker {
     }
 }
 
+/// A `/proc/<pid>/status` field in KiB (`VmHWM`: the peak resident memory).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|l| l.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+#[test]
+fn hostile_images_at_once_stay_within_the_memory_budget() {
+    // The unit's MemoryMax=768M gives the default budget, three quarters of it.
+    const BUDGET: u64 = 576 << 20;
+    let png = Arc::new(glimpse_e2e::corpus::hostile_png());
+    let jpeg = Arc::new(glimpse_e2e::corpus::big_jpeg());
+    let budget = BUDGET.to_string();
+    // All 36 from this one address reach the handler (the per-peer cap is another test's).
+    let server = Server::start(
+        &[
+            "--workers",
+            "4",
+            "--memory-budget",
+            &budget,
+            "--max-connections-per-peer",
+            "36",
+        ],
+        &[],
+    );
+    server.wait_log("MiB for requests", Duration::from_secs(10));
+    let url = server.url("/v1/classify");
+    let replies: Vec<(u16, String)> = (0..36)
+        .map(|i| {
+            let (body, kind) = if i % 2 == 0 {
+                (png.clone(), "image/png")
+            } else {
+                (jpeg.clone(), "image/jpeg")
+            };
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = post(&agent(), &url, None, kind, &body);
+                (r.status, r.body)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let count = |status| replies.iter().filter(|r| r.0 == status).count();
+    eprintln!(
+        "36 hostile requests: {} x 200, {} x 503, {} x 413",
+        count(200),
+        count(503),
+        count(413)
+    );
+    for (status, body) in &replies {
+        assert!([200, 413, 503].contains(status), "{status}: {body}");
+    }
+    assert!(count(200) >= 4, "{replies:#?}");
+    let peak = proc_status_kib(server.child.id(), "VmHWM") << 10;
+    eprintln!(
+        "peak resident memory {} MiB, budget {} MiB",
+        peak >> 20,
+        BUDGET >> 20
+    );
+    assert!(peak < BUDGET, "peak {} MiB over the budget", peak >> 20);
+    // And it still serves.
+    let photo = std::fs::read(sample("coffee.png")).unwrap();
+    let r = post(&agent(), &url, None, "image/png", &photo);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 /// A subscriber on `port` that sends every message under `filter` down a channel,
 /// subscribing again after each reconnection.
 fn subscriber(

@@ -419,6 +419,49 @@ fn tiny_model(mutate: impl FnOnce(&mut pb::ModelProto)) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// A 4,898 x 4,898 16-bit RGB PNG (just under 24 MP; 144 MB decoded) tagged with EXIF
+/// orientation 6 (turn 90 degrees): the most a default daemon lets one request decode,
+/// and a rotation on top. A few hundred KB on the wire: one flat colour compresses well.
+pub fn hostile_png() -> Vec<u8> {
+    let side = 4898;
+    let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+        side,
+        side,
+        image::Rgb([40_000, 20_000, 9_000]),
+    );
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb16(img)
+        .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+        .unwrap();
+    // An eXIf chunk right after IHDR (8 bytes of signature, then 25 of IHDR).
+    let exif: &[u8] = &[
+        b'M', b'M', 0, 42, 0, 0, 0, 8, // TIFF big-endian, IFD at 8
+        0, 1, // one entry
+        0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, // Orientation (SHORT) = 6
+        0, 0, 0, 0, // no next IFD
+    ];
+    let mut chunk = (exif.len() as u32).to_be_bytes().to_vec();
+    let mut crc = flate2::Crc::new();
+    crc.update(b"eXIf");
+    crc.update(exif);
+    chunk.extend_from_slice(b"eXIf");
+    chunk.extend_from_slice(exif);
+    chunk.extend_from_slice(&crc.sum().to_be_bytes());
+    png.splice(33..33, chunk);
+    png
+}
+
+/// A 6,000 x 4,000 baseline JPEG (24 MP, 72 MB decoded), a camera's full-size photo.
+pub fn big_jpeg() -> Vec<u8> {
+    let img = RgbImage::from_fn(6000, 4000, |x, y| {
+        image::Rgb([(x / 24) as u8, (y / 16) as u8, ((x + y) / 40) as u8])
+    });
+    let mut jpeg = Vec::new();
+    img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .unwrap();
+    jpeg
+}
+
 /// The tiny classifier with its pooled colour broadcast to 3 x 10,000 x 10,000 floats
 /// (1.2 GB) and averaged back before the scores: the same answers, but every run
 /// allocates and fills that tensor (a model that exhausts a small board's memory).

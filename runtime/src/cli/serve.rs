@@ -87,6 +87,12 @@ pub struct Args {
     /// Requests that may wait for a worker; beyond that, 503 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 32, help_heading = "HTTP")]
     pub queue: usize,
+    /// Bytes the daemon may use in all (default: three quarters of this service's cgroup
+    /// memory.max, else of the RAM; 0: no budget). What the loaded model leaves is the
+    /// budget requests are charged against (body, then decoded pixels from the image's
+    /// header) before they allocate; beyond it a request waits, then gets 503.
+    #[arg(long, value_name = "BYTES", help_heading = "HTTP")]
+    pub memory_budget: Option<u64>,
     /// Open connections at most; further ones are closed at once.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
     pub max_connections: u64,
@@ -452,6 +458,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         limits,
         workers,
         queue: args.queue,
+        memory_budget: args
+            .memory_budget
+            .unwrap_or_else(|| serve::memory::ceiling().map_or(0, serve::memory::default_budget)),
         max_connections: args.max_connections as usize,
         max_connections_per_peer: args.max_connections_per_peer as usize,
         max_event_streams: args.max_event_streams as usize,

@@ -20,10 +20,12 @@ use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Token;
 use super::camera::CameraShared;
+use super::memory::{Budget, Charge, Shortfall};
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::ModelSlot;
 use super::origin::{Foreign, HostPolicy};
 use crate::classifier::{accepted, TimingsMs};
+use crate::decode;
 use crate::{Limits, Ranked};
 
 /// Everything a request handler may touch.
@@ -39,6 +41,9 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Inferences running at once.
     pub workers: Arc<Semaphore>,
+    /// The bytes requests may hold at once, charged before bodies and pixels are
+    /// allocated (`None`: --memory-budget 0).
+    pub memory: Option<Budget>,
     /// Event streams open at once, and at most.
     pub event_streams: Arc<Semaphore>,
     pub max_event_streams: usize,
@@ -452,14 +457,29 @@ async fn classify(
     st.metrics.inflight.inc();
     let _inflight = InFlight(&st.metrics);
     let deadline = tokio::time::Instant::now() + st.request_timeout;
+    // The body is charged as declared (twice for a form, parsed from a copy) before it
+    // is read, then as it came; the pixels from the image's header before decoding.
+    let declared = content_length(req.headers()).unwrap_or(st.limits.max_bytes);
+    let copies = if is_multipart(req.headers()) { 2 } else { 1 };
+    let mut body_charge = charge(
+        &st,
+        declared.saturating_mul(copies),
+        deadline,
+        "request body",
+    )
+    .await?;
     let image = read_image(req, st.limits.max_bytes, st.min_upload_rate, deadline).await?;
+    body_charge.shrink_to(image.len() as u64);
+    let decode_cost =
+        decode::decode_cost(&image, &st.limits).map_err(|e| classify_error(e.into()))?;
+    let pixels_charge = charge(&st, decode_cost, deadline, "decoded image").await?;
     let worker = acquire_worker(&st, deadline).await?;
     let loaded = st.model.get();
     let limits = st.limits;
     let job = tokio::task::spawn_blocking(move || {
         // The permits travel with the work: a client that hangs up does not free a
-        // worker that is still busy with its image.
-        let _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit) = (worker, admitted);
+        // worker, nor the memory, that is still busy with its image.
+        let _permits = (worker, admitted, body_charge, pixels_charge);
         let result = loaded.classifier.classify_bytes(&image, &limits);
         (loaded, result)
     });
@@ -529,6 +549,57 @@ fn overloaded() -> ApiError {
     }
 }
 
+/// `bytes` of the memory budget for `what`, waited for until `deadline`: 413 when it is
+/// more than the whole budget, 503 when other requests hold it until then.
+async fn charge(
+    st: &AppState,
+    bytes: u64,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<Charge, ApiError> {
+    let Some(budget) = &st.memory else {
+        return Ok(Charge::none());
+    };
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    budget.charge(bytes, deadline).await.map_err(|short| match short {
+        Shortfall::Never { need, budget } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the {what} needs {} MiB, more than the daemon's memory budget for requests ({} MiB)",
+                mib(need),
+                mib(budget)
+            ),
+        ),
+        Shortfall::Timeout { need } => {
+            st.metrics.error("memory_budget");
+            ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "the {what} needs {} MiB of the memory budget, which other requests hold; retry later",
+                        mib(need)
+                    ),
+                )
+            }
+        }
+    })
+}
+
+/// Whether the request is a multipart form.
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
 /// The image of a classify request: its body, or the image of its multipart form.
 async fn read_image(
     req: Request,
@@ -536,17 +607,11 @@ async fn read_image(
     min_rate: u64,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, ApiError> {
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/form-data")
-        });
+    let is_multipart = is_multipart(req.headers());
+    // The declared length (checked against the limit already) sizes the buffer once.
+    let declared = content_length(req.headers()).unwrap_or(0);
     let (parts, body) = req.into_parts();
-    let bytes = tokio::time::timeout_at(deadline, read_body(body, limit, min_rate))
+    let bytes = tokio::time::timeout_at(deadline, read_body(body, declared, limit, min_rate))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -667,9 +732,14 @@ pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
 /// so that the client reads the 413), or once it arrives slower than `min_rate` bytes per
 /// second on average after [`UPLOAD_GRACE`] (408): a trickling upload must not hold a
 /// connection and a queue slot for the whole request timeout.
-async fn read_body(body: Body, limit: u64, min_rate: u64) -> Result<Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    capacity: u64,
+    limit: u64,
+    min_rate: u64,
+) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(capacity.min(limit) as usize);
     let start = tokio::time::Instant::now();
     loop {
         let next = match upload_due(start, buf.len() as u64, min_rate) {
@@ -693,6 +763,11 @@ async fn read_body(body: Body, limit: u64, min_rate: u64) -> Result<Bytes, ApiEr
             return Err(too_large_body(seen, limit));
         }
         buf.extend_from_slice(&chunk);
+    }
+    // Grown by doubling (a chunked body), the buffer could hold twice the body for as
+    // long as the image is decoded; the memory budget charged the body alone.
+    if buf.capacity() > buf.len() + buf.len() / 8 {
+        buf.shrink_to_fit();
     }
     Ok(Bytes::from(buf))
 }

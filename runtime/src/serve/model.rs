@@ -146,7 +146,7 @@ fn load_bytes(
 }
 
 /// A deterministic, non-trivial test picture: colour gradients with a bright square.
-fn probe_pattern() -> RgbImage {
+pub fn probe_pattern() -> RgbImage {
     RgbImage::from_fn(160, 120, |x, y| {
         let inside = (50..110).contains(&x) && (30..90).contains(&y);
         if inside {
