@@ -63,7 +63,7 @@ Architecture: $deb
 Maintainer: glimpse developers <glimpse@example.invalid>
 Installed-Size: $size
 Depends: libc6 (>= $glibc)
-Recommends: systemd
+Recommends: systemd, ca-certificates
 Section: science
 Priority: optional
 Description: image classifier for CPU-only boards: files, cameras, HTTP daemon
