@@ -60,8 +60,10 @@ for t in "${targets[@]}"; do
   units=$(find corpus/"$t" -type f | wc -l)
   results+=("$(printf '%-12s %8s %12s %8s %8s %8s' "$t" "${elapsed}s" "${execs:-?}" "${cov:-?}" "$units" "$((after - before))")")
   if [ $status -ne 0 ]; then
-    echo "== $t stopped (status $status); the end of its log:" >&2
-    tail -40 "$log" >&2
+    echo "== $t stopped (status $status); what failed, then the end of its log:" >&2
+    # The panic message or sanitizer report comes before a long stack trace.
+    grep -a -A3 -E "panicked at|==[0-9]+==ERROR|^SUMMARY" "$log" | head -20 >&2 || true
+    tail -40 "$log" | cut -c1-400 >&2
   fi
   rm -f "$log"
 done

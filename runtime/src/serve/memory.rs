@@ -33,7 +33,8 @@ pub struct Charge(Option<OwnedSemaphorePermit>);
 
 impl Budget {
     pub fn new(bytes: u64) -> Budget {
-        let kib = u32::try_from(bytes >> 10).unwrap_or(u32::MAX).max(1);
+        let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize) as u64;
+        let kib = (bytes >> 10).clamp(1, most) as u32;
         Budget {
             permits: Arc::new(Semaphore::new(kib as usize)),
             kib,
