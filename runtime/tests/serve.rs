@@ -682,6 +682,18 @@ fn overload_is_refused_with_503_and_retry_after() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// The camera options that play the sample photos in a loop, a state change on every
+/// new label (with `--images DIR`).
+const LOOPING_CAMERA: [&str; 7] = [
+    "--loop",
+    "--fps",
+    "4",
+    "--hold-frames",
+    "1",
+    "--threshold",
+    "0",
+];
+
 /// A free loopback port (bound, then released for the broker to take).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -795,11 +807,11 @@ fn hostile_images_at_once_stay_within_the_memory_budget() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// A subscriber on `port` that sends every message under `filter` down a channel,
-/// subscribing again after each reconnection.
+/// A subscriber on `port` that sends every message under `filters` down a channel,
+/// subscribing again after each reconnection, as a home automation server would.
 fn subscriber(
     port: u16,
-    filter: &str,
+    filters: &[&str],
     login: Option<(&str, &str)>,
 ) -> mpsc::Receiver<(String, String)> {
     let (tx, rx) = mpsc::channel::<(String, String)>();
@@ -809,12 +821,14 @@ fn subscriber(
         opts.set_credentials(user, pass);
     }
     let (client, mut conn) = rumqttc::Client::new(opts, 64);
-    let filter = filter.to_string();
+    let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
     std::thread::spawn(move || {
         for ev in conn.iter() {
             match ev {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    let _ = client.subscribe(&filter, rumqttc::QoS::AtLeastOnce);
+                    for filter in &filters {
+                        let _ = client.subscribe(filter, rumqttc::QoS::AtLeastOnce);
+                    }
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     let payload = String::from_utf8_lossy(&p.payload).into_owned();
@@ -868,7 +882,11 @@ fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
     )
     .unwrap();
     let _broker = Broker::start(&mosquitto, &conf, plain_port);
-    let rx = subscriber(plain_port, "glimpse/tls/#", Some(("board", "s3cret pass")));
+    let rx = subscriber(
+        plain_port,
+        &["glimpse/tls/#"],
+        Some(("board", "s3cret pass")),
+    );
     let write_secret = |name: &str, text: &str| {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.path().join(name);
@@ -888,34 +906,30 @@ fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
     let start = |password: &Path, ca: &Path| {
         Server::start(
             &[
-                "--images",
-                samples.to_str().unwrap(),
-                "--loop",
-                "--fps",
-                "4",
-                "--hold-frames",
-                "1",
-                "--threshold",
-                "0",
-                "--mqtt-host",
-                "127.0.0.1",
-                "--mqtt-port",
-                &tls_port_s,
-                "--mqtt-tls",
-                "--mqtt-ca",
-                ca.to_str().unwrap(),
-                "--mqtt-client-cert",
-                pki.client_cert.to_str().unwrap(),
-                "--mqtt-client-key",
-                pki.client_key.to_str().unwrap(),
-                "--mqtt-username",
-                "board",
-                "--mqtt-password-file",
-                password.to_str().unwrap(),
-                "--mqtt-topic",
-                "glimpse/tls",
-                "--mqtt-no-discovery",
-            ],
+                &["--images", samples.to_str().unwrap()][..],
+                &LOOPING_CAMERA,
+                &[
+                    "--mqtt-host",
+                    "127.0.0.1",
+                    "--mqtt-port",
+                    &tls_port_s,
+                    "--mqtt-tls",
+                    "--mqtt-ca",
+                    ca.to_str().unwrap(),
+                    "--mqtt-client-cert",
+                    pki.client_cert.to_str().unwrap(),
+                    "--mqtt-client-key",
+                    pki.client_key.to_str().unwrap(),
+                    "--mqtt-username",
+                    "board",
+                    "--mqtt-password-file",
+                    password.to_str().unwrap(),
+                    "--mqtt-topic",
+                    "glimpse/tls",
+                    "--mqtt-no-discovery",
+                ][..],
+            ]
+            .concat(),
             &[],
         )
     };
@@ -1004,55 +1018,29 @@ fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
     .unwrap();
     let mut broker = Some(Broker::start(&mosquitto, &conf, port));
 
-    // A subscriber that keeps (re)subscribing, as a home automation server would.
-    let (tx, rx) = mpsc::channel::<(String, String)>();
-    let mut opts = rumqttc::MqttOptions::new("glimpse-test-sub", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = rumqttc::Client::new(opts, 64);
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            match ev {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    let _ = client.subscribe("glimpse/test/#", rumqttc::QoS::AtLeastOnce);
-                    let _ = client.subscribe("homeassistant/#", rumqttc::QoS::AtLeastOnce);
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                    if tx.send((p.topic.clone(), payload)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
+    let rx = subscriber(port, &["glimpse/test/#", "homeassistant/#"], None);
     std::thread::sleep(Duration::from_millis(500));
 
     let samples = root().join("samples");
     let port_s = port.to_string();
     let server = Server::start(
         &[
-            "--images",
-            samples.to_str().unwrap(),
-            "--loop",
-            "--fps",
-            "4",
-            "--hold-frames",
-            "1",
-            "--threshold",
-            "0",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port_s,
-            "--mqtt-topic",
-            "glimpse/test",
-            "--mqtt-client-id",
-            "glimpse-under-test",
-            "--mqtt-status-interval",
-            "1",
-        ],
+            &["--images", samples.to_str().unwrap()][..],
+            &LOOPING_CAMERA,
+            &[
+                "--mqtt-host",
+                "127.0.0.1",
+                "--mqtt-port",
+                &port_s,
+                "--mqtt-topic",
+                "glimpse/test",
+                "--mqtt-client-id",
+                "glimpse-under-test",
+                "--mqtt-status-interval",
+                "1",
+            ],
+        ]
+        .concat(),
         &[],
     );
 

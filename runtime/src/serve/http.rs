@@ -459,16 +459,24 @@ async fn classify(
     let deadline = tokio::time::Instant::now() + st.request_timeout;
     // The body is charged as declared (twice for a form, parsed from a copy) before it
     // is read, then as it came; the pixels from the image's header before decoding.
-    let declared = content_length(req.headers()).unwrap_or(st.limits.max_bytes);
-    let copies = if is_multipart(req.headers()) { 2 } else { 1 };
+    let declared = content_length(req.headers());
+    let multipart = is_multipart(req.headers());
+    let charged = declared.unwrap_or(st.limits.max_bytes);
+    let copies = if multipart { 2 } else { 1 };
     let mut body_charge = charge(
         &st,
-        declared.saturating_mul(copies),
+        charged.saturating_mul(copies),
         deadline,
         "request body",
     )
     .await?;
-    let image = read_image(req, st.limits.max_bytes, st.min_upload_rate, deadline).await?;
+    let body = Upload {
+        multipart,
+        declared: declared.unwrap_or(0),
+        limit: st.limits.max_bytes,
+        min_rate: st.min_upload_rate,
+    };
+    let image = read_image(req, &body, deadline).await?;
     body_charge.shrink_to(image.len() as u64);
     let decode_cost =
         decode::decode_cost(&image, &st.limits).map_err(|e| classify_error(e.into()))?;
@@ -600,18 +608,26 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         })
 }
 
+/// How a classify request's body is to be read, from its headers and the limits.
+struct Upload {
+    /// A multipart form (the image is its `image` field or first file).
+    multipart: bool,
+    /// The declared Content-Length (0 when chunked), already checked against `limit`.
+    declared: u64,
+    limit: u64,
+    /// Bytes per second the body must arrive at, after [`UPLOAD_GRACE`].
+    min_rate: u64,
+}
+
 /// The image of a classify request: its body, or the image of its multipart form.
 async fn read_image(
     req: Request,
-    limit: u64,
-    min_rate: u64,
+    body: &Upload,
     deadline: tokio::time::Instant,
 ) -> Result<Bytes, ApiError> {
-    let is_multipart = is_multipart(req.headers());
-    // The declared length (checked against the limit already) sizes the buffer once.
-    let declared = content_length(req.headers()).unwrap_or(0);
-    let (parts, body) = req.into_parts();
-    let bytes = tokio::time::timeout_at(deadline, read_body(body, declared, limit, min_rate))
+    let (parts, stream) = req.into_parts();
+    let read = read_body(stream, body.declared, body.limit, body.min_rate);
+    let bytes = tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -620,7 +636,7 @@ async fn read_image(
                 "timed out reading the request body",
             )
         })??;
-    let image = if is_multipart {
+    let image = if body.multipart {
         multipart_image(Request::from_parts(parts, Body::from(bytes))).await?
     } else {
         bytes

@@ -100,8 +100,12 @@ fn peak_resident() -> Option<u64> {
 }
 
 fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
+    kib_field(&std::fs::read_to_string("/proc/self/status").ok()?, field)
+}
+
+/// The value of a `Field:   N kB` line of /proc/meminfo or /proc/<pid>/status.
+fn kib_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix(field))?;
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
@@ -185,9 +189,7 @@ fn limit(text: &str) -> Option<u64> {
 
 /// `MemTotal` of /proc/meminfo, in bytes.
 fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    Some(kib * 1024)
+    kib_field(meminfo, "MemTotal:").map(|kib| kib * 1024)
 }
 
 #[cfg(test)]
