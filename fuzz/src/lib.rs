@@ -188,6 +188,10 @@ struct Http {
     open: axum::Router,
     /// With [`FUZZ_TOKEN`] (the bearer check).
     locked: axum::Router,
+    /// Loopback TCP, the daemon's own transport. (Over tokio's in-memory `duplex` pipe,
+    /// hyper stopped answering pipelined requests after about 64 KiB of answers, with a
+    /// client reading and writing at once; the same inputs over TCP answer at once.)
+    listener: tokio::net::TcpListener,
 }
 
 fn http_app() -> &'static Http {
@@ -197,10 +201,14 @@ fn http_app() -> &'static Http {
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("a loopback port");
         Http {
             runtime,
             open: router(http_state(None)),
             locked: router(http_state(Some(FUZZ_TOKEN))),
+            listener,
         }
     })
 }
@@ -269,19 +277,28 @@ pub fn http_answer(data: &[u8], locked: bool) -> Vec<u8> {
     let app = http_app();
     let router = if locked { &app.locked } else { &app.open };
     app.runtime.block_on(async {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let addr = app.listener.local_addr().expect("the listener's address");
+        let (client, server) = tokio::try_join!(tokio::net::TcpStream::connect(addr), async {
+            app.listener.accept().await.map(|(s, _)| s)
+        },)
+        .expect("a loopback connection");
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let conn = tokio::spawn(async move {
             let _ = glimpse_runtime::serve::connection_builder()
                 .serve_connection(hyper_util::rt::TokioIo::new(server), service)
                 .await;
         });
-        let data = data.to_vec();
+        // A client that reads while it sends: one that sends pipelined requests without
+        // reading stalls itself once both directions' buffers are full (the daemon's send
+        // timeout then closes it; not fuzzed here).
+        let (mut reader, mut writer) = client.into_split();
         let exchange = async {
-            let _ = client.write_all(&data).await;
-            let _ = client.shutdown().await;
+            let send = async {
+                let _ = writer.write_all(data).await;
+                let _ = writer.shutdown().await;
+            };
             let mut answer = Vec::new();
-            let _ = client.read_to_end(&mut answer).await;
+            let ((), _) = tokio::join!(send, reader.read_to_end(&mut answer));
             answer
         };
         let answer = tokio::time::timeout(Duration::from_secs(10), exchange)

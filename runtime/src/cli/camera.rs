@@ -97,8 +97,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .source
         .spec()?
         .unwrap_or_else(|| args.source.camera("/dev/video0"));
-    let OpenedSource { opener, reopen, .. } =
-        source.open(limits).map_err(super::source_args::hint)?;
+    let OpenedSource { opener, reopen, .. } = source
+        .open(limits, false)
+        .map_err(super::source_args::hint)?;
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -124,6 +124,10 @@ pub struct Args {
     /// Seconds a client may take to send the request headers.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, help_heading = "HTTP")]
     pub header_timeout: f64,
+    /// Seconds a client may take none of an answer or event stream before its connection
+    /// is closed (one that stops reading cannot hold a connection slot).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs, help_heading = "HTTP")]
+    pub send_timeout: f64,
     /// Seconds to wait for in-flight requests at shutdown (SIGTERM).
     #[arg(long, value_name = "SECS", default_value_t = 20.0, value_parser = positive_secs, help_heading = "HTTP")]
     pub drain_timeout: f64,
@@ -468,6 +472,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tcp_keepalive: (args.tcp_keepalive > 0).then(|| Duration::from_secs(args.tcp_keepalive)),
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         header_timeout: Duration::from_secs_f64(args.header_timeout),
+        send_timeout: Duration::from_secs_f64(args.send_timeout),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         default_top_k: args.top_k as usize,
         model_path,
@@ -541,7 +546,7 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
     let Some(spec) = args.source.spec()? else {
         return Ok(None);
     };
-    let source = spec.open(limits).map_err(super::source_args::hint)?;
+    let source = spec.open(limits, true).map_err(super::source_args::hint)?;
     Ok(Some(CameraSetup {
         open: source.opener,
         describe: source.describe,

@@ -1,14 +1,16 @@
-//! Connection admission: at most so many open connections in all and per peer address, and
-//! TCP keepalive with a user timeout, so that one host cannot lock the others out and a
-//! vanished client does not hold its slot for the kernel's retransmit timeout.
+//! Connection admission: at most so many open connections in all and per peer address, TCP
+//! keepalive with a user timeout and a send timeout, so that one host cannot lock the
+//! others out, and neither a vanished client nor one that stops reading holds its slot.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 
 /// Why a connection was refused (the `reason` label of the refusal counter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,26 @@ pub fn keepalive(stream: &TcpStream, idle: Option<Duration>) -> std::io::Result<
     #[cfg(any(target_os = "linux", target_os = "android"))]
     sock.set_tcp_user_timeout(Some(idle * 2))?;
     Ok(())
+}
+
+/// The connection with a send timeout: a write that makes no progress for `timeout` fails
+/// with `TimedOut`, which ends the connection. Keepalive cannot catch a client that is
+/// there but reads nothing (it acknowledges the probes with a zero window), and a client
+/// that pipelines requests without reading the answers would hold its slot for good.
+pub fn with_send_timeout(
+    stream: TcpStream,
+    timeout: Duration,
+) -> Pin<Box<TimeoutStream<TcpStream>>> {
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(timeout));
+    Box::pin(stream)
+}
+
+/// Whether a connection ended on its send timeout ([`with_send_timeout`]).
+pub fn is_send_timeout(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 #[cfg(test)]

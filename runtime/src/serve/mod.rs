@@ -68,6 +68,8 @@ pub struct ServeOptions {
     pub tcp_keepalive: Option<Duration>,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
+    /// A connection whose client takes none of its answer for this long is closed.
+    pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub default_top_k: usize,
     pub model_path: PathBuf,
@@ -394,14 +396,21 @@ async fn accept_loop(
         if let Err(e) = conn::keepalive(&stream, opts.tcp_keepalive) {
             log::debug!("{peer}: setting TCP keepalive: {e}");
         }
+        let stream = conn::with_send_timeout(stream, opts.send_timeout);
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         let open = metrics.connections_open.clone();
         open.inc();
+        let send_timeout = opts.send_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("{peer}: {e}");
+            match conn.await {
+                Err(e) if conn::is_send_timeout(&e) => log::info!(
+                    "{peer}: closed, it took none of its answer for {:.0} s (--send-timeout)",
+                    send_timeout.as_secs_f64()
+                ),
+                Err(e) => log::debug!("{peer}: {e}"),
+                Ok(()) => {}
             }
             open.dec();
             drop(admitted);

@@ -1,10 +1,12 @@
 //! Live classification of frame streams: cameras, image folders played as video, raw
-//! frames on stdin. `frame` (pixel formats and conversion to RGB), `source` (where frames
-//! come from), `open` (a source from its description), `live` (the capture/classify loop
+//! frames on stdin or a FIFO. `frame` (pixel formats and conversion to RGB), `source` (where
+//! frames come from), `fifo` (a named pipe that outlives its writers), `open` (a source from
+//! its description), `live` (the capture/classify loop
 //! with the newest-frame policy and reconnection), `debounce` (state-change events), and
 //! `v4l2` (the camera ioctl layer, behind the `camera` feature).
 
 pub mod debounce;
+pub mod fifo;
 pub mod frame;
 pub mod live;
 pub mod open;

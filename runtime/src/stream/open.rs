@@ -1,10 +1,11 @@
 //! Opening a frame source from what the user named: a folder played as video, raw frames
-//! from a file or stdin, or a V4L2 camera (`camera` feature).
+//! from a file, a FIFO or stdin, or a V4L2 camera (`camera` feature).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use super::fifo::{self, Fifo};
 use super::frame::PixelFormat;
 use super::source::{FolderSource, FrameSource, Opener, RawSource};
 use crate::decode::Limits;
@@ -51,9 +52,16 @@ pub struct NoCamera;
 impl SourceSpec {
     /// Opens the source. Folders and raw streams are opened now (a missing folder is an
     /// error here); a camera is opened by the first call of the opener, and again after
-    /// each failure.
-    pub fn open(&self, limits: Limits) -> Result<OpenedSource> {
+    /// each failure. With `follow` (the daemon), a FIFO is too: when its writer ends, the
+    /// next one is waited for, instead of the stream ending.
+    pub fn open(&self, limits: Limits, follow: bool) -> Result<OpenedSource> {
         match self {
+            SourceSpec::Raw {
+                path,
+                size,
+                format,
+                fps,
+            } if follow && fifo::is_fifo(path) => fifo_opener(path, *size, *format, *fps, limits),
             SourceSpec::Images { dir, looping, fps } => {
                 let source = FolderSource::open(dir.clone(), *fps, limits)?.looping(*looping);
                 Ok(once(Box::new(source)))
@@ -87,6 +95,30 @@ impl SourceSpec {
             }),
         }
     }
+}
+
+/// A FIFO opened for each writer in turn. The frame size and format are checked now.
+fn fifo_opener(
+    path: &std::path::Path,
+    size: (u32, u32),
+    format: PixelFormat,
+    fps: Option<f64>,
+    limits: Limits,
+) -> Result<OpenedSource> {
+    let name = path.display().to_string();
+    let describe =
+        RawSource::new(name.clone(), std::io::empty(), size, format, fps, &limits)?.describe();
+    let path = path.to_owned();
+    let opener: Opener = Box::new(move || {
+        let fifo = Fifo::open(&path).with_context(|| format!("opening {name}"))?;
+        let source = RawSource::new(name.clone(), fifo, size, format, fps, &limits)?;
+        Ok(Box::new(source.writers_come_back()) as Box<dyn FrameSource>)
+    });
+    Ok(OpenedSource {
+        opener,
+        reopen: true,
+        describe,
+    })
 }
 
 #[cfg(feature = "camera")]

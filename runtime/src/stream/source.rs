@@ -153,6 +153,9 @@ pub struct RawSource<R> {
     frame_bytes: usize,
     seq: u64,
     pacer: Pacer,
+    /// The end of the input is the end of one writer's stream (a FIFO in the daemon), to
+    /// be reopened, not the end of the stream.
+    writers_come_back: bool,
 }
 
 impl<R: Read + Send> RawSource<R> {
@@ -181,7 +184,23 @@ impl<R: Read + Send> RawSource<R> {
             frame_bytes,
             seq: 0,
             pacer: Pacer::new(fps),
+            writers_come_back: false,
         })
+    }
+
+    /// The end of the input is a failure to reopen from, not the end of the stream: a FIFO
+    /// whose writer (ffmpeg) ended or is being restarted.
+    pub fn writers_come_back(mut self) -> Self {
+        self.writers_come_back = true;
+        self
+    }
+
+    fn ended(&self) -> SourceError {
+        if self.writers_come_back {
+            SourceError::Failed(anyhow::anyhow!("the writer closed the pipe"))
+        } else {
+            SourceError::Ended
+        }
     }
 }
 
@@ -198,14 +217,14 @@ impl<R: Read + Send> FrameSource for RawSource<R> {
         let mut filled = 0;
         while filled < data.len() {
             match self.reader.read(&mut data[filled..]) {
-                Ok(0) if filled == 0 => return Err(SourceError::Ended),
+                Ok(0) if filled == 0 => return Err(self.ended()),
                 Ok(0) => {
                     log::warn!(
                         "{}: the stream ended inside a frame ({filled} of {} bytes); the partial frame is dropped",
                         self.name,
                         self.frame_bytes
                     );
-                    return Err(SourceError::Ended);
+                    return Err(self.ended());
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
