@@ -9,6 +9,7 @@ use image::RgbImage;
 use tract_onnx::prelude::*;
 
 use crate::bundle::{default_short_side, BundleMeta, OutputKind};
+use crate::crop::Crop;
 use crate::decode::{self, Limits};
 use crate::error::{model_error, Error, Result};
 use crate::onnx_file::{Dim, OnnxFile};
@@ -225,6 +226,27 @@ impl Classifier {
             inference: t2.elapsed(),
         };
         Ok((probs, timings))
+    }
+
+    /// Classifies the `crop` region of an encoded image (in its upright frame, as it is
+    /// displayed): decoded whole and turned upright, then cut.
+    pub fn classify_bytes_within(
+        &self,
+        bytes: &[u8],
+        limits: &Limits,
+        crop: Crop,
+    ) -> Result<(Vec<f32>, Timings)> {
+        let t0 = Instant::now();
+        let img = crop.apply(&decode::decode(bytes, limits)?)?;
+        let decoded = t0.elapsed();
+        let (probs, timings) = self.classify(&img)?;
+        Ok((
+            probs,
+            Timings {
+                decode: decoded,
+                ..timings
+            },
+        ))
     }
 
     /// Classifies decoded pixels; returns one probability per class.

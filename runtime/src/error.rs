@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::bundle::BundleError;
+use crate::crop::CropError;
 use crate::decode::DecodeError;
 
 /// What went wrong in the library; `Display` is the whole message (no source to append).
@@ -11,6 +12,9 @@ pub enum Error {
     /// The image could not be decoded, or was refused by the limits.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The region of interest does not fit the image.
+    #[error(transparent)]
+    Crop(#[from] CropError),
     /// A file could not be read or written.
     #[error("{action} {}: {error}", path.display())]
     Io {

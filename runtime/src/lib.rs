@@ -12,6 +12,7 @@
 
 pub mod bundle;
 pub mod classifier;
+pub mod crop;
 pub mod decode;
 pub mod error;
 pub mod fsutil;
@@ -26,6 +27,7 @@ pub mod stream;
 
 pub use bundle::{BundleMeta, OutputKind};
 pub use classifier::{Classifier, Overrides, Ranked, Timings};
+pub use crop::{Crop, CropError};
 pub use decode::{decode, DecodeError, Limits};
 pub use error::{Error, Result};
 pub use onnx_file::OnnxFile;

@@ -13,7 +13,7 @@ use glimpse_e2e::serve::{
     agent, connect_from, get, get_with, multipart, post, read_response, send_then_read, Reply,
     Server,
 };
-use glimpse_e2e::{bin, classify_json, root, sample, shipped_model, skip};
+use glimpse_e2e::{bin, classify_json, classify_json_with, root, sample, shipped_model, skip};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -1002,6 +1002,88 @@ fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
     assert!(err.contains("--mqtt-tls"), "{err}");
 }
 
+/// A 960x640 frame: the cat large on the left, a coffee cup in the 320x320 square at
+/// (640, 160) on the right.
+fn cat_and_coffee(to: &Path) {
+    let load = |name: &str, side: u32| {
+        let img = image::open(sample(name)).unwrap().to_rgb8();
+        image::imageops::resize(&img, side, side, image::imageops::FilterType::Triangle)
+    };
+    let mut frame = image::RgbImage::from_pixel(960, 640, image::Rgb([255, 255, 255]));
+    image::imageops::overlay(&mut frame, &load("chelsea.png", 640), 0, 0);
+    image::imageops::overlay(&mut frame, &load("coffee.png", 320), 640, 160);
+    frame.save(to).unwrap();
+}
+
+#[test]
+fn a_crop_classifies_only_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    let photo = frames.join("cat-and-coffee.png");
+    cat_and_coffee(&photo);
+    // glimpse classify: the whole photo is not an espresso, its right square is.
+    let label = |crop: &[&str]| classify_json_with(&shipped_model(), &photo, crop)["label"].clone();
+    assert_ne!(label(&[]), "espresso");
+    assert_eq!(label(&["--crop", "640,160,320,320"]), "espresso");
+    // glimpse camera: the same square of each frame.
+    let out = Command::new(bin("glimpse"))
+        .args(["camera", "--images"])
+        .arg(&frames)
+        .args(["--frames", "1", "-f", "json", "--crop", "640,160,320,320"])
+        .output()
+        .unwrap();
+    let first: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or(""),
+    )
+    .unwrap_or_default();
+    assert_eq!(
+        first["label"],
+        "espresso",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // serve's camera loop, with the crop as fractions of the frame, shown in the status.
+    let server = Server::start(
+        &[
+            &[
+                "--images",
+                frames.to_str().unwrap(),
+                "--crop",
+                "0.6667,0.25,0.3333,0.5",
+            ][..],
+            &LOOPING_CAMERA[..],
+        ]
+        .concat(),
+        &[],
+    );
+    server.wait_log("crop 0.6667,0.25,0.3333,0.5", Duration::from_secs(10));
+    let latest = loop {
+        let l = get(&agent(), &server.url("/v1/latest"), None);
+        if l.status == 200 {
+            break l.json();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(latest["label"], "espresso", "{latest}");
+    assert_eq!(latest["crop"], "0.6667,0.25,0.3333,0.5", "{latest}");
+    // A crop outside frames of a known size, or no crop at all, is refused at start-up.
+    let fifo = dir.path().join("fifo");
+    let fifo = fifo.to_str().unwrap();
+    let raw = ["--raw", fifo, "--size", "320x240", "--format", "yuyv"];
+    let err = serve_refuses(&[&raw[..], &["--crop", "300,0,100,100"]].concat());
+    assert!(
+        err.contains("crop 300,0,100,100 reaches outside the 320x240 frame"),
+        "{err}"
+    );
+    let images = frames.to_str().unwrap();
+    let err = serve_refuses(&["--images", images, "--crop", "0.5,0,0.6,1"]);
+    assert!(err.contains("reaches outside the frame"), "{err}");
+}
+
 /// ffmpeg writing `photo` into `fifo` as 320x240 YUYV frames, 5 per second for `secs`.
 fn ffmpeg_into(ffmpeg: &Path, photo: &str, fifo: &Path, secs: u32) -> std::process::ExitStatus {
     Command::new(ffmpeg)
@@ -1449,7 +1531,7 @@ fn without_a_token_only_local_names_and_same_origin_requests_are_answered() {
 }
 
 /// Runs `glimpse serve ARGS`, which must refuse to start (exit 2); returns its stderr.
-fn serve_refuses(args: &[&std::ffi::OsStr]) -> String {
+fn serve_refuses<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     let out = Command::new(bin("glimpse"))
         .arg("serve")
         .args(args)

@@ -103,10 +103,16 @@ pub fn stderr(o: &Output) -> String {
 /// `glimpse classify --model MODEL -f json PHOTO`, as a user runs it: the first JSON
 /// record (label, probability, top-k). Panics with glimpse's stderr if it fails.
 pub fn classify_json(model: &Path, photo: &Path) -> serde_json::Value {
+    classify_json_with(model, photo, &[])
+}
+
+/// [`classify_json`] with more options (`--crop X,Y,W,H`, `--threshold P`).
+pub fn classify_json_with(model: &Path, photo: &Path, options: &[&str]) -> serde_json::Value {
     let o = Command::new(bin("glimpse"))
         .args(["classify", "--model"])
         .arg(model)
         .args(["-f", "json"])
+        .args(options)
         .arg(photo)
         .output()
         .expect("glimpse starts");

@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use glimpse_runtime::classifier::millis;
 use glimpse_runtime::fsutil::safe_name;
 use glimpse_runtime::stream::{live, Classified, Debouncer, Frame, LiveOptions, OpenedSource};
-use glimpse_runtime::Limits;
+use glimpse_runtime::{Crop, Limits};
 use image::RgbImage;
 use serde_json::json;
 
@@ -97,6 +97,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .source
         .spec()?
         .unwrap_or_else(|| args.source.camera("/dev/video0"));
+    let crop = args.source.crop()?;
     let OpenedSource { opener, reopen, .. } = source
         .open(limits, false)
         .map_err(super::source_args::hint)?;
@@ -112,7 +113,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..LiveOptions::default()
     };
     let mut printer = Printer::new(&args, stop.clone());
-    let classify = |frame: &Frame| predict(&classifier, frame, &limits);
+    let classify = |frame: &Frame| predict(&classifier, frame, &limits, crop);
     let stats = live::run(opener, classify, |c| printer.report(c), &opts, stop);
     if let Some(err) = printer.write_error {
         // A closed pipe ends quietly in `main`; anything else is reported.
@@ -158,8 +159,9 @@ fn predict(
     classifier: &glimpse_runtime::Classifier,
     frame: &Frame,
     limits: &Limits,
+    crop: Option<Crop>,
 ) -> Result<(Prediction, RgbImage)> {
-    let img = frame.to_rgb(limits)?;
+    let img = frame.to_rgb_within(limits, crop)?;
     let (probs, t) = classifier.classify(&img)?;
     let top = classifier.top_k(&probs, 1);
     let best = top.first().context("the model gives no classes")?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 
 use glimpse_runtime::decode::{image_files, DecodeError, EXTENSIONS};
-use glimpse_runtime::{Limits, Timings};
+use glimpse_runtime::{Crop, Limits, Timings};
 
 use super::output::{Format, Record, Writer};
 use super::ModelArgs;
@@ -35,6 +35,10 @@ pub struct Args {
     /// The model is loaded once and shared; each worker adds its own activations.
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
     jobs: Option<u32>,
+    /// Classify only this region of each image: x,y,w,h in pixels or as fractions of the
+    /// image (0.5,0,0.5,1), in the upright image as it is displayed.
+    #[arg(long, value_name = "X,Y,W,H")]
+    crop: Option<Crop>,
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = Limits::default().max_pixels, help_heading = "Limits")]
     max_pixels: u64,
@@ -72,7 +76,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .clamp(1, inputs.len().max(1));
     log::info!("{} input(s), {jobs} worker(s)", inputs.len());
     let classify = |input: &Input| {
-        read_input(input, &limits).and_then(|bytes| Ok(classifier.classify_bytes(&bytes, &limits)?))
+        let bytes = read_input(input, &limits)?;
+        Ok(match args.crop {
+            Some(crop) => classifier.classify_bytes_within(&bytes, &limits, crop)?,
+            None => classifier.classify_bytes(&bytes, &limits)?,
+        })
     };
     let mut emit = |input: &Input, result: Result<(Vec<f32>, Timings)>| -> Result<()> {
         let name = match input {

@@ -546,10 +546,15 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
     let Some(spec) = args.source.spec()? else {
         return Ok(None);
     };
+    let crop = args.source.crop()?;
     let source = spec.open(limits, true).map_err(super::source_args::hint)?;
+    let describe = match crop {
+        Some(crop) => format!("{}, crop {crop}", source.describe),
+        None => source.describe,
+    };
     Ok(Some(CameraSetup {
         open: source.opener,
-        describe: source.describe,
+        describe,
         live: LiveOptions {
             every: args.pace.every,
             max_fps: args.pace.max_fps,
@@ -558,6 +563,7 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
         },
         debounce: args.events.debounce(),
         limits,
+        crop,
     }))
 }
 

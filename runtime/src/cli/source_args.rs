@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use glimpse_runtime::preprocess::parse_size;
 use glimpse_runtime::stream::open::NoCamera;
 use glimpse_runtime::stream::{DebounceConfig, PixelFormat, SourceSpec};
+use glimpse_runtime::Crop;
 
 /// Where frames come from (shared with `glimpse serve`).
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +43,10 @@ pub struct SourceArgs {
     /// camera, or the layout of --raw frames).
     #[arg(long, value_parser = |s: &str| s.parse::<PixelFormat>(), help_heading = "Source")]
     pub format: Option<PixelFormat>,
+    /// Classify only this region of each frame: x,y,w,h in pixels (100,40,320,240) or as
+    /// fractions of the frame (0.5,0,0.5,1).
+    #[arg(long, value_name = "X,Y,W,H", help_heading = "Source")]
+    pub crop: Option<Crop>,
 }
 
 /// How often frames are classified (shared with `glimpse serve`).
@@ -108,6 +113,15 @@ impl SourceArgs {
         } else {
             Ok(self.device.as_ref().map(|d| self.camera(d)))
         }
+    }
+
+    /// The region of interest, checked against --size when frames have a known size (a
+    /// camera may answer with another size: then it is checked on each frame).
+    pub fn crop(&self) -> Result<Option<Crop>> {
+        if let (Some(crop), Some((w, h))) = (self.crop, self.size) {
+            crop.rect(w, h)?;
+        }
+        Ok(self.crop)
     }
 
     /// The camera at `device`, with the size, rate and format asked for.

@@ -16,7 +16,7 @@ use crate::classifier::millis;
 use crate::stream::{
     live, Classified, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
 };
-use crate::{Limits, Ranked};
+use crate::{Crop, Limits, Ranked};
 
 /// A camera (or folder, or raw stream) to classify continuously.
 pub struct CameraSetup {
@@ -25,6 +25,8 @@ pub struct CameraSetup {
     pub live: LiveOptions,
     pub debounce: DebounceConfig,
     pub limits: Limits,
+    /// The region of each frame that is classified.
+    pub crop: Option<Crop>,
 }
 
 /// The latest classified frame, as `GET /v1/latest` shows it.
@@ -42,6 +44,8 @@ pub struct Latest {
     /// The debounced state at that frame (`None` until one is established).
     pub state: Option<String>,
     pub model_sha256: String,
+    /// The region of the frame that was classified (`x,y,w,h`), if not the whole frame.
+    pub crop: Option<String>,
 }
 
 /// A debounced change of state, as `/v1/events` and MQTT publish it.
@@ -107,11 +111,16 @@ fn account(metrics: &Metrics, shared: &CameraShared, now: Stats, last: &mut Stat
 
 /// The latest-frame record of one frame, and how long classifying it took. Each frame
 /// uses the model current when it starts; a reload takes effect on the next frame.
-fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits) -> Result<(Latest, Duration)> {
+fn classify(
+    model: &ModelSlot,
+    frame: &Frame,
+    limits: &Limits,
+    crop: Option<Crop>,
+) -> Result<(Latest, Duration)> {
     let loaded = model.get();
     let c = &loaded.classifier;
     let t0 = Instant::now();
-    let img = frame.to_rgb(limits)?;
+    let img = frame.to_rgb_within(limits, crop)?;
     let (probs, _) = c.classify(&img)?;
     let took = t0.elapsed();
     let top: Vec<Ranked<'static>> = c
@@ -132,6 +141,7 @@ fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits) -> Result<(Latest
             fps: 0.0,
             state: None,
             model_sha256: loaded.sha256.clone(),
+            crop: crop.map(|c| c.to_string()),
         },
         took,
     ))
@@ -150,7 +160,8 @@ fn run(
     let mut last = Stats::default();
     let account = |now: Stats, last: &mut Stats| account(metrics, shared, now, last);
     let limits = setup.limits;
-    let classify = |frame: &Frame| classify(model, frame, &limits);
+    let crop = setup.crop;
+    let classify = |frame: &Frame| classify(model, frame, &limits, crop);
     let report = |c: Classified<(Latest, Duration)>| {
         let (mut latest, took) = c.result;
         metrics

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Result};
 use image::RgbImage;
 
+use crate::crop::Crop;
 use crate::decode::{self, Limits};
 
 /// A pixel layout glimpse reads.
@@ -127,6 +128,15 @@ impl Frame {
             data,
             captured: Instant::now(),
         }
+    }
+
+    /// The frame as RGB, cut to the region of interest when there is one.
+    pub fn to_rgb_within(&self, limits: &Limits, crop: Option<Crop>) -> Result<RgbImage> {
+        let img = self.to_rgb(limits)?;
+        Ok(match crop {
+            Some(crop) => crop.apply(&img)?,
+            None => img,
+        })
     }
 
     /// The frame as RGB, checking that the data has the size its format needs.
