@@ -5,6 +5,7 @@
 # loads), the Rust toolchain bind-mounted read-only, and a copy of this working tree. In it:
 #
 #   default    tests/setup.sh, the prerequisite check tests/run.sh makes before building,
+#              ffmpeg and the RTSP server script's own check (tests/rtsp-server.py),
 #              then a debug build of glimpse with the V4L2 camera code (bindgen + libclang:
 #              what failed on a fresh machine before setup.sh looked for the library
 #              bindgen loads; ~10 min) and one classification with it
@@ -63,6 +64,8 @@ case "$mode" in
   setup)
     run 'bash tests/setup.sh'
     run '. tests/prereqs.sh && libclang_usable && echo "libclang for bindgen: $(libclang_lib)"'
+    # What the network-camera tests use: ffmpeg, and GStreamer's RTSP server from Python.
+    run 'ffmpeg -hide_banner -version | head -1 && /usr/bin/python3 tests/rtsp-server.py --check && echo "RTSP server: ok"'
     # A debug build: the quickest build of the same code, bindgen and libclang included.
     run 'cargo build -p glimpse-runtime --features camera -j2 && target/debug/glimpse classify samples/coffee.png -k 1'
     say "passed: setup.sh installed what the camera build needs; glimpse built with the camera code and classified" ;;

@@ -1,10 +1,12 @@
 //! `glimpse camera` without a camera: pixel-format conversion checked on real photos, the
 //! raw-frame stdin path end to end with the shipped model, image folders with --save, bad
-//! streams, and a missing camera waited for until SIGTERM ends the run cleanly.
+//! streams, video files decoded by real ffmpeg, and a missing camera waited for until
+//! SIGTERM ends the run cleanly.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use glimpse_e2e::video::clip;
 use glimpse_e2e::{bin, camera_with_stdin, darknet_photos, root, skimage_photos, skip, text};
 use glimpse_runtime::stream::frame::{nv12_to_rgb, rgb_to_nv12, rgb_to_yuyv, yuyv_to_rgb};
 use image::RgbImage;
@@ -217,7 +219,7 @@ fn bad_streams_are_reported_clearly() {
         (
             &["--raw", "-", "--format", "yuyv"],
             b"",
-            "--raw needs --size",
+            "raw frames need --size",
         ),
         (
             &["--raw", "-", "--size", "320x240", "--format", "mjpeg"],
@@ -319,4 +321,163 @@ fn mjpeg_frames_decode_like_the_jpeg_they_are() {
         ..frame
     };
     assert!(broken.to_rgb(&limits).is_err());
+}
+
+/// What the shipped model calls Chelsea, the sample cat, at 320x240.
+const CAT: [&str; 3] = ["tabby, tabby cat", "tiger cat", "Egyptian cat"];
+
+/// `glimpse camera -f json` on `args`: the frames, the events and the summary line.
+fn camera_json(args: &[&str]) -> (Vec<Value>, Vec<Value>, String) {
+    let o = glimpse()
+        .arg("camera")
+        .args(args)
+        .args(["-f", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    let (frames, events) = records(&text(&o.stdout));
+    (frames, events, text(&o.stderr))
+}
+
+/// Each frame's label is the scene's: the coffee for the first `coffee` frames of every
+/// `period`, the cat after.
+fn assert_scenes(frames: &[Value], coffee: u64, period: u64) {
+    for f in frames {
+        let seq = f["frame"].as_u64().unwrap();
+        let label = f["label"].as_str().unwrap();
+        if seq % period < coffee {
+            assert_eq!(label, "espresso", "frame {seq}: {f}");
+        } else {
+            assert!(CAT.contains(&label), "frame {seq}: {f}");
+        }
+    }
+}
+
+#[test]
+fn a_video_file_plays_at_its_own_rate_or_as_fast_as_possible() {
+    let Some(ffmpeg) = glimpse_e2e::ffmpeg() else {
+        skip("camera: video file", "Debian's ffmpeg is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 2 s of the coffee, then 2 s of the cat, at 5 fps: 20 frames.
+    let video = clip(
+        &ffmpeg,
+        &dir.path().join("clip.mkv"),
+        &[("coffee.png", 2), ("chelsea.png", 2)],
+        5,
+    );
+    let video = video.to_str().unwrap();
+    let t0 = Instant::now();
+    let (frames, events, summary) = camera_json(&["--source", video, "--threshold", "0.2"]);
+    // Played at the clip's own rate, as a camera would deliver it.
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(summary.contains("20 frames captured"), "{summary}");
+    assert!(frames.len() >= 10, "{} frames classified", frames.len());
+    assert_scenes(&frames, 10, 20);
+    let states: Vec<&str> = events
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{events:?}");
+    assert_eq!(states[0], "espresso");
+    assert!(CAT.contains(&states[1]), "{events:?}");
+
+    // As fast as possible: every frame classified, none dropped, in order.
+    let (frames, _, summary) = camera_json(&["--source", video, "--as-fast-as-possible"]);
+    assert!(
+        summary.contains("20 frames captured, 20 classified"),
+        "{summary}"
+    );
+    assert!(summary.contains(" 0 dropped"), "{summary}");
+    let seqs: Vec<u64> = frames
+        .iter()
+        .map(|f| f["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+    assert_scenes(&frames, 10, 20);
+
+    // Looping: the clip starts over, the coffee comes back after the cat.
+    let looped = [
+        "--source",
+        video,
+        "--loop",
+        "--as-fast-as-possible",
+        "--frames",
+        "30",
+    ];
+    let (frames, _, summary) = camera_json(&looped);
+    assert_eq!(frames.len(), 30, "{summary}");
+    assert_scenes(&frames, 10, 20);
+    assert_eq!(frames[25]["label"], "espresso");
+}
+
+#[test]
+fn bad_sources_are_named_with_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("clip.mkv");
+    std::fs::write(&video, b"not a video").unwrap();
+    let video = video.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--source", "ftp://cam/live"],
+            r#"ftp://cam/live: unknown scheme "ftp": expected rtsp"#,
+        ),
+        (
+            &["--source", "/nonexistent/clip.mkv"],
+            "/nonexistent/clip.mkv: no such file",
+        ),
+        (
+            &["--source", "rtsp://127.0.0.1:9/x", "--format", "yuyv"],
+            "--format is for cameras and raw frames",
+        ),
+        (
+            &["--source", "rtsp://127.0.0.1:9/x", "--loop"],
+            "--loop is for a folder of images or a video file",
+        ),
+        (
+            &["--source", "rtsp://127.0.0.1:9/x", "--stall-timeout", "0"],
+            "expected a positive number of seconds",
+        ),
+    ];
+    for (args, message) in cases {
+        let o = glimpse().arg("camera").args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(message),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    // Without ffmpeg on PATH: what to install.
+    let o = glimpse()
+        .args(["camera", "--source", video])
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("apt install ffmpeg"),
+        "{}",
+        text(&o.stderr)
+    );
+    if glimpse_e2e::ffmpeg().is_none() {
+        return skip("camera: a broken video", "Debian's ffmpeg is not installed");
+    }
+    // A file ffmpeg cannot read: its name and ffmpeg's reason, and the run ends.
+    let o = glimpse()
+        .args(["camera", "--source", video])
+        .output()
+        .unwrap();
+    let e = text(&o.stderr);
+    assert!(
+        e.contains(&format!("{video} (ffmpeg): ffmpeg exit status: 1")),
+        "{e}"
+    );
+    assert!(e.contains("Invalid data found"), "{e}");
+    assert!(e.contains("0 frames captured"), "{e}");
 }

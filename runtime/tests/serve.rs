@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::serve::{
-    agent, connect_from, get, get_with, multipart, post, read_response, send_then_read, Reply,
-    Server,
+    agent, connect_from, free_port, get, get_with, metric, multipart, post, read_response,
+    send_then_read, Reply, Server,
 };
 use glimpse_e2e::{bin, classify_json, classify_json_with, root, sample, shipped_model, skip};
 use serde_json::Value;
@@ -28,12 +28,6 @@ fn assert_error(r: &Reply, status: u16, kind: &str) {
         "{}",
         r.body
     );
-}
-
-/// The value of one sample line (`name{labels} value`) in a metrics text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 #[test]
@@ -695,14 +689,6 @@ const LOOPING_CAMERA: [&str; 7] = [
 ];
 
 /// A free loopback port (bound, then released for the broker to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Broker {
     child: Child,
 }

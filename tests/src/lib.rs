@@ -4,6 +4,7 @@
 pub mod corpus;
 pub mod serve;
 pub mod tls;
+pub mod video;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

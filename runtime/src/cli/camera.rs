@@ -97,7 +97,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .source
         .spec()?
         .unwrap_or_else(|| args.source.camera("/dev/video0"));
-    let crop = args.source.crop()?;
+    let crop = args.source.crop(&source)?;
     let OpenedSource { opener, reopen, .. } = source
         .open(limits, false)
         .map_err(super::source_args::hint)?;

@@ -546,7 +546,7 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
     let Some(spec) = args.source.spec()? else {
         return Ok(None);
     };
-    let crop = args.source.crop()?;
+    let crop = args.source.crop(&spec)?;
     let source = spec.open(limits, true).map_err(super::source_args::hint)?;
     let describe = match crop {
         Some(crop) => format!("{}, crop {crop}", source.describe),

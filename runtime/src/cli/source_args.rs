@@ -7,12 +7,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use glimpse_runtime::preprocess::parse_size;
 use glimpse_runtime::stream::open::NoCamera;
-use glimpse_runtime::stream::{DebounceConfig, PixelFormat, SourceSpec};
+use glimpse_runtime::stream::{DebounceConfig, FfmpegRequest, Named, PixelFormat, SourceSpec};
 use glimpse_runtime::Crop;
 
 /// Where frames come from (shared with `glimpse serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
+    /// Where frames come from: /dev/videoN, rtsp://, rtsps:// or http(s):// (MJPEG and
+    /// anything else ffmpeg reads), a video file (played at its own rate), a folder of
+    /// images, or a FIFO or `-` of raw frames (with --size and --format).
+    #[arg(long, value_name = "SOURCE", conflicts_with_all = ["device", "images", "raw"], help_heading = "Source")]
+    pub source: Option<String>,
     /// The camera to read (`glimpse camera` reads /dev/video0 when no other source is
     /// given).
     #[arg(long, value_name = "DEV", conflicts_with_all = ["images", "raw"], help_heading = "Source")]
@@ -26,17 +31,27 @@ pub struct SourceArgs {
         help_heading = "Source"
     )]
     pub images: Option<PathBuf>,
-    /// With --images: start over after the last image instead of ending.
-    #[arg(long = "loop", requires = "images", help_heading = "Source")]
+    /// Start over after the last image or at the end of a video file instead of ending.
+    #[arg(long = "loop", help_heading = "Source")]
     pub looping: bool,
+    /// Decode a video file as fast as possible instead of at its own rate, and classify
+    /// every frame (none is dropped for a newer one).
+    #[arg(long, help_heading = "Source")]
+    pub as_fast_as_possible: bool,
+    /// Seconds without a frame from a network stream or video file before ffmpeg is
+    /// killed and started again.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, help_heading = "Source")]
+    pub stall_timeout: f64,
     /// Read raw frames from a file or `-` (stdin), e.g. from
     /// `ffmpeg -i URL -f rawvideo -pix_fmt yuyv422 -s 640x480 -`; needs --size and --format.
     #[arg(long, value_name = "FILE|-", help_heading = "Source")]
     pub raw: Option<PathBuf>,
-    /// Frame size WxH: asked of the camera, or the size of --raw frames.
+    /// Frame size WxH: asked of the camera, the size of --raw frames, or the box a network
+    /// stream or video is scaled to fit in, keeping its aspect ratio (640x480 by default).
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Source")]
     pub size: Option<(u32, u32)>,
-    /// Frames per second: asked of the camera, or the pace of --images / --raw.
+    /// Frames per second: asked of the camera, the pace of --images / --raw, or the rate a
+    /// network stream or video is thinned to.
     #[arg(long, help_heading = "Source")]
     pub fps: Option<f64>,
     /// Pixel format: mjpeg, yuyv, nv12, i420 (yuv420p), rgb24 or grey (asked of the
@@ -88,37 +103,97 @@ impl EventArgs {
     }
 }
 
+/// A positive number of seconds.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
 impl SourceArgs {
     /// The source these flags name (`None`: none was given).
     pub fn spec(&self) -> Result<Option<SourceSpec>> {
-        if let Some(dir) = &self.images {
-            Ok(Some(SourceSpec::Images {
-                dir: dir.clone(),
-                looping: self.looping,
-                fps: self.fps,
-            }))
+        let spec = if let Some(source) = &self.source {
+            self.named(Named::parse(source)?)?
+        } else if let Some(dir) = &self.images {
+            self.named(Named::Folder(dir.clone()))?
         } else if let Some(raw) = &self.raw {
-            let size = self
-                .size
-                .context("--raw needs --size WxH (the size of each frame)")?;
-            let format = self
-                .format
-                .context("--raw needs --format (yuyv, nv12, i420, rgb24 or grey)")?;
-            Ok(Some(SourceSpec::Raw {
-                path: raw.clone(),
-                size,
-                format,
-                fps: self.fps,
-            }))
+            self.raw(raw)?
         } else {
-            Ok(self.device.as_ref().map(|d| self.camera(d)))
-        }
+            match &self.device {
+                Some(d) => self.camera(d),
+                None => return Ok(None),
+            }
+        };
+        let loops = matches!(
+            &spec,
+            SourceSpec::Images { .. } | SourceSpec::Ffmpeg(FfmpegRequest { network: false, .. })
+        );
+        anyhow::ensure!(
+            !self.looping || loops,
+            "--loop is for a folder of images or a video file"
+        );
+        Ok(Some(spec))
     }
 
-    /// The region of interest, checked against --size when frames have a known size (a
-    /// camera may answer with another size: then it is checked on each frame).
-    pub fn crop(&self) -> Result<Option<Crop>> {
-        if let (Some(crop), Some((w, h))) = (self.crop, self.size) {
+    /// The source a `--source` (or `--images`) names, with the flags that go with it.
+    fn named(&self, named: Named) -> Result<SourceSpec> {
+        Ok(match named {
+            Named::Device(device) => self.camera(device),
+            Named::Folder(dir) => SourceSpec::Images {
+                dir,
+                looping: self.looping,
+                fps: self.fps,
+            },
+            Named::Pipe(path) => self.raw(&path)?,
+            // A raw pixel format says a file holds raw frames, not a video.
+            Named::File(path) if self.format.is_some_and(|f| f != PixelFormat::Mjpeg) => {
+                self.raw(&path)?
+            }
+            Named::File(path) => self.ffmpeg(path.display().to_string(), false)?,
+            Named::Url(url) => self.ffmpeg(url, true)?,
+        })
+    }
+
+    /// Raw frames of --size and --format from `path` (`-`: stdin).
+    fn raw(&self, path: &std::path::Path) -> Result<SourceSpec> {
+        let size = self
+            .size
+            .context("raw frames need --size WxH (the size of each frame)")?;
+        let format = self
+            .format
+            .context("raw frames need --format (yuyv, nv12, i420, rgb24 or grey)")?;
+        Ok(SourceSpec::Raw {
+            path: path.to_owned(),
+            size,
+            format,
+            fps: self.fps,
+        })
+    }
+
+    /// A network stream or video file, decoded by ffmpeg.
+    fn ffmpeg(&self, input: String, network: bool) -> Result<SourceSpec> {
+        anyhow::ensure!(
+            self.format.is_none(),
+            "--format is for cameras and raw frames: ffmpeg decodes {} whatever its format",
+            glimpse_runtime::stream::ffmpeg::redact(&input)
+        );
+        Ok(SourceSpec::Ffmpeg(FfmpegRequest {
+            input,
+            network,
+            size: self.size.unwrap_or((640, 480)),
+            fps: self.fps,
+            fast: self.as_fast_as_possible,
+            looping: self.looping,
+            stall: Duration::from_secs_f64(self.stall_timeout),
+        }))
+    }
+
+    /// The region of interest, checked against the frame size when frames have a known
+    /// size (a camera may answer with another size: then it is checked on each frame).
+    pub fn crop(&self, spec: &SourceSpec) -> Result<Option<Crop>> {
+        if let (Some(crop), Some((w, h))) = (self.crop, spec.frame_size()) {
             crop.rect(w, h)?;
         }
         Ok(self.crop)

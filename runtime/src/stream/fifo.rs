@@ -3,9 +3,10 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Whether `path` is a named pipe.
 pub fn is_fifo(path: &Path) -> bool {
@@ -31,19 +32,37 @@ impl Fifo {
 
     /// Blocks until there is data or the writers are gone.
     fn wait(&self) -> io::Result<()> {
-        let mut fd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: one valid pollfd, for the duration of the call.
-            if unsafe { libc::poll(&mut fd, 1, -1) } >= 0 {
-                return Ok(());
+        wait_readable(self.file.as_raw_fd(), None).map(|_| ())
+    }
+}
+
+/// Waits until `fd` has data or a hang-up, for at most `timeout` (forever without one);
+/// `false` when the time ran out first.
+pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Rounded up, so a wait never ends just before its deadline.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
             }
-            let e = io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match unsafe { libc::poll(&mut pollfd, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 => return Ok(false),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
         }
     }

@@ -16,7 +16,28 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::frame::Frame;
-use super::source::{FrameSource, SourceError};
+use super::source::{FrameSource, Interrupter, SourceError};
+
+/// The interrupter of the source the capture thread reads now, for `run` to wake it at
+/// the end.
+type WakeSlot = Mutex<Option<Interrupter>>;
+
+/// Holds the capture thread's source's interrupter while it reads, clearing it before the
+/// source is dropped.
+struct Awake<'a>(&'a WakeSlot);
+
+impl<'a> Awake<'a> {
+    fn new(slot: &'a WakeSlot, source: &dyn FrameSource) -> Self {
+        *slot.lock().expect("wake lock") = source.interrupter();
+        Awake(slot)
+    }
+}
+
+impl Drop for Awake<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("wake lock").take();
+    }
+}
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -119,12 +140,24 @@ impl Mailbox {
         if s.frame.replace(frame).is_some() {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        self.ready.notify_one();
+        self.ready.notify_all();
+    }
+
+    /// Waits until the slot is free (the classifier took the last frame) or `stop`.
+    fn wait_free(&self, stop: &AtomicBool) {
+        let mut s = self.slot.lock().expect("mailbox lock");
+        while s.frame.is_some() && !stop.load(Ordering::Relaxed) {
+            s = self
+                .ready
+                .wait_timeout(s, Duration::from_millis(100))
+                .expect("mailbox lock")
+                .0;
+        }
     }
 
     fn end(&self) {
         self.slot.lock().expect("mailbox lock").ended = true;
-        self.ready.notify_one();
+        self.ready.notify_all();
     }
 
     /// The newest frame; `None` when the source has ended (and nothing waits) or `stop`.
@@ -136,6 +169,8 @@ impl Mailbox {
                 return None;
             }
             if let Some(f) = s.frame.take() {
+                // A lossless source's capture waits for the free slot.
+                self.ready.notify_all();
                 return Some(f);
             }
             if s.ended {
@@ -169,6 +204,7 @@ fn capture(
     mailbox: &Mailbox,
     counters: &Counters,
     stop: &AtomicBool,
+    wake: &WakeSlot,
 ) {
     let mut backoff = opts.backoff;
     let mut first = true;
@@ -180,6 +216,8 @@ fn capture(
         match open() {
             Ok(mut source) => {
                 log::info!("capturing from {}", source.describe());
+                // Declared after `source`, so dropped before it.
+                let _awake = Awake::new(wake, source.as_ref());
                 loop {
                     if stop.load(Ordering::Relaxed) {
                         mailbox.end();
@@ -190,12 +228,20 @@ fn capture(
                             backoff = opts.backoff;
                             let n = counters.captured.fetch_add(1, Ordering::Relaxed);
                             if n.is_multiple_of(opts.every.max(1)) {
+                                if source.lossless() {
+                                    mailbox.wait_free(stop);
+                                }
                                 mailbox.post(frame, counters);
                             } else {
                                 counters.skipped.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Err(SourceError::Ended) => {
+                            mailbox.end();
+                            return;
+                        }
+                        // Woken at the end of the run (ffmpeg killed): not an error.
+                        Err(SourceError::Failed(_)) if stop.load(Ordering::Relaxed) => {
                             mailbox.end();
                             return;
                         }
@@ -254,7 +300,9 @@ pub fn run<P>(
         .filter(|f| *f > 0.0)
         .map(|f| Duration::from_secs_f64(1.0 / f));
     let mut recent: VecDeque<Instant> = VecDeque::new();
+    let wake: Arc<WakeSlot> = Arc::default();
     let capture_thread = {
+        let wake = wake.clone();
         let (mailbox, counters, stop, opts) = (
             mailbox.clone(),
             counters.clone(),
@@ -263,7 +311,7 @@ pub fn run<P>(
         );
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture(open, &opts, &mailbox, &counters, &stop))
+            .spawn(move || capture(open, &opts, &mailbox, &counters, &stop, &wake))
             .expect("spawning the capture thread")
     };
     let mut last_start: Option<Instant> = None;
@@ -312,9 +360,17 @@ pub fn run<P>(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    // A source that ended has a finished thread to join; one stopped by a signal may be
-    // blocked in a read (stdin) and is left to end with the process.
-    if mailbox.slot.lock().expect("mailbox lock").ended {
+    // Set before the lock: a source stored after it sees `stop` and is dropped at once.
+    if let Some(interrupt) = wake.lock().expect("wake lock").as_ref() {
+        interrupt();
+    }
+    // The capture thread ends, dropping (and so cleaning up) its source, unless it is
+    // blocked in a read nothing can wake (stdin): that one is left to end with the process.
+    let until = Instant::now() + Duration::from_secs(3);
+    while !capture_thread.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if capture_thread.is_finished() {
         let _ = capture_thread.join();
     }
     counters.snapshot()
@@ -413,6 +469,39 @@ mod tests {
         // No backlog: each frame waited at most about one classification.
         let worst = latencies.iter().max().unwrap();
         assert!(*worst < Duration::from_millis(200), "latency {worst:?}");
+    }
+
+    /// A source whose every frame must be classified (a file decoded at full speed).
+    struct Lossless(Box<dyn FrameSource>);
+
+    impl FrameSource for Lossless {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn next_frame(&mut self) -> Result<Frame, SourceError> {
+            self.0.next_frame()
+        }
+        fn lossless(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_lossless_source_waits_for_the_classifier() {
+        let mut open = every_ms(30);
+        let mut seen = Vec::new();
+        let stats = run(
+            move || Ok(Box::new(Lossless(open()?)) as Box<dyn FrameSource>),
+            |f| {
+                std::thread::sleep(Duration::from_millis(10));
+                Ok(f.seq)
+            },
+            |c| seen.push(c.result),
+            &LiveOptions::default(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(stats.dropped, 0, "{stats:?}");
+        assert_eq!(seen, (0..30).collect::<Vec<u64>>());
     }
 
     #[test]

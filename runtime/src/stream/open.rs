@@ -1,10 +1,13 @@
 //! Opening a frame source from what the user named: a folder played as video, raw frames
-//! from a file, a FIFO or stdin, or a V4L2 camera (`camera` feature).
+//! from a file, a FIFO or stdin, a V4L2 camera (`camera` feature), or a network camera or
+//! video file through ffmpeg.
 
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::ffmpeg::{self, FfmpegRequest, FfmpegSource};
 use super::fifo::{self, Fifo};
 use super::frame::PixelFormat;
 use super::source::{FolderSource, FrameSource, Opener, RawSource};
@@ -33,6 +36,72 @@ pub enum SourceSpec {
         fps: Option<f64>,
         format: Option<PixelFormat>,
     },
+    /// A network stream or a video file, decoded by ffmpeg.
+    Ffmpeg(FfmpegRequest),
+}
+
+/// What a `--source` names, before the flags that go with it are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Named {
+    /// A V4L2 device (`/dev/video0`).
+    Device(PathBuf),
+    /// A network stream ffmpeg reads (`rtsp://`, `http://` MJPEG, ...).
+    Url(String),
+    /// A folder of images.
+    Folder(PathBuf),
+    /// Raw frames on stdin (`-`) or a FIFO.
+    Pipe(PathBuf),
+    /// A file: a video for ffmpeg (raw frames when a raw pixel format is given).
+    File(PathBuf),
+}
+
+/// Why a `--source` names nothing glimpse can read.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("{0}: unknown scheme {1:?}: expected rtsp, rtsps, http, https, rtmp, rtmps, srt, udp, tcp or rtp")]
+    Scheme(String, String),
+    #[error("{0}: no such file, folder or device")]
+    Missing(String),
+    #[error("{0}: not a file, folder, FIFO or device")]
+    Kind(String),
+}
+
+/// The URL schemes handed to ffmpeg.
+const SCHEMES: [&str; 10] = [
+    "rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "rtp",
+];
+
+impl Named {
+    /// What `source` is: a URL by its scheme, anything else by what is at that path.
+    pub fn parse(source: &str) -> Result<Named, NameError> {
+        if source == "-" {
+            return Ok(Named::Pipe(source.into()));
+        }
+        if let Some((scheme, _)) = source.split_once("://") {
+            return if SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+                Ok(Named::Url(source.to_string()))
+            } else {
+                Err(NameError::Scheme(
+                    ffmpeg::redact(source),
+                    scheme.to_string(),
+                ))
+            };
+        }
+        let path = PathBuf::from(source);
+        let meta = std::fs::metadata(&path).map_err(|_| NameError::Missing(source.into()))?;
+        let kind = meta.file_type();
+        Ok(if kind.is_dir() {
+            Named::Folder(path)
+        } else if kind.is_char_device() {
+            Named::Device(path)
+        } else if kind.is_fifo() {
+            Named::Pipe(path)
+        } else if kind.is_file() {
+            Named::File(path)
+        } else {
+            return Err(NameError::Kind(source.into()));
+        })
+    }
 }
 
 /// An opened source, ready for `live::run`.
@@ -93,8 +162,37 @@ impl SourceSpec {
                 reopen: true,
                 describe: device.display().to_string(),
             }),
+            SourceSpec::Ffmpeg(req) => ffmpeg_opener(req, limits),
         }
     }
+
+    /// The size every frame has, when it is known before the first one.
+    pub fn frame_size(&self) -> Option<(u32, u32)> {
+        match self {
+            SourceSpec::Raw { size, .. } => Some(*size),
+            SourceSpec::Camera { size, .. } => *size,
+            SourceSpec::Images { .. } | SourceSpec::Ffmpeg(_) => None,
+        }
+    }
+}
+
+/// ffmpeg started by each call of the opener: a live stream (or a looping file) again
+/// after each failure, a file once. A missing ffmpeg is an error now.
+fn ffmpeg_opener(req: &FfmpegRequest, limits: Limits) -> Result<OpenedSource> {
+    ffmpeg::check_installed()?;
+    if !req.network {
+        let path = Path::new(&req.input);
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    }
+    let (reopen, req) = (req.network || req.looping, req.clone());
+    let describe = format!("{} (ffmpeg)", ffmpeg::redact(&req.input));
+    let opener: Opener =
+        Box::new(move || Ok(Box::new(FfmpegSource::spawn(&req, limits)?) as Box<dyn FrameSource>));
+    Ok(OpenedSource {
+        opener,
+        reopen,
+        describe,
+    })
 }
 
 /// A FIFO opened for each writer in turn. The frame size and format are checked now.

@@ -25,12 +25,25 @@ pub enum SourceError {
 /// Opens (and, after a failure, reopens) a source.
 pub type Opener = Box<dyn FnMut() -> anyhow::Result<Box<dyn FrameSource>> + Send>;
 
+/// Wakes a source blocked in `next_frame` from another thread (it then fails or ends).
+pub type Interrupter = Box<dyn Fn() + Send>;
+
 /// A stream of frames.
 pub trait FrameSource: Send {
     /// What the source is, for messages (`/dev/video0 640x480 yuyv @ 30 fps`).
     fn describe(&self) -> String;
     /// Blocks until the next frame.
     fn next_frame(&mut self) -> Result<Frame, SourceError>;
+    /// A way to end a blocked `next_frame` at shutdown (an ffmpeg child is killed), for
+    /// sources that have one.
+    fn interrupter(&self) -> Option<Interrupter> {
+        None
+    }
+    /// Whether every frame matters more than the newest (a recording decoded as fast as
+    /// possible): capture then waits for the classifier instead of replacing a frame.
+    fn lossless(&self) -> bool {
+        false
+    }
 }
 
 /// Waits until the next frame is due at `fps` (no wait without a rate).
