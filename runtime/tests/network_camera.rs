@@ -1,6 +1,6 @@
-//! Network cameras through real ffmpeg and a real GStreamer RTSP server: `glimpse serve
-//! --source URL` follows a camera that restarts, gives up on one that stalls, and leaves
-//! no ffmpeg behind when it stops.
+//! Network cameras through real ffmpeg and a real GStreamer RTSP server (H.264): `glimpse
+//! serve --source URL` follows a camera that restarts, gives up on one that stalls, and
+//! leaves no ffmpeg behind when it stops.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use glimpse_e2e::serve::{agent, free_port, get, Server};
-use glimpse_e2e::video::{processes_with, rtsp_python, RtspServer};
+use glimpse_e2e::serve::{agent, free_port, get, metric, Server};
+use glimpse_e2e::video::{processes_with, rtsp_python, zombies_of, RtspServer};
 use glimpse_e2e::{sample, skip};
 
 /// What the shipped model calls Chelsea, the sample cat, at 320x240.
@@ -115,21 +115,43 @@ fn a_camera_that_sends_nothing_is_given_up_on_and_tried_again() {
 }
 
 #[test]
-fn an_rtsp_camera_is_classified_and_no_ffmpeg_outlives_the_daemon() {
+fn an_rtsp_camera_that_restarts_is_followed_and_no_ffmpeg_outlives_the_daemon() {
     if glimpse_e2e::ffmpeg().is_none() {
         return skip("network camera: RTSP", "Debian's ffmpeg is not installed");
     }
     let Some(python) = rtsp_python() else {
         return skip(
             "network camera: RTSP",
-            "GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi) is not installed",
+            "GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi, openh264) is not installed",
         );
     };
-    let rtsp = RtspServer::start(&python, free_port(), "coffee.png");
-    let mut server = Server::start(&["--source", &rtsp.url], &[]);
+    let port = free_port();
+    let rtsp = RtspServer::start(&python, port, "coffee.png");
+    let url = rtsp.url.clone();
+    let mut server = Server::start(&["--source", &url], &[]);
     wait_label(&server, |l| l == "espresso", Duration::from_secs(30));
-    let ours = || processes_with(&[&rtsp.url, "image2pipe"]);
+    let ours = || processes_with(&[&url, "image2pipe"]);
     assert_eq!(ours().len(), 1, "one ffmpeg reads the camera");
+    // The camera restarts (a reboot, a firmware update) showing another scene: frames
+    // resume within 5 s of it being back, without restarting glimpse.
+    drop(rtsp);
+    server.wait_log("reopening in", Duration::from_secs(10));
+    let _rtsp = RtspServer::start(&python, port, "chelsea.png");
+    let back = Instant::now();
+    wait_label(&server, |l| CAT.contains(&l), Duration::from_secs(5));
+    println!(
+        "frames resumed {:?} after the camera was back",
+        back.elapsed()
+    );
+    let m = get(&agent(), &server.url("/metrics"), None);
+    let reopens = metric(&m.body, "glimpse_camera_reopens_total").unwrap();
+    assert!(reopens >= 1.0, "{}", m.body);
+    assert_eq!(ours().len(), 1, "the old ffmpeg is gone");
+    assert_eq!(
+        zombies_of(server.child.id()),
+        Vec::<u32>::new(),
+        "unreaped children"
+    );
     server.signal("TERM");
     assert!(server.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(ours(), Vec::<String>::new(), "ffmpeg left behind");

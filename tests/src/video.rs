@@ -91,3 +91,20 @@ pub fn processes_with(needles: &[&str]) -> Vec<String> {
         .filter(|c| needles.iter().all(|n| c.contains(n)))
         .collect()
 }
+
+/// The children of `parent` that exited and were never reaped.
+pub fn zombies_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next()?, fields.next()?.parse::<u32>().ok()?);
+        let pid = head.split_whitespace().next()?.parse().ok()?;
+        (state == "Z" && ppid == parent).then_some(pid)
+    })
+    .collect()
+}

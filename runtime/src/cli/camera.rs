@@ -92,6 +92,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let (path, file) = args.model.read()?;
     let classifier = args.model.classifier_for(&path, file)?;
+    args.events
+        .debounce()
+        .check_labels(&classifier.labels)
+        .context("--watch or --label-threshold")?;
     let limits = Limits::default();
     let source = args
         .source

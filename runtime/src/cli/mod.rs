@@ -35,9 +35,10 @@ enum Command {
     Classify(classify::Args),
     /// Show a model's inputs, outputs, metadata, preprocessing, labels and ops.
     Info(info::Args),
-    /// Classify a live stream: a V4L2 camera, a folder played as video, or raw frames on
-    /// stdin; prints a label stream and debounced state-change events.
-    Camera(camera::Args),
+    /// Classify a live stream: a V4L2 camera, a network camera or video file (through
+    /// ffmpeg), a folder played as video, or raw frames; prints a label stream and
+    /// debounced state-change events.
+    Camera(Box<camera::Args>),
     /// Measure model load, per-stage latency percentiles, throughput and peak memory on
     /// a folder of images.
     Bench(bench::Args),
@@ -82,7 +83,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
-        Command::Camera(args) => camera::run(args),
+        Command::Camera(args) => camera::run(*args),
         Command::Bench(args) => bench::run(args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),

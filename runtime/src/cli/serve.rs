@@ -278,6 +278,12 @@ fn flatten(
         } else {
             format!("{prefix}-{key}")
         };
+        if let (true, "thresholds", toml::Value::Table(t)) =
+            (prefix.is_empty(), key.as_str(), value)
+        {
+            label_thresholds(path, t, out)?;
+            continue;
+        }
         if let toml::Value::Table(t) = value {
             flatten(path, &key, t, known, out)?;
             continue;
@@ -310,6 +316,23 @@ fn flatten(
             }
             v => out.push(format!("--{key}={}", scalar(v)?)),
         }
+    }
+    Ok(())
+}
+
+/// `thresholds = { label = P, ... }` as `--label-threshold=label=P` options.
+fn label_thresholds(path: &Path, table: &toml::Table, out: &mut Vec<String>) -> Result<()> {
+    for (label, p) in table {
+        let p = match p {
+            toml::Value::Float(f) => *f,
+            toml::Value::Integer(i) => *i as f64,
+            other => bail!(
+                "{}: `thresholds.{label}`: expected a probability, got {}",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        out.push(format!("--label-threshold={label}={p}"));
     }
     Ok(())
 }
@@ -676,6 +699,7 @@ mod tests {
             loop = true
             no-watch = false
             watch = ["cat", "dog"]
+            thresholds = { cat = 0.8, "tabby, tabby cat" = 0.25 }
             request-timeout = 2.5
             [mqtt]
             host = "localhost"
@@ -690,6 +714,8 @@ mod tests {
                 "--mqtt-host=localhost",
                 "--mqtt-port=1884",
                 "--request-timeout=2.5",
+                "--label-threshold=cat=0.8",
+                "--label-threshold=tabby, tabby cat=0.25",
                 "--top-k=3",
                 "--watch=cat,dog"
             ]
@@ -707,6 +733,13 @@ mod tests {
         assert_eq!(
             parsed.events.watch.as_deref(),
             Some(&["cat".to_string(), "dog".to_string()][..])
+        );
+        assert_eq!(
+            parsed.events.label_thresholds,
+            [
+                ("cat".to_string(), 0.8),
+                ("tabby, tabby cat".to_string(), 0.25)
+            ]
         );
     }
 

@@ -79,7 +79,7 @@ pub struct PaceArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventArgs {
     /// A label becomes the state only at or above this probability.
-    #[arg(short, long, default_value_t = 0.5, help_heading = "Events")]
+    #[arg(short, long, default_value_t = 0.5, value_parser = probability, help_heading = "Events")]
     pub threshold: f32,
     /// Frames a new label must hold before the state changes.
     #[arg(long, default_value_t = 3, help_heading = "Events")]
@@ -90,12 +90,36 @@ pub struct EventArgs {
     /// Only these labels are states (comma-separated); anything else is "none".
     #[arg(long, value_delimiter = ',', help_heading = "Events")]
     pub watch: Option<Vec<String>>,
+    /// A label's own threshold instead of --threshold, as LABEL=P (repeat it for more
+    /// labels; in the config file, `thresholds = { espresso = 0.8 }`).
+    #[arg(long = "label-threshold", value_name = "LABEL=P", value_parser = label_threshold, help_heading = "Events")]
+    pub label_thresholds: Vec<(String, f32)>,
+}
+
+/// `LABEL=P`: split at the last `=` (labels may hold one), P a probability.
+fn label_threshold(s: &str) -> Result<(String, f32), String> {
+    let (label, p) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected LABEL=P, got {s:?}"))?;
+    if label.is_empty() {
+        return Err(format!("expected a label before '=', got {s:?}"));
+    }
+    probability(p).map(|p| (label.to_string(), p))
+}
+
+/// A probability, 0 to 1.
+fn probability(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a probability from 0 to 1, got {s:?}")),
+    }
 }
 
 impl EventArgs {
     pub fn debounce(&self) -> DebounceConfig {
         DebounceConfig {
             threshold: self.threshold,
+            thresholds: self.label_thresholds.clone(),
             hold_frames: self.hold_frames,
             hold: self.hold_ms.map(Duration::from_millis),
             watch: self.watch.clone(),

@@ -99,6 +99,9 @@ fn account(metrics: &Metrics, shared: &CameraShared, now: Stats, last: &mut Stat
     metrics
         .frames_dropped
         .inc_by(now.dropped.saturating_sub(last.dropped));
+    metrics
+        .camera_reopens
+        .inc_by(now.reopened.saturating_sub(last.reopened));
     for _ in last.errors..now.errors {
         metrics.error("frame");
     }

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub frames_captured: Counter,
     pub frames_classified: Counter,
     pub frames_dropped: Counter,
+    pub camera_reopens: Counter,
     pub state: Family<StateLabels, Gauge>,
     pub confidence: Gauge<f64, AtomicU64>,
     pub model: Family<ModelLabels, Gauge>,
@@ -93,6 +94,7 @@ impl Metrics {
             frames_captured: Counter::default(),
             frames_classified: Counter::default(),
             frames_dropped: Counter::default(),
+            camera_reopens: Counter::default(),
             state: Family::default(),
             confidence: Gauge::default(),
             model: Family::default(),
@@ -150,6 +152,11 @@ impl Metrics {
             "glimpse_frames_dropped",
             "Camera frames replaced by a newer one before the classifier took them",
             m.frames_dropped.clone(),
+        );
+        r.register(
+            "glimpse_camera_reopens",
+            "Times the camera source was opened again (after a drop, a stall or a failed attempt)",
+            m.camera_reopens.clone(),
         );
         r.register(
             "glimpse_state",

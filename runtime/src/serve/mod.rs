@@ -116,6 +116,12 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         opts.max_model_bytes,
         None,
     )?;
+    if let Some(camera) = &opts.camera {
+        camera
+            .debounce
+            .check_labels(&first.classifier.labels)
+            .context("--watch or --label-threshold")?;
+    }
     log::info!(
         "loaded {} (sha256 {}) in {:.0} ms",
         first.path.display(),

@@ -1,7 +1,7 @@
 //! Debounced state: what a person wants from a classification camera ("door open", "bird
 //! present") is a change of state when it is real, not thirty noisy labels a second. The
 //! observed label becomes the state only after it has held for K consecutive frames (or
-//! for T milliseconds) at or above the threshold.
+//! for T milliseconds) at or above its threshold (the global one, or the label's own).
 
 use std::time::{Duration, Instant};
 
@@ -14,12 +14,46 @@ pub const NONE: &str = "none";
 pub struct DebounceConfig {
     /// Probability a label needs to count.
     pub threshold: f32,
+    /// Labels that need another probability than `threshold` (a rare label needs more
+    /// evidence, a hard one less).
+    pub thresholds: Vec<(String, f32)>,
     /// Consecutive frames a new label must hold (used when `hold` is `None`).
     pub hold_frames: u32,
     /// How long a new label must hold, instead of a frame count.
     pub hold: Option<Duration>,
     /// Only these labels are states; any other top-1 counts as `none`.
     pub watch: Option<Vec<String>>,
+}
+
+/// Labels a debouncer names that the model does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("the model has no label {}", .0.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", "))]
+pub struct UnknownLabels(pub Vec<String>);
+
+impl DebounceConfig {
+    /// The probability `label` needs to count.
+    pub fn threshold_for(&self, label: &str) -> f32 {
+        self.thresholds
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(self.threshold, |(_, t)| *t)
+    }
+
+    /// Refuses watched or thresholded labels that are not among `labels` (a typo would
+    /// otherwise never match, silently).
+    pub fn check_labels(&self, labels: &[String]) -> Result<(), UnknownLabels> {
+        let named = self
+            .watch
+            .iter()
+            .flatten()
+            .chain(self.thresholds.iter().map(|(l, _)| l));
+        let unknown: Vec<String> = named.filter(|l| !labels.contains(l)).cloned().collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(UnknownLabels(unknown))
+        }
+    }
 }
 
 /// A change of state.
@@ -70,7 +104,7 @@ impl Debouncer {
             .watch
             .as_ref()
             .is_none_or(|w| w.iter().any(|l| l == label));
-        let (observed, p) = if probability >= self.cfg.threshold && watched {
+        let (observed, p) = if probability >= self.cfg.threshold_for(label) && watched {
             (label, probability)
         } else {
             (NONE, 1.0 - probability.min(1.0))
@@ -129,6 +163,7 @@ mod tests {
     fn cfg(hold_frames: u32) -> DebounceConfig {
         DebounceConfig {
             threshold: 0.5,
+            thresholds: Vec::new(),
             hold_frames,
             hold: None,
             watch: None,
@@ -179,6 +214,41 @@ mod tests {
         );
         let labels: Vec<&str> = ev.iter().map(|(_, e)| e.label.as_str()).collect();
         assert_eq!(labels, ["bird", NONE]);
+    }
+
+    #[test]
+    fn a_label_with_its_own_threshold_uses_it() {
+        let c = DebounceConfig {
+            thresholds: vec![("cat".into(), 0.8), ("bird".into(), 0.3)],
+            ..cfg(2)
+        };
+        let ev = frames(
+            c.clone(),
+            &[
+                ("cat", 0.7), // below cat's 0.8, above the global 0.5: none
+                ("cat", 0.7),
+                ("bird", 0.4), // above bird's 0.3
+                ("bird", 0.4),
+                ("cat", 0.85),
+                ("cat", 0.85),
+            ],
+        );
+        let labels: Vec<&str> = ev.iter().map(|(_, e)| e.label.as_str()).collect();
+        assert_eq!(labels, [NONE, "bird", "cat"]);
+        assert_eq!(c.threshold_for("dog"), 0.5);
+    }
+
+    #[test]
+    fn labels_the_model_lacks_are_named() {
+        let c = DebounceConfig {
+            watch: Some(vec!["cat".into(), "brid".into()]),
+            thresholds: vec![("dgo".into(), 0.8)],
+            ..cfg(2)
+        };
+        let labels = ["cat".to_string(), "bird".into(), "dog".into()];
+        let e = c.check_labels(&labels).unwrap_err();
+        assert_eq!(e.to_string(), r#"the model has no label "brid", "dgo""#);
+        assert!(cfg(2).check_labels(&labels).is_ok());
     }
 
     #[test]
