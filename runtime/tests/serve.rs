@@ -1909,3 +1909,105 @@ fn secrets_come_from_systemd_credentials_and_topics_are_checked() {
         );
     }
 }
+
+#[test]
+fn state_changes_write_snapshots_and_run_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshots, log) = (
+        dir.path().join("snapshots"),
+        dir.path().join("events.jsonl"),
+    );
+    let samples = root().join("samples");
+    let exec = format!("cat >> '{}'", log.display());
+    let server = Server::start(
+        &[
+            &["--images", samples.to_str().unwrap()][..],
+            &LOOPING_CAMERA,
+            &[
+                "--snapshot-dir",
+                snapshots.to_str().unwrap(),
+                "--snapshot-keep",
+                "3",
+            ],
+            &["--exec", &exec],
+        ]
+        .concat(),
+        &[],
+    );
+    // Four photos at 4 fps, each one its own state: an event every frame.
+    let events = |min: usize| {
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let events: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if events.len() >= min {
+                return events;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{} events: {text}",
+                events.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let seen = events(6);
+    server.wait_log("exec: cat >>", Duration::from_secs(5));
+    drop(server);
+    // The command got each event, with the path of its snapshot.
+    let camera_dir = snapshots.join("default");
+    let on_disk: Vec<PathBuf> = glimpse_e2e::files_under(&camera_dir);
+    assert!(
+        !on_disk.is_empty() && on_disk.len() <= 3,
+        "retention: {on_disk:?}"
+    );
+    let mut checked = 0;
+    for e in &seen {
+        let path = PathBuf::from(e["snapshot"].as_str().unwrap_or_else(|| panic!("{e}")));
+        assert!(path.starts_with(&camera_dir), "{e}");
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(&format!(
+                "-{}.jpg",
+                glimpse_runtime::fsutil::safe_name(e["state"].as_str().unwrap())
+            )),
+            "{name}"
+        );
+        // Each snapshot kept decodes and classifies to its state.
+        if path.exists() {
+            let v = classify_json(&shipped_model(), &path);
+            assert_eq!(v["label"], e["state"], "{}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no snapshot of {seen:?} left in {on_disk:?}");
+}
+
+#[test]
+fn a_failing_command_is_logged_and_counted_while_the_camera_goes_on() {
+    let samples = root().join("samples");
+    let server = Server::start(
+        &[
+            &["--images", samples.to_str().unwrap()][..],
+            &LOOPING_CAMERA,
+            &["--exec", "exit 3"],
+        ]
+        .concat(),
+        &[],
+    );
+    server.wait_log("exec: exit 3: exit status: 3", Duration::from_secs(30));
+    let t0 = Instant::now();
+    loop {
+        let m = get(&agent(), &server.url("/metrics"), None).body;
+        if metric(&m, r#"glimpse_errors_total{kind="exec"}"#).unwrap_or(0.0) >= 2.0
+            && metric(&m, "glimpse_frames_classified_total").unwrap_or(0.0) >= 4.0
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

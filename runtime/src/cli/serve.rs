@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use glimpse_runtime::serve::{self, CameraSetup, MqttConfig, ServeOptions, Token};
+use glimpse_runtime::serve::{self, ActionConfig, CameraSetup, MqttConfig, ServeOptions, Token};
 use glimpse_runtime::stream::LiveOptions;
 use glimpse_runtime::{Classifier, Limits, OnnxFile};
 
@@ -165,6 +165,34 @@ pub struct Args {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub events: EventArgs,
+    /// On each state change, write a JPEG of the frame that confirmed it to
+    /// DIR/default/<UTC time>-<state>.jpg (atomically; its path goes in the event).
+    #[arg(long, value_name = "DIR", help_heading = "Actions")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Keep at most this many snapshots (the oldest are removed).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        requires = "snapshot_dir",
+        help_heading = "Actions"
+    )]
+    pub snapshot_keep: usize,
+    /// Keep at most this many MiB of snapshots.
+    #[arg(
+        long,
+        value_name = "MIB",
+        requires = "snapshot_dir",
+        help_heading = "Actions"
+    )]
+    pub snapshot_max_mb: Option<u64>,
+    /// On each state change, run this shell command (`sh -c`) with the event JSON on
+    /// stdin and the state in $GLIMPSE_STATE; its exit status is logged.
+    #[arg(long, value_name = "COMMAND", help_heading = "Actions")]
+    pub exec: Option<String>,
+    /// Seconds the --exec command may run before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, requires = "exec", help_heading = "Actions")]
+    pub exec_timeout: f64,
     /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
     #[arg(long, value_name = "HOST", help_heading = "MQTT")]
     pub mqtt_host: Option<String>,
@@ -587,6 +615,13 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
         debounce: args.events.debounce(),
         limits,
         crop,
+        actions: ActionConfig {
+            snapshot_dir: args.snapshot_dir.clone(),
+            snapshot_keep: Some(args.snapshot_keep),
+            snapshot_max_bytes: args.snapshot_max_mb.map(|m| m << 20),
+            exec: args.exec.clone(),
+            exec_timeout: Duration::from_secs_f64(args.exec_timeout),
+        },
     }))
 }
 

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use super::actions::{ActionConfig, Actions};
 use super::metrics::{Metrics, SourceLabels};
 use super::model::ModelSlot;
 use crate::classifier::millis;
@@ -27,6 +28,8 @@ pub struct CameraSetup {
     pub limits: Limits,
     /// The region of each frame that is classified.
     pub crop: Option<Crop>,
+    /// Snapshots and a command on each state change.
+    pub actions: ActionConfig,
 }
 
 /// The latest classified frame, as `GET /v1/latest` shows it.
@@ -58,6 +61,9 @@ pub struct StateEvent {
     pub time: f64,
     pub held_frames: u32,
     pub held_ms: u64,
+    /// Where the snapshot of the confirming frame is written (--snapshot-dir).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 pub fn unix_now() -> f64 {
@@ -84,7 +90,7 @@ pub fn spawn(
 ) -> Result<std::thread::JoinHandle<Stats>> {
     std::thread::Builder::new()
         .name("camera".into())
-        .spawn(move || run(setup, &model, &metrics, &shared, stop))
+        .spawn(move || run(setup, &model, metrics, &shared, stop))
         .context("starting the camera thread")
 }
 
@@ -155,10 +161,25 @@ fn classify(
 fn run(
     setup: CameraSetup,
     model: &ModelSlot,
-    metrics: &Metrics,
+    metrics: Arc<Metrics>,
     shared: &CameraShared,
     stop: Arc<AtomicBool>,
 ) -> Stats {
+    let actions = match Actions::start(
+        setup.actions.clone(),
+        "default",
+        setup.limits,
+        metrics.clone(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            // The classification goes on without them.
+            metrics.error("action_dropped");
+            log::error!("{e:#}");
+            None
+        }
+    };
+    let metrics = &*metrics;
     let mut debouncer = Debouncer::new(setup.debounce.clone());
     let mut last = Stats::default();
     let account = |now: Stats, last: &mut Stats| account(metrics, shared, now, last);
@@ -174,7 +195,7 @@ fn run(
         let now = unix_now();
         if let Some(e) = debouncer.update(&latest.label, latest.probability, Instant::now()) {
             metrics.set_state(Some(&e.label), e.confidence);
-            let event = StateEvent {
+            let mut event = StateEvent {
                 state: e.label,
                 previous: e.previous,
                 confidence: e.confidence,
@@ -182,6 +203,7 @@ fn run(
                 time: now,
                 held_frames: e.frames,
                 held_ms: e.held_ms,
+                snapshot: None,
             };
             log::info!(
                 "state: {} -> {} ({:.1}%)",
@@ -189,6 +211,12 @@ fn run(
                 event.state,
                 event.confidence * 100.0
             );
+            if let Some(actions) = &actions {
+                event.snapshot = actions
+                    .snapshot_path(&event)
+                    .map(|p| p.display().to_string());
+                actions.submit(event.clone(), c.frame);
+            }
             // No subscriber is not an error.
             let _ = shared.events.send(event);
         } else if debouncer.state() == Some(latest.label.as_str()) {

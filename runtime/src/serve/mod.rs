@@ -5,6 +5,7 @@
 //! Without a token, only local `Host` names and same-origin requests are answered
 //! (`origin`).
 
+pub mod actions;
 pub mod auth;
 pub mod camera;
 pub mod child_check;
@@ -30,6 +31,7 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, watch, Semaphore};
 
+pub use actions::ActionConfig;
 pub use auth::Token;
 pub use camera::CameraSetup;
 pub use model::Loader;

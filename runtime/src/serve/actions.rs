@@ -1,0 +1,277 @@
+//! What runs on each state change besides SSE and MQTT: a JPEG snapshot of the frame that
+//! confirmed the state, and a command given the event. They run on their own thread
+//! behind a bounded queue, so a slow disk or a slow command never slows classification;
+//! what does not fit in the queue is dropped and counted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::camera::StateEvent;
+use super::metrics::Metrics;
+use crate::fsutil::{atomic_write, safe_name};
+use crate::stream::Frame;
+use crate::Limits;
+
+/// State changes waiting for their actions; more are dropped (and counted).
+const QUEUE: usize = 16;
+
+/// What to do on each state change.
+#[derive(Debug, Clone, Default)]
+pub struct ActionConfig {
+    /// Snapshots go to `<dir>/<camera>/<time>-<state>.jpg`.
+    pub snapshot_dir: Option<PathBuf>,
+    /// Keep at most this many snapshots per camera (the oldest go first).
+    pub snapshot_keep: Option<usize>,
+    /// Keep at most this many bytes of snapshots per camera.
+    pub snapshot_max_bytes: Option<u64>,
+    /// A shell command run with the event JSON on stdin.
+    pub exec: Option<String>,
+    /// How long the command may run before it is killed.
+    pub exec_timeout: Duration,
+}
+
+impl ActionConfig {
+    fn is_empty(&self) -> bool {
+        self.snapshot_dir.is_none() && self.exec.is_none()
+    }
+}
+
+struct Job {
+    event: StateEvent,
+    frame: Frame,
+}
+
+/// The queue into the actions thread.
+pub struct Actions {
+    cfg: ActionConfig,
+    camera: String,
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Actions {
+    /// Starts the actions thread of `camera`; `None` when there is nothing to do.
+    pub fn start(
+        cfg: ActionConfig,
+        camera: &str,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Actions>> {
+        if cfg.is_empty() {
+            return Ok(None);
+        }
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let worker = Worker {
+            cfg: cfg.clone(),
+            limits,
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("actions".into())
+            .spawn(move || rx.iter().for_each(|job| worker.run(job)))
+            .context("starting the actions thread")?;
+        Ok(Some(Actions {
+            cfg,
+            camera: safe_name(camera),
+            tx,
+            metrics,
+        }))
+    }
+
+    /// Where the snapshot of `event` will be written (known before it is, so that the
+    /// event can carry it).
+    pub fn snapshot_path(&self, event: &StateEvent) -> Option<PathBuf> {
+        let dir = self.cfg.snapshot_dir.as_ref()?.join(&self.camera);
+        let ms = (event.time * 1e3) as i64;
+        let time = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let name = format!(
+            "{}.{:03}Z-{}.jpg",
+            time.strftime("%Y%m%dT%H%M%S"),
+            ms.rem_euclid(1000),
+            safe_name(&event.state)
+        );
+        Some(dir.join(name))
+    }
+
+    /// Queues the actions of `event`, never waiting: a full queue drops it.
+    pub fn submit(&self, event: StateEvent, frame: &Frame) {
+        let job = Job {
+            event,
+            frame: frame.clone(),
+        };
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
+            self.tx.try_send(job)
+        {
+            self.metrics.error("action_dropped");
+            log::warn!(
+                "actions of the state change to {} dropped: {QUEUE} still waiting",
+                job.event.state
+            );
+        }
+    }
+}
+
+/// The actions thread's side.
+struct Worker {
+    cfg: ActionConfig,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(&self, job: Job) {
+        if let Some(path) = job.event.snapshot.as_deref().map(Path::new) {
+            if let Err(e) = self.snapshot(path, &job.frame) {
+                self.metrics.error("snapshot");
+                log::warn!("snapshot {}: {e:#}", path.display());
+            }
+        }
+        if let Some(command) = &self.cfg.exec {
+            let json = serde_json::to_vec(&job.event).expect("an event serializes");
+            match run_command(command, &json, &job.event.state, self.cfg.exec_timeout) {
+                Ok(status) if status.success() => log::info!("exec: {command}: {status}"),
+                Ok(status) => {
+                    self.metrics.error("exec");
+                    log::warn!("exec: {command}: {status}");
+                }
+                Err(e) => {
+                    self.metrics.error("exec");
+                    log::warn!("exec: {command}: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// The frame as JPEG, written atomically, then the retention applied.
+    fn snapshot(&self, path: &Path, frame: &Frame) -> Result<()> {
+        let rgb = frame.to_rgb(&self.limits)?;
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+            .encode_image(&rgb)
+            .context("encoding the JPEG")?;
+        atomic_write(path, &jpeg)?;
+        log::info!("snapshot {}", path.display());
+        if let Some(dir) = path.parent() {
+            prune(dir, self.cfg.snapshot_keep, self.cfg.snapshot_max_bytes)
+                .with_context(|| format!("pruning {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the oldest snapshots (by name: names start with the time) beyond `keep`
+/// files or `max_bytes` in all.
+fn prune(dir: &Path, keep: Option<usize>, max_bytes: Option<u64>) -> std::io::Result<()> {
+    if keep.is_none() && max_bytes.is_none() {
+        return Ok(());
+    }
+    let mut files: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jpg"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|(_, n)| n).sum();
+    let mut count = files.len();
+    for (path, bytes) in files {
+        let over = keep.is_some_and(|k| count > k) || max_bytes.is_some_and(|m| total > m);
+        // The newest one stays whatever its size: it is the event just sent.
+        if !over || count == 1 {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        count -= 1;
+        total -= bytes;
+    }
+    Ok(())
+}
+
+/// Runs `command` with `sh -c`, the event on stdin and the state in `GLIMPSE_STATE`;
+/// killed after `timeout`.
+fn run_command(command: &str, event: &[u8], state: &str, timeout: Duration) -> Result<ExitStatus> {
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", command])
+        .env("GLIMPSE_STATE", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting /bin/sh")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input is not an error.
+        let _ = stdin.write_all(event).and_then(|_| stdin.write_all(b"\n"));
+    }
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the command")? {
+            return Ok(status);
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("still running after {} s: killed", timeout.as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, size) in [100usize, 200, 300, 400].iter().enumerate() {
+            std::fs::write(dir.path().join(format!("2026120{i}-x.jpg")), vec![0; *size]).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"kept").unwrap();
+        let names = || {
+            let mut n: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        prune(dir.path(), Some(3), None).unwrap();
+        assert_eq!(
+            names(),
+            [
+                "20261201-x.jpg",
+                "20261202-x.jpg",
+                "20261203-x.jpg",
+                "notes.txt"
+            ]
+        );
+        prune(dir.path(), None, Some(750)).unwrap();
+        assert_eq!(names(), ["20261202-x.jpg", "20261203-x.jpg", "notes.txt"]);
+        prune(dir.path(), None, Some(10)).unwrap();
+        assert_eq!(
+            names(),
+            ["20261203-x.jpg", "notes.txt"],
+            "the newest always stays"
+        );
+    }
+
+    #[test]
+    fn a_command_that_hangs_is_killed() {
+        let t0 = Instant::now();
+        let e = run_command("sleep 30", b"{}", "cat", Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("killed"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let status = run_command(
+            "read line; test \"$GLIMPSE_STATE\" = cat",
+            b"{}",
+            "cat",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(status.success());
+    }
+}
