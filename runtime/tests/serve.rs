@@ -793,16 +793,17 @@ fn hostile_images_at_once_stay_within_the_memory_budget() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// A message as a subscriber got it: its topic and payload.
+type Message = (String, Vec<u8>);
+
 /// A subscriber on `port` that sends every message under `filters` down a channel,
 /// subscribing again after each reconnection, as a home automation server would.
-fn subscriber(
-    port: u16,
-    filters: &[&str],
-    login: Option<(&str, &str)>,
-) -> mpsc::Receiver<(String, String)> {
-    let (tx, rx) = mpsc::channel::<(String, String)>();
+fn subscriber(port: u16, filters: &[&str], login: Option<(&str, &str)>) -> mpsc::Receiver<Message> {
+    let (tx, rx) = mpsc::channel::<Message>();
     let mut opts = rumqttc::MqttOptions::new(format!("sub-{port}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
+    // Snapshots are larger than rumqttc's 10 KiB default.
+    opts.set_max_packet_size(16 << 20, 10 << 10);
     if let Some((user, pass)) = login {
         opts.set_credentials(user, pass);
     }
@@ -817,8 +818,7 @@ fn subscriber(
                     }
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                    if tx.send((p.topic.clone(), payload)).is_err() {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
                         return;
                     }
                 }
@@ -927,7 +927,7 @@ fn mqtt_over_tls_with_a_password_and_a_client_certificate() {
     let t0 = Instant::now();
     while !(seen
         .iter()
-        .any(|(t, p): &(String, String)| t == "glimpse/tls/availability" && p == "online")
+        .any(|(t, p): &Message| t == "glimpse/tls/availability" && p == b"online")
         && seen.iter().any(|(t, _)| t == "glimpse/tls/state"))
     {
         assert!(
@@ -1221,7 +1221,7 @@ fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
 
     // MQTT: discovery, availability, state changes and status.
     // Every message received, in order; `from` skips what came before a point in time.
-    let seen: std::cell::RefCell<Vec<(String, String)>> = Default::default();
+    let seen: std::cell::RefCell<Vec<Message>> = Default::default();
     let wait_for =
         |what: &str, from: usize, pred: &dyn Fn(&str, &str) -> bool| -> (String, String) {
             let t0 = Instant::now();
@@ -1229,8 +1229,15 @@ fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
                 while let Ok(m) = rx.try_recv() {
                     seen.borrow_mut().push(m);
                 }
-                if let Some(m) = seen.borrow().iter().skip(from).find(|(t, p)| pred(t, p)) {
-                    return m.clone();
+                let text = |(t, p): &Message| (t.clone(), String::from_utf8_lossy(p).into_owned());
+                if let Some(m) = seen
+                    .borrow()
+                    .iter()
+                    .skip(from)
+                    .map(text)
+                    .find(|(t, p)| pred(t, p))
+                {
+                    return m;
                 }
                 assert!(
                     t0.elapsed() < Duration::from_secs(40),
@@ -1257,6 +1264,51 @@ fn camera_events_reach_sse_and_a_real_mqtt_broker_across_a_broker_restart() {
     wait_for("status", 0, &|t, p| {
         t == "glimpse/test/status" && p.contains("model_sha256")
     });
+    // The snapshot of each state, retained, as a Home Assistant image entity: a JPEG that
+    // classifies to a state just announced.
+    let (_, image) = wait_for("image discovery", 0, &|t, _| {
+        t == "homeassistant/image/glimpse-under-test/snapshot/config"
+    });
+    let image: Value = serde_json::from_str(&image).unwrap();
+    assert_eq!(
+        image["image_topic"], "glimpse/test/default/snapshot",
+        "{image}"
+    );
+    assert_eq!(image["content_type"], "image/jpeg", "{image}");
+    wait_for("a snapshot", 0, &|t, _| {
+        t == "glimpse/test/default/snapshot"
+    });
+    let (at, jpeg) = seen
+        .borrow()
+        .iter()
+        .enumerate()
+        .find(|(_, (t, _))| t == "glimpse/test/default/snapshot")
+        .map(|(i, (_, p))| (i, p.clone()))
+        .unwrap();
+    let photo = dir.path().join("snapshot.jpg");
+    std::fs::write(&photo, &jpeg).unwrap();
+    assert_eq!(
+        image::guess_format(&jpeg).ok(),
+        Some(image::ImageFormat::Jpeg)
+    );
+    let label = classify_json(&shipped_model(), &photo)["label"].clone();
+    // Its state is the one announced just before it, or just after (the two are
+    // published as they come, from two threads).
+    wait_for("a state after the snapshot", at, &|t, _| {
+        t == "glimpse/test/state"
+    });
+    let state_of = |(t, p): &Message| {
+        (t == "glimpse/test/state")
+            .then(|| serde_json::from_slice::<Value>(p).unwrap()["state"].clone())
+    };
+    let seen_now = seen.borrow();
+    let before = seen_now[..at].iter().rev().find_map(state_of);
+    let after = seen_now[at..].iter().find_map(state_of);
+    assert!(
+        before.as_ref() == Some(&label) || after.as_ref() == Some(&label),
+        "the snapshot shows {label}, the states around it were {before:?} and {after:?}"
+    );
+    drop(seen_now);
 
     // The broker goes away and comes back: classification goes on meanwhile, and the
     // messages flow again after the restart.
@@ -2010,4 +2062,150 @@ fn a_failing_command_is_logged_and_counted_while_the_camera_goes_on() {
         assert!(t0.elapsed() < Duration::from_secs(30), "{m}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One request a [`HookReceiver`] took: its body, its signature header and the status it
+/// was answered with.
+struct Delivery {
+    status: u16,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver on loopback: answers its first `failures` requests with 500, the
+/// rest with 200, one request per connection, and keeps what it was sent.
+struct HookReceiver {
+    url: String,
+    got: Arc<std::sync::Mutex<Vec<Delivery>>>,
+}
+
+impl HookReceiver {
+    fn start(failures: usize) -> HookReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let Some((signature, body)) = Self::read_request(&mut s) else {
+                    continue;
+                };
+                let mut got = record.lock().unwrap();
+                let status = if got.len() < failures { 500 } else { 200 };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                got.push(Delivery {
+                    status,
+                    signature,
+                    body,
+                });
+            }
+        });
+        HookReceiver { url, got }
+    }
+
+    /// The signature header and the body of one POST.
+    fn read_request(s: &mut TcpStream) -> Option<(Option<String>, Vec<u8>)> {
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut r = BufReader::new(s);
+        let (mut length, mut signature) = (0, None);
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).ok()?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().ok()?,
+                "x-glimpse-signature" => signature = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body).ok()?;
+        Some((signature, body))
+    }
+
+    fn accepted(&self) -> usize {
+        let got = self.got.lock().unwrap();
+        got.iter().filter(|d| d.status == 200).count()
+    }
+}
+
+#[test]
+fn state_changes_are_posted_to_a_webhook_signed_and_retried_after_a_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, log) = (dir.path().join("secret"), dir.path().join("events.jsonl"));
+    std::fs::write(&secret, "hook-key-42\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let receiver = HookReceiver::start(1);
+    let samples = root().join("samples");
+    let exec = format!("cat >> '{}'", log.display());
+    let server = Server::start(
+        &[
+            &["--images", samples.to_str().unwrap()][..],
+            &LOOPING_CAMERA,
+            &["--exec", &exec, "--webhook", &receiver.url],
+            &["--webhook-secret-file", secret.to_str().unwrap()],
+        ]
+        .concat(),
+        &[],
+    );
+    let t0 = Instant::now();
+    while receiver.accepted() < 6 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "{} accepted",
+            receiver.accepted()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(server);
+    let got = receiver.got.lock().unwrap();
+    // Every request is signed with the secret, as the receiver computes it.
+    for d in got.iter() {
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"hook-key-42").unwrap();
+        hmac::Mac::update(&mut mac, &d.body);
+        let hex: String = hmac::Mac::finalize(mac)
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(d.signature.as_deref(), Some(&*format!("sha256={hex}")));
+    }
+    // The event answered 500 came again, the same.
+    assert_eq!((got[0].status, got[1].status), (500, 200));
+    assert_eq!(got[0].body, got[1].body);
+    // Each event was accepted once, in order: the ones the command got, no more, no less.
+    let accepted: Vec<Value> = got
+        .iter()
+        .filter(|d| d.status == 200)
+        .map(|d| serde_json::from_slice(&d.body).unwrap())
+        .collect();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let commanded: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let n = accepted.len().min(commanded.len());
+    assert!(n >= 5, "{accepted:?}\n{commanded:?}");
+    assert_eq!(accepted[..n], commanded[..n]);
+
+    // A URL that is not http(s) is refused at start-up.
+    let err = serve_refuses(&[
+        "--images",
+        samples.to_str().unwrap(),
+        "--webhook",
+        "ftp://h/x",
+    ]);
+    assert!(
+        err.contains("--webhook \"ftp://h/x\": expected an http:// or https:// URL"),
+        "{err}"
+    );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use glimpse_runtime::serve::{self, ActionConfig, CameraSetup, MqttConfig, ServeOptions, Token};
+use glimpse_runtime::serve::{
+    self, ActionConfig, CameraSetup, MqttConfig, ServeOptions, Token, WebhookConfig,
+};
 use glimpse_runtime::stream::LiveOptions;
 use glimpse_runtime::{Classifier, Limits, OnnxFile};
 
@@ -21,6 +23,7 @@ use super::ModelArgs;
 /// given (keeps the secret out of `ps` and shell history).
 const TOKEN_ENV: &str = "GLIMPSE_TOKEN";
 const MQTT_PASSWORD_ENV: &str = "GLIMPSE_MQTT_PASSWORD";
+const WEBHOOK_SECRET_ENV: &str = "GLIMPSE_WEBHOOK_SECRET";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -193,6 +196,22 @@ pub struct Args {
     /// Seconds the --exec command may run before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, requires = "exec", help_heading = "Actions")]
     pub exec_timeout: f64,
+    /// On each state change, POST the event JSON to this http:// or https:// URL
+    /// (retried with backoff after a network error, a timeout or a 5xx).
+    #[arg(long, value_name = "URL", help_heading = "Actions")]
+    pub webhook: Option<String>,
+    /// File holding the key of the `X-Glimpse-Signature: sha256=<HMAC>` header (else
+    /// $GLIMPSE_WEBHOOK_SECRET, else the systemd credential `webhook-secret`; none: unsigned).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "webhook",
+        help_heading = "Actions"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Seconds one webhook attempt may take, connection to the end of the answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, requires = "webhook", help_heading = "Actions")]
+    pub webhook_timeout: f64,
     /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
     #[arg(long, value_name = "HOST", help_heading = "MQTT")]
     pub mqtt_host: Option<String>,
@@ -621,8 +640,22 @@ fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
             snapshot_max_bytes: args.snapshot_max_mb.map(|m| m << 20),
             exec: args.exec.clone(),
             exec_timeout: Duration::from_secs_f64(args.exec_timeout),
+            webhook: webhook(args)?,
         },
     }))
+}
+
+/// The webhook of --webhook, its URL checked and its secret read now.
+fn webhook(args: &Args) -> Result<Option<WebhookConfig>> {
+    let Some(url) = &args.webhook else {
+        return Ok(None);
+    };
+    let secret = match &args.webhook_secret_file {
+        Some(f) => Some(read_secret_file(f, "webhook secret")?),
+        None => env_or_credential(WEBHOOK_SECRET_ENV, "webhook-secret", "webhook secret")?,
+    };
+    let timeout = Duration::from_secs_f64(args.webhook_timeout);
+    Ok(Some(WebhookConfig::new(url, secret, timeout)?))
 }
 
 /// The MQTT connection, if --mqtt-host was given.

@@ -1,7 +1,8 @@
-//! What runs on each state change besides SSE and MQTT: a JPEG snapshot of the frame that
-//! confirmed the state, and a command given the event. They run on their own thread
-//! behind a bounded queue, so a slow disk or a slow command never slows classification;
-//! what does not fit in the queue is dropped and counted.
+//! What runs on each state change besides SSE and the MQTT state: a JPEG snapshot of the
+//! frame that confirmed the state (to a folder, and to MQTT as an image), a command given
+//! the event, a webhook. They run on threads of their
+//! own behind bounded queues, so a slow disk, command or receiver never slows
+//! classification; what does not fit in a queue is dropped and counted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use tokio::sync::watch;
 
 use super::camera::StateEvent;
 use super::metrics::Metrics;
+use super::webhook::{Webhook, WebhookConfig};
 use crate::fsutil::{atomic_write, safe_name};
 use crate::stream::Frame;
 use crate::Limits;
@@ -34,11 +37,14 @@ pub struct ActionConfig {
     pub exec: Option<String>,
     /// How long the command may run before it is killed.
     pub exec_timeout: Duration,
+    /// Where each event is POSTed.
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl ActionConfig {
-    fn is_empty(&self) -> bool {
-        self.snapshot_dir.is_none() && self.exec.is_none()
+    /// Whether the snapshot and exec thread has work.
+    fn local(&self) -> bool {
+        self.snapshot_dir.is_some() || self.exec.is_some()
     }
 }
 
@@ -47,11 +53,18 @@ struct Job {
     frame: Frame,
 }
 
-/// The queue into the actions thread.
+/// A state's snapshot, JPEG-encoded.
+pub type Jpeg = Arc<Vec<u8>>;
+
+/// Where the newest snapshot goes for MQTT to publish (`None` until the first).
+pub type ImageSender = watch::Sender<Option<Jpeg>>;
+
+/// The queues into the actions threads.
 pub struct Actions {
     cfg: ActionConfig,
     camera: String,
-    tx: SyncSender<Job>,
+    tx: Option<SyncSender<Job>>,
+    webhook: Option<Webhook>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,24 +75,25 @@ impl Actions {
         camera: &str,
         limits: Limits,
         metrics: Arc<Metrics>,
+        image: Option<ImageSender>,
     ) -> Result<Option<Actions>> {
-        if cfg.is_empty() {
+        let local = cfg.local() || image.is_some();
+        if !local && cfg.webhook.is_none() {
             return Ok(None);
         }
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
-        let worker = Worker {
-            cfg: cfg.clone(),
-            limits,
-            metrics: metrics.clone(),
+        let tx = match local {
+            true => Some(Worker::start(&cfg, limits, &metrics, image)?),
+            false => None,
         };
-        std::thread::Builder::new()
-            .name("actions".into())
-            .spawn(move || rx.iter().for_each(|job| worker.run(job)))
-            .context("starting the actions thread")?;
+        let webhook = match &cfg.webhook {
+            Some(w) => Some(Webhook::start(w.clone(), metrics.clone())?),
+            None => None,
+        };
         Ok(Some(Actions {
             cfg,
             camera: safe_name(camera),
             tx,
+            webhook,
             metrics,
         }))
     }
@@ -101,13 +115,17 @@ impl Actions {
 
     /// Queues the actions of `event`, never waiting: a full queue drops it.
     pub fn submit(&self, event: StateEvent, frame: &Frame) {
+        if let Some(webhook) = &self.webhook {
+            webhook.submit(serde_json::to_vec(&event).expect("an event serializes"));
+        }
+        let Some(tx) = &self.tx else {
+            return;
+        };
         let job = Job {
             event,
             frame: frame.clone(),
         };
-        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-            self.tx.try_send(job)
-        {
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = tx.try_send(job) {
             self.metrics.error("action_dropped");
             log::warn!(
                 "actions of the state change to {} dropped: {QUEUE} still waiting",
@@ -122,14 +140,40 @@ struct Worker {
     cfg: ActionConfig,
     limits: Limits,
     metrics: Arc<Metrics>,
+    image: Option<ImageSender>,
 }
 
 impl Worker {
+    /// Starts the thread; returns its queue.
+    fn start(
+        cfg: &ActionConfig,
+        limits: Limits,
+        metrics: &Arc<Metrics>,
+        image: Option<ImageSender>,
+    ) -> Result<SyncSender<Job>> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let worker = Worker {
+            cfg: cfg.clone(),
+            limits,
+            metrics: metrics.clone(),
+            image,
+        };
+        std::thread::Builder::new()
+            .name("actions".into())
+            .spawn(move || rx.iter().for_each(|job| worker.run(job)))
+            .context("starting the actions thread")?;
+        Ok(tx)
+    }
+
     fn run(&self, job: Job) {
-        if let Some(path) = job.event.snapshot.as_deref().map(Path::new) {
+        let path = job.event.snapshot.as_deref().map(Path::new);
+        if path.is_some() || self.image.is_some() {
             if let Err(e) = self.snapshot(path, &job.frame) {
                 self.metrics.error("snapshot");
-                log::warn!("snapshot {}: {e:#}", path.display());
+                match path {
+                    Some(path) => log::warn!("snapshot {}: {e:#}", path.display()),
+                    None => log::warn!("snapshot of {}: {e:#}", job.event.state),
+                }
             }
         }
         if let Some(command) = &self.cfg.exec {
@@ -148,13 +192,21 @@ impl Worker {
         }
     }
 
-    /// The frame as JPEG, written atomically, then the retention applied.
-    fn snapshot(&self, path: &Path, frame: &Frame) -> Result<()> {
+    /// The frame as JPEG: written atomically to `path` (then the retention applied), and
+    /// handed to MQTT.
+    fn snapshot(&self, path: Option<&Path>, frame: &Frame) -> Result<()> {
         let rgb = frame.to_rgb(&self.limits)?;
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
             .encode_image(&rgb)
             .context("encoding the JPEG")?;
+        let jpeg = Arc::new(jpeg);
+        if let Some(image) = &self.image {
+            image.send_replace(Some(jpeg.clone()));
+        }
+        let Some(path) = path else {
+            return Ok(());
+        };
         atomic_write(path, &jpeg)?;
         log::info!("snapshot {}", path.display());
         if let Some(dir) = path.parent() {

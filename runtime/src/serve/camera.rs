@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use super::actions::{ActionConfig, Actions};
+use super::actions::{ActionConfig, Actions, ImageSender};
 use super::metrics::{Metrics, SourceLabels};
 use super::model::ModelSlot;
 use crate::classifier::millis;
@@ -76,6 +76,8 @@ pub fn unix_now() -> f64 {
 pub struct CameraShared {
     pub latest: Mutex<Option<Latest>>,
     pub events: broadcast::Sender<StateEvent>,
+    /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
+    pub image: Option<ImageSender>,
     pub stats: Mutex<Stats>,
     pub describe: String,
 }
@@ -170,6 +172,7 @@ fn run(
         "default",
         setup.limits,
         metrics.clone(),
+        shared.image.clone(),
     ) {
         Ok(a) => a,
         Err(e) => {

@@ -17,6 +17,7 @@ pub mod model;
 pub mod mqtt;
 pub mod origin;
 pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub use auth::Token;
 pub use camera::CameraSetup;
 pub use model::Loader;
 pub use mqtt::MqttConfig;
+pub use webhook::WebhookConfig;
 
 use camera::CameraShared;
 use http::AppState;
@@ -189,7 +191,7 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     let camera = opts
         .camera
         .take()
-        .map(|setup| Camera::start(setup, &slot, &metrics))
+        .map(|setup| Camera::start(setup, &slot, &metrics, opts.mqtt.is_some()))
         .transpose()?;
     let memory = request_memory(opts.memory_budget, opts.workers, &slot)?;
     let state = Arc::new(AppState {
@@ -221,6 +223,10 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
             cfg,
             metrics.clone(),
             state.camera.as_ref().map(|c| c.events.subscribe()),
+            state
+                .camera
+                .as_ref()
+                .and_then(|c| c.image.as_ref().map(|i| i.subscribe())),
             status,
             model_name,
             shutdown_rx.clone(),
@@ -261,10 +267,17 @@ struct Camera {
 }
 
 impl Camera {
-    fn start(setup: CameraSetup, slot: &Arc<ModelSlot>, metrics: &Arc<Metrics>) -> Result<Self> {
+    /// With `mqtt`, each state's snapshot is also made for MQTT to publish.
+    fn start(
+        setup: CameraSetup,
+        slot: &Arc<ModelSlot>,
+        metrics: &Arc<Metrics>,
+        mqtt: bool,
+    ) -> Result<Self> {
         let shared = Arc::new(CameraShared {
             latest: Mutex::new(None),
             events: broadcast::channel(64).0,
+            image: mqtt.then(|| watch::channel(None).0),
             stats: Mutex::new(Default::default()),
             describe: setup.describe.clone(),
         });

@@ -1,5 +1,5 @@
-//! MQTT publishing: debounced state changes (retained), periodic status, availability with
-//! a last will, and Home Assistant discovery; reconnects with backoff on its own task, so
+//! MQTT publishing: debounced state changes and their snapshots (retained), periodic status,
+//! availability with a last will, and Home Assistant discovery; reconnects with backoff on its own task, so
 //! a lost broker never blocks classification.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use rumqttc::{
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
+use super::actions::Jpeg;
 use super::camera::StateEvent;
 use super::metrics::Metrics;
 
@@ -19,7 +20,8 @@ use super::metrics::Metrics;
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
-    /// Base topic: `<topic>/state`, `<topic>/status`, `<topic>/availability`.
+    /// Base topic: `<topic>/state`, `<topic>/default/snapshot`, `<topic>/status`,
+    /// `<topic>/availability`.
     pub topic: String,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
@@ -43,9 +45,23 @@ pub fn node_id(s: &str) -> String {
     }
 }
 
+/// The largest message published: a snapshot of a big frame.
+const MAX_PACKET: usize = 16 << 20;
+
+/// The topic of the camera's snapshots (one camera, `default`, for now).
+pub fn image_topic(cfg: &MqttConfig) -> String {
+    format!("{}/default/snapshot", cfg.topic)
+}
+
 /// The Home Assistant discovery messages (topic, retained payload): a sensor for the
-/// state and one for its confidence, both tied to one device.
-pub fn discovery_messages(cfg: &MqttConfig, prefix: &str, model: &str) -> Vec<(String, String)> {
+/// state and one for its confidence, and with `image` an image entity for the snapshot of
+/// each state, all tied to one device.
+pub fn discovery_messages(
+    cfg: &MqttConfig,
+    prefix: &str,
+    model: &str,
+    image: bool,
+) -> Vec<(String, String)> {
     let node = node_id(&cfg.client_id);
     let device = json!({
         "identifiers": [format!("glimpse_{node}")],
@@ -59,20 +75,22 @@ pub fn discovery_messages(cfg: &MqttConfig, prefix: &str, model: &str) -> Vec<(S
             "name": name,
             "unique_id": format!("glimpse_{node}_{key}"),
             "object_id": format!("glimpse_{node}_{key}"),
-            "state_topic": format!("{}/state", cfg.topic),
             "availability_topic": format!("{}/availability", cfg.topic),
             "device": device.clone(),
         })
     };
+    let state_topic = json!(format!("{}/state", cfg.topic));
     let mut state = common("State", "state");
+    state["state_topic"] = state_topic.clone();
     state["value_template"] = json!("{{ value_json.state }}");
     state["json_attributes_topic"] = json!(format!("{}/state", cfg.topic));
     state["icon"] = json!("mdi:eye");
     let mut confidence = common("Confidence", "confidence");
+    confidence["state_topic"] = state_topic;
     confidence["value_template"] = json!("{{ (value_json.confidence * 100) | round(1) }}");
     confidence["unit_of_measurement"] = json!("%");
     confidence["state_class"] = json!("measurement");
-    vec![
+    let mut out = vec![
         (
             format!("{prefix}/sensor/{node}/state/config"),
             state.to_string(),
@@ -81,7 +99,17 @@ pub fn discovery_messages(cfg: &MqttConfig, prefix: &str, model: &str) -> Vec<(S
             format!("{prefix}/sensor/{node}/confidence/config"),
             confidence.to_string(),
         ),
-    ]
+    ];
+    if image {
+        let mut snapshot = common("Snapshot", "snapshot");
+        snapshot["image_topic"] = json!(image_topic(cfg));
+        snapshot["content_type"] = json!("image/jpeg");
+        out.push((
+            format!("{prefix}/image/{node}/snapshot/config"),
+            snapshot.to_string(),
+        ));
+    }
+    out
 }
 
 /// Runs the MQTT client until `shutdown` turns true; then publishes `offline`.
@@ -89,6 +117,7 @@ pub async fn run(
     cfg: MqttConfig,
     metrics: Arc<Metrics>,
     mut events: Option<broadcast::Receiver<StateEvent>>,
+    mut images: Option<watch::Receiver<Option<Jpeg>>>,
     status: StatusFn,
     model_name: String,
     mut shutdown: watch::Receiver<bool>,
@@ -99,10 +128,13 @@ pub async fn run(
     // Messages wait here while the broker is away; beyond 64 they are dropped (and
     // counted) rather than blocking anything.
     let (client, mut eventloop) = AsyncClient::new(options(&cfg, &availability), 64);
-    let publish = |topic: &str, qos: QoS, retain: bool, payload: String| {
+    let publish = |topic: &str, qos: QoS, retain: bool, payload: Vec<u8>| {
         publish(&client, &metrics, topic, qos, retain, payload)
     };
+    let image_topic = image_topic(&cfg);
+    let with_image = images.is_some();
     let mut last_state: Option<String> = None;
+    let mut last_image: Option<Jpeg> = None;
     let mut backoff = Duration::from_millis(500);
     let mut down_since_logged = false;
     let mut status_tick = tokio::time::interval(cfg.status_interval);
@@ -124,8 +156,11 @@ pub async fn run(
                     down_since_logged = false;
                     // Retained messages may be gone (a broker restarted without
                     // persistence): publish everything a subscriber needs again.
-                    for (topic, payload) in retained(&cfg, &model_name, last_state.as_deref()) {
-                        publish(&topic, QoS::AtLeastOnce, true, payload);
+                    for (topic, payload) in retained(&cfg, &model_name, last_state.as_deref(), with_image) {
+                        publish(&topic, QoS::AtLeastOnce, true, payload.into_bytes());
+                    }
+                    if let Some(jpeg) = &last_image {
+                        publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
                     }
                 }
                 Ok(_) => {}
@@ -152,7 +187,7 @@ pub async fn run(
             } } => match received {
                 Ok(event) => {
                     let payload = serde_json::to_string(&event).unwrap_or_default();
-                    publish(&state_topic, QoS::AtLeastOnce, true, payload.clone());
+                    publish(&state_topic, QoS::AtLeastOnce, true, payload.clone().into_bytes());
                     last_state = Some(payload);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -160,14 +195,27 @@ pub async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => events = None,
             },
+            changed = async { match images.as_mut() {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            } } => match changed {
+                Ok(()) => {
+                    let jpeg = images.as_mut().and_then(|rx| rx.borrow_and_update().clone());
+                    if let Some(jpeg) = jpeg {
+                        publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
+                        last_image = Some(jpeg);
+                    }
+                }
+                Err(_) => images = None,
+            },
             _ = status_tick.tick() => {
-                publish(&status_topic, QoS::AtMostOnce, false, status().to_string());
+                publish(&status_topic, QoS::AtMostOnce, false, status().to_string().into_bytes());
             }
             _ = shutdown.changed() => break,
         }
     }
     // Say goodbye if the broker is there; give it a moment, never more.
-    publish(&availability, QoS::AtLeastOnce, true, "offline".into());
+    publish(&availability, QoS::AtLeastOnce, true, b"offline".to_vec());
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while eventloop.poll().await.is_ok() {}
@@ -180,6 +228,8 @@ pub async fn run(
 fn options(cfg: &MqttConfig, availability: &str) -> MqttOptions {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(15));
+    // Answers from the broker are small; what is sent can be a snapshot.
+    opts.set_max_packet_size(10 << 10, MAX_PACKET);
     opts.set_last_will(LastWill::new(
         availability,
         "offline",
@@ -221,7 +271,7 @@ fn publish(
     topic: &str,
     qos: QoS,
     retain: bool,
-    payload: String,
+    payload: Vec<u8>,
 ) {
     if let Err(e) = client.try_publish(topic, qos, retain, payload) {
         metrics.error("mqtt_dropped");
@@ -232,11 +282,16 @@ fn publish(
 }
 
 /// The retained messages a subscriber needs, published again on every connection:
-/// availability, discovery (if on) and the last state.
-fn retained(cfg: &MqttConfig, model: &str, last_state: Option<&str>) -> Vec<(String, String)> {
+/// availability, discovery (if on) and the last state (the last snapshot aside).
+fn retained(
+    cfg: &MqttConfig,
+    model: &str,
+    last_state: Option<&str>,
+    image: bool,
+) -> Vec<(String, String)> {
     let mut out = vec![(format!("{}/availability", cfg.topic), "online".to_string())];
     if let Some(prefix) = &cfg.discovery_prefix {
-        out.extend(discovery_messages(cfg, prefix, model));
+        out.extend(discovery_messages(cfg, prefix, model, image));
     }
     if let Some(s) = last_state {
         out.push((format!("{}/state", cfg.topic), s.to_string()));
@@ -260,12 +315,24 @@ mod tests {
             discovery_prefix: Some("homeassistant".into()),
             status_interval: Duration::from_secs(60),
         };
-        let msgs = discovery_messages(&cfg, "homeassistant", "birds.onnx");
-        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            discovery_messages(&cfg, "homeassistant", "birds.onnx", false).len(),
+            2
+        );
+        let msgs = discovery_messages(&cfg, "homeassistant", "birds.onnx", true);
+        assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[0].0, "homeassistant/sensor/shed_cam/state/config");
-        for (_, payload) in &msgs {
+        for (_, payload) in &msgs[..2] {
             let v: serde_json::Value = serde_json::from_str(payload).unwrap();
             assert_eq!(v["state_topic"], "glimpse/shed/state");
+        }
+        assert_eq!(msgs[2].0, "homeassistant/image/shed_cam/snapshot/config");
+        let image: serde_json::Value = serde_json::from_str(&msgs[2].1).unwrap();
+        assert_eq!(image["image_topic"], "glimpse/shed/default/snapshot");
+        assert_eq!(image["content_type"], "image/jpeg");
+        assert!(image.get("state_topic").is_none(), "{image}");
+        for (_, payload) in &msgs {
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
             assert_eq!(v["availability_topic"], "glimpse/shed/availability");
             assert_eq!(v["device"]["identifiers"][0], "glimpse_shed_cam");
         }
