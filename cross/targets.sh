@@ -27,7 +27,7 @@ ZIG_VENV=${GLIMPSE_ZIG_VENV:-/opt/glimpse-zig}
 # keeps LLVM from vectorizing them (BENCHMARKS.md, int8 on ARM).
 HOT_CRATES=(tract-linalg tract-core tract-data ndarray matrixmultiply half num-traits smallvec
   fast_image_resize image zune-jpeg zune-core png fdeflate miniz_oxide adler2 simd-adler32
-  crc32fast image-webp gif weezl moxcms pxfm bytemuck prost sha2)
+  crc32fast image-webp gif weezl moxcms pxfm bytemuck prost sha2 yuvutils-rs)
 # Sets PROFILE_ARGS: cargo --config arguments for the opt-levels above (every target).
 size_profile() {
   PROFILE_ARGS=(--config 'profile.release.package."*".opt-level="s"')

@@ -1,9 +1,9 @@
 //! Video frames as cameras and raw streams deliver them, and their conversion to RGB.
 //!
 //! YUV formats use ITU-R BT.601 with limited ("studio") range, what USB webcams and the
-//! Pi camera stack deliver: Y in 16–235, U/V in 16–240. Integer arithmetic with the usual
-//! 8-bit fixed-point coefficients (×256), so a frame converts in a few milliseconds on a
-//! Pi without floats.
+//! Pi camera stack deliver: Y in 16–235, U/V in 16–240. The conversions to RGB run in
+//! yuvutils-rs's SIMD code (5-15x the scalar loops they replaced, BENCHMARKS.md); the
+//! conversions from RGB, for test streams and fuzzers, are plain 8-bit fixed point.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Result};
 use image::RgbImage;
+use yuvutils_rs::{YuvBiPlanarImage, YuvConversionMode, YuvRange, YuvStandardMatrix};
 
 use crate::crop::Crop;
 use crate::decode::{self, Limits};
@@ -204,52 +205,147 @@ pub fn rgb_to_yuv([r, g, b]: [u8; 3]) -> (u8, u8, u8) {
     )
 }
 
+// The conversions glimpse uses: BT.601 limited range, the chroma of a 2x2 (4:2:0) or 2x1
+// (4:2:2) block shared by its pixels, in yuvutils-rs with SSE4.1/AVX2 on x86_64 and NEON
+// on aarch64 picked at run time (armv7 runs its portable code). All three go through its
+// bi-planar path in "professional" mode: within 0.61 levels of the textbook formula for
+// every legal (Y, U, V), where its default mode is 2.7 off, and its packed YUYV path, with
+// 6-bit coefficients, more. Values outside the legal range are clamped to it first.
+const RANGE: YuvRange = YuvRange::Limited;
+const MATRIX: YuvStandardMatrix = YuvStandardMatrix::Bt601;
+const MODE: YuvConversionMode = YuvConversionMode::Professional;
+
 /// Packed YUYV (4:2:2, even width) to RGB.
+///
+/// # Panics
+/// When `data` is not the size of a `width`×`height` YUYV frame ([`Frame::to_rgb`] checks).
 pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
-    let (w, h) = (width as usize, height as usize);
-    let stride = w * 2;
-    let mut out = vec![0u8; w * h * 3];
-    for row in 0..h {
-        let line = &data[row * stride..(row + 1) * stride];
-        for x in 0..w {
-            let pair = (x / 2) * 4;
-            let y = line[x * 2];
-            let (u, v) = (line[pair + 1], line[pair + 3]);
-            out[(row * w + x) * 3..][..3].copy_from_slice(&yuv_to_rgb(y, u, v));
-        }
+    let n = width as usize * height as usize;
+    assert_eq!(data.len(), n * 2, "a {width}x{height} YUYV frame's size");
+    // De-interleaved into NV16 (a Y plane, then U/V pairs) by hand: yuvutils-rs 0.8.3's
+    // SSE/AVX2 `yuyv422_to_yuv422` misplaces samples in rows of 32 pixels or more.
+    let (mut y, mut uv) = (vec![0u8; n], vec![0u8; n]);
+    let planes = y.chunks_exact_mut(2).zip(uv.chunks_exact_mut(2));
+    for (quad, (y, uv)) in data.chunks_exact(4).zip(planes) {
+        (y[0], uv[0], y[1], uv[1]) = (quad[0], quad[1], quad[2], quad[3]);
     }
-    RgbImage::from_raw(width, height, out).expect("sized")
+    let image = YuvBiPlanarImage {
+        y_plane: &y,
+        y_stride: width,
+        uv_plane: &uv,
+        uv_stride: width,
+        width,
+        height,
+    };
+    convert(width, height, |rgb| {
+        yuvutils_rs::yuv_nv16_to_rgb(&image, rgb, width * 3, RANGE, MATRIX, MODE)
+    })
 }
 
 /// NV12 (Y plane, then U/V interleaved at half resolution) to RGB.
+///
+/// # Panics
+/// When `data` is not the size of a `width`×`height` NV12 frame ([`Frame::to_rgb`] checks).
 pub fn nv12_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
-    let (w, h) = (width as usize, height as usize);
-    let (cw, uv) = (w.div_ceil(2), &data[w * h..]);
-    let mut out = vec![0u8; w * h * 3];
-    for row in 0..h {
-        for x in 0..w {
-            let c = ((row / 2) * cw + x / 2) * 2;
-            let rgb = yuv_to_rgb(data[row * w + x], uv[c], uv[c + 1]);
-            out[(row * w + x) * 3..][..3].copy_from_slice(&rgb);
-        }
+    let (y, uv) = data.split_at(width as usize * height as usize);
+    nv12_planes_to_rgb(y, uv, width, height)
+}
+
+/// I420 (planes Y, U, V; chroma at half resolution) to RGB.
+///
+/// # Panics
+/// When `data` is not the size of a `width`×`height` I420 frame ([`Frame::to_rgb`] checks).
+pub fn i420_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
+    let chroma = width.div_ceil(2) as usize * height.div_ceil(2) as usize;
+    let (y, planes) = data.split_at(width as usize * height as usize);
+    let (u, v) = planes.split_at(chroma);
+    let mut uv = vec![0u8; chroma * 2];
+    for (pair, (u, v)) in uv.chunks_exact_mut(2).zip(u.iter().zip(v)) {
+        (pair[0], pair[1]) = (*u, *v);
+    }
+    nv12_planes_to_rgb(y, &uv, width, height)
+}
+
+fn nv12_planes_to_rgb(y: &[u8], uv: &[u8], width: u32, height: u32) -> RgbImage {
+    let image = YuvBiPlanarImage {
+        y_plane: y,
+        y_stride: width,
+        uv_plane: uv,
+        uv_stride: width.div_ceil(2) * 2,
+        width,
+        height,
+    };
+    convert(width, height, |rgb| {
+        yuvutils_rs::yuv_nv12_to_rgb(&image, rgb, width * 3, RANGE, MATRIX, MODE)
+    })
+}
+
+/// Runs one yuvutils-rs conversion into a new `width`×`height` RGB image.
+fn convert(
+    width: u32,
+    height: u32,
+    f: impl FnOnce(&mut [u8]) -> Result<(), yuvutils_rs::YuvError>,
+) -> RgbImage {
+    let mut out = vec![0u8; width as usize * height as usize * 3];
+    if let Err(e) = f(&mut out) {
+        panic!("a {width}x{height} frame of the wrong size reached the conversion: {e}");
     }
     RgbImage::from_raw(width, height, out).expect("sized")
 }
 
-/// I420 (planes Y, U, V; chroma at half resolution) to RGB.
-pub fn i420_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
-    let (w, h) = (width as usize, height as usize);
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    let (u, v) = data[w * h..].split_at(cw * ch);
-    let mut out = vec![0u8; w * h * 3];
-    for row in 0..h {
-        for x in 0..w {
-            let c = (row / 2) * cw + x / 2;
-            let rgb = yuv_to_rgb(data[row * w + x], u[c], v[c]);
-            out[(row * w + x) * 3..][..3].copy_from_slice(&rgb);
+/// The scalar conversions yuvutils-rs replaced, kept as the baseline of the conversion
+/// benchmark (`examples/convert.rs`, BENCHMARKS.md) and as a second oracle in the tests.
+pub mod scalar {
+    use super::yuv_to_rgb;
+    use image::RgbImage;
+
+    /// Packed YUYV (4:2:2, even width) to RGB.
+    pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
+        let (w, h) = (width as usize, height as usize);
+        let stride = w * 2;
+        let mut out = vec![0u8; w * h * 3];
+        for row in 0..h {
+            let line = &data[row * stride..(row + 1) * stride];
+            for x in 0..w {
+                let pair = (x / 2) * 4;
+                let y = line[x * 2];
+                let (u, v) = (line[pair + 1], line[pair + 3]);
+                out[(row * w + x) * 3..][..3].copy_from_slice(&yuv_to_rgb(y, u, v));
+            }
         }
+        RgbImage::from_raw(width, height, out).expect("sized")
     }
-    RgbImage::from_raw(width, height, out).expect("sized")
+
+    /// NV12 (Y plane, then U/V interleaved at half resolution) to RGB.
+    pub fn nv12_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
+        let (w, h) = (width as usize, height as usize);
+        let (cw, uv) = (w.div_ceil(2), &data[w * h..]);
+        let mut out = vec![0u8; w * h * 3];
+        for row in 0..h {
+            for x in 0..w {
+                let c = ((row / 2) * cw + x / 2) * 2;
+                let rgb = yuv_to_rgb(data[row * w + x], uv[c], uv[c + 1]);
+                out[(row * w + x) * 3..][..3].copy_from_slice(&rgb);
+            }
+        }
+        RgbImage::from_raw(width, height, out).expect("sized")
+    }
+
+    /// I420 (planes Y, U, V; chroma at half resolution) to RGB.
+    pub fn i420_to_rgb(data: &[u8], width: u32, height: u32) -> RgbImage {
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let (u, v) = data[w * h..].split_at(cw * ch);
+        let mut out = vec![0u8; w * h * 3];
+        for row in 0..h {
+            for x in 0..w {
+                let c = (row / 2) * cw + x / 2;
+                let rgb = yuv_to_rgb(data[row * w + x], u[c], v[c]);
+                out[(row * w + x) * 3..][..3].copy_from_slice(&rgb);
+            }
+        }
+        RgbImage::from_raw(width, height, out).expect("sized")
+    }
 }
 
 /// RGB to I420: the NV12 samples with the chroma planes separated.
