@@ -35,6 +35,7 @@ pub struct CameraSetup {
 /// The latest classified frame, as `GET /v1/latest` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latest {
+    pub camera: String,
     pub frame: u64,
     pub label: String,
     pub index: usize,
@@ -54,6 +55,7 @@ pub struct Latest {
 /// A debounced change of state, as `/v1/events` and MQTT publish it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateEvent {
+    pub camera: String,
     pub state: String,
     pub previous: Option<String>,
     pub confidence: f32,
@@ -74,7 +76,14 @@ pub fn unix_now() -> f64 {
 
 /// What the camera thread shares with the server.
 pub struct CameraShared {
+    /// The camera's name in the API, events and topics (`default` for the one camera of
+    /// the command-line options).
+    pub name: String,
     pub latest: Mutex<Option<Latest>>,
+    /// The region of each frame that is classified (`x,y,w,h`), if not the whole frame.
+    pub crop: Option<String>,
+    /// The frame `latest` describes, for `/v1/cameras/<name>/latest.jpg`.
+    pub frame: Mutex<Option<Frame>>,
     pub events: broadcast::Sender<StateEvent>,
     /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
     pub image: Option<ImageSender>,
@@ -142,6 +151,7 @@ fn classify(
     let best = top.first().context("the model gives no classes")?.clone();
     Ok((
         Latest {
+            camera: String::new(),
             frame: frame.seq,
             label: best.label.into_owned(),
             index: best.index,
@@ -169,7 +179,7 @@ fn run(
 ) -> Stats {
     let actions = match Actions::start(
         setup.actions.clone(),
-        "default",
+        &shared.name,
         setup.limits,
         metrics.clone(),
         shared.image.clone(),
@@ -199,6 +209,7 @@ fn run(
         if let Some(e) = debouncer.update(&latest.label, latest.probability, Instant::now()) {
             metrics.set_state(Some(&e.label), e.confidence);
             let mut event = StateEvent {
+                camera: shared.name.clone(),
                 state: e.label,
                 previous: e.previous,
                 confidence: e.confidence,
@@ -229,7 +240,9 @@ fn run(
         latest.latency_ms = millis(c.latency);
         latest.fps = (c.fps * 100.0).round() / 100.0;
         latest.state = debouncer.state().map(str::to_string);
+        latest.camera = shared.name.clone();
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
+        *shared.frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.frame.clone());
         account(c.stats, &mut last);
     };
     log::info!("camera: classifying {}", setup.describe);

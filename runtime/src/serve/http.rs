@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -110,6 +110,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/classify", post(classify))
         .route("/v1/model", get(model_info))
         .route("/v1/latest", get(latest))
+        .route("/v1/cameras", get(cameras))
+        .route("/v1/cameras/{name}/latest", get(camera_latest))
+        .route("/v1/cameras/{name}/latest.jpg", get(camera_jpeg))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -298,15 +301,81 @@ async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
 
 async fn latest(State(st): State<Shared>) -> Result<Response, ApiError> {
     let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+    latest_of(cam)
+}
+
+/// `/v1/cameras/<name>/latest`: what `/v1/latest` says, for the camera named.
+async fn camera_latest(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    latest_of(camera_named(&st, &name)?)
+}
+
+fn latest_of(cam: &CameraShared) -> Result<Response, ApiError> {
     let latest = cam.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match latest {
-        Some(l) => Ok(Json(l).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_frame",
-            "no frame has been classified yet",
-        )),
-    }
+    latest.map(|l| Json(l).into_response()).ok_or_else(no_frame)
+}
+
+fn no_frame() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_frame",
+        "no frame has been classified yet",
+    )
+}
+
+/// The attached cameras: name, source, crop, state, the latest label and the counters.
+async fn cameras(State(st): State<Shared>) -> Json<serde_json::Value> {
+    let list: Vec<_> = st.camera.iter().map(|cam| camera_document(cam)).collect();
+    Json(json!({ "cameras": list }))
+}
+
+fn camera_document(cam: &CameraShared) -> serde_json::Value {
+    let latest = cam.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let stats = *cam.stats.lock().unwrap_or_else(|e| e.into_inner());
+    json!({
+        "name": cam.name,
+        "source": cam.describe,
+        "crop": cam.crop,
+        "state": latest.as_ref().and_then(|l| l.state.clone()),
+        "label": latest.as_ref().map(|l| &l.label),
+        "probability": latest.as_ref().map(|l| l.probability),
+        "fps": latest.as_ref().map(|l| l.fps),
+        "frames": stats,
+    })
+}
+
+/// `/v1/cameras/<name>/latest.jpg`: the whole frame last classified, as JPEG.
+async fn camera_jpeg(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let cam = camera_named(&st, &name)?;
+    let frame = cam.frame.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let frame = frame.ok_or_else(no_frame)?;
+    let limits = st.limits;
+    let jpeg = tokio::task::spawn_blocking(move || super::actions::jpeg(&frame, &limits))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "frame", format!("{e:#}")))?;
+    let headers = [
+        (header::CONTENT_TYPE, "image/jpeg"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    Ok((headers, jpeg).into_response())
+}
+
+/// The attached camera called `name`, or a 404 that names it.
+fn camera_named<'a>(st: &'a AppState, name: &str) -> Result<&'a CameraShared, ApiError> {
+    let cam = st.camera.as_deref().filter(|c| c.name == name);
+    cam.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_camera",
+            format!("no camera named {name:?} is attached (GET /v1/cameras lists them)"),
+        )
+    })
 }
 
 fn no_camera() -> ApiError {

@@ -120,7 +120,7 @@ impl Metrics {
         );
         r.register(
             "glimpse_errors",
-            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, busy, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped",
+            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, busy, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped, snapshot, exec, action_dropped, webhook, webhook_dropped",
             m.errors.clone(),
         );
         r.register(

@@ -275,7 +275,10 @@ impl Camera {
         mqtt: bool,
     ) -> Result<Self> {
         let shared = Arc::new(CameraShared {
+            name: "default".into(),
+            crop: setup.crop.map(|c| c.to_string()),
             latest: Mutex::new(None),
+            frame: Mutex::new(None),
             events: broadcast::channel(64).0,
             image: mqtt.then(|| watch::channel(None).0),
             stats: Mutex::new(Default::default()),

@@ -23,7 +23,7 @@ const BACKOFF: [Duration; 3] = [
 ];
 
 /// Where and how to deliver.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookConfig {
     url: String,
     /// The URL as logged: its password, if any, replaced by `***`.
@@ -38,10 +38,10 @@ impl WebhookConfig {
     /// Checks that `url` is an http:// or https:// URL with a host.
     pub fn new(url: &str, secret: Option<String>, timeout: Duration) -> Result<WebhookConfig> {
         let shown = redact(url);
-        let uri: ureq::http::Uri = url
-            .parse()
-            .with_context(|| format!("--webhook {shown:?} is not a URL"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        let usable = url
+            .parse::<ureq::http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !usable {
             anyhow::bail!("--webhook {shown:?}: expected an http:// or https:// URL with a host");
         }
         Ok(WebhookConfig {
@@ -50,6 +50,17 @@ impl WebhookConfig {
             secret: secret.map(String::into_bytes),
             timeout,
         })
+    }
+}
+
+/// Without the secret, and the URL's password hidden: settings get logged.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.shown)
+            .field("signed", &self.secret.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -134,6 +145,25 @@ fn deliver(agent: &ureq::Agent, cfg: &WebhookConfig, body: &[u8]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_show_neither_the_secret_nor_the_password() {
+        let cfg = WebhookConfig::new(
+            "https://user:pa55@hooks.example/x",
+            Some("k3y-value".into()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("pa55") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("user:***@hooks.example"), "{shown}");
+        let e = WebhookConfig::new("hooks.example/x", None, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected an http:// or https:// URL"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_in_hex() {
