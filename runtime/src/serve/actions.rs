@@ -1,8 +1,8 @@
 //! What runs on each state change besides SSE and the MQTT state: a JPEG snapshot of the
 //! frame that confirmed the state (to a folder, and to MQTT as an image), a command given
-//! the event, a webhook. They run on threads of their
-//! own behind bounded queues, so a slow disk, command or receiver never slows
-//! classification; what does not fit in a queue is dropped and counted.
+//! the event, a webhook. They run on threads of their own behind bounded queues, so a
+//! slow disk, command or receiver never slows classification; what does not fit in a
+//! queue is dropped and counted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -74,6 +74,9 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The name of the one camera the command-line options attach.
+pub const DEFAULT_CAMERA: &str = "default";
+
 /// What the camera thread shares with the server.
 pub struct CameraShared {
     /// The camera's name in the API, events and topics (`default` for the one camera of

@@ -352,13 +352,25 @@ async fn camera_jpeg(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let cam = camera_named(&st, &name)?;
+    // Encoding is an image's worth of memory and CPU: admitted, charged to the memory
+    // budget and run on a worker like a classification.
+    let Ok(admitted) = st.admission.clone().try_acquire_owned() else {
+        return Err(overloaded());
+    };
+    let deadline = tokio::time::Instant::now() + st.request_timeout;
     let frame = cam.frame.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let frame = frame.ok_or_else(no_frame)?;
+    let rgb = frame.width as u64 * frame.height as u64 * 3;
+    let held = charge(&st, frame.data.len() as u64 + rgb, deadline, "frame").await?;
+    let worker = acquire_worker(&st, deadline).await?;
     let limits = st.limits;
-    let jpeg = tokio::task::spawn_blocking(move || super::actions::jpeg(&frame, &limits))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "frame", format!("{e:#}")))?;
+    let jpeg = tokio::task::spawn_blocking(move || {
+        let _permits = (admitted, held, worker);
+        super::actions::jpeg(&frame, &limits)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "frame", format!("{e:#}")))?;
     let headers = [
         (header::CONTENT_TYPE, "image/jpeg"),
         (header::CACHE_CONTROL, "no-store"),

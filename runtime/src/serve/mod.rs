@@ -275,7 +275,7 @@ impl Camera {
         mqtt: bool,
     ) -> Result<Self> {
         let shared = Arc::new(CameraShared {
-            name: "default".into(),
+            name: camera::DEFAULT_CAMERA.into(),
             crop: setup.crop.map(|c| c.to_string()),
             latest: Mutex::new(None),
             frame: Mutex::new(None),

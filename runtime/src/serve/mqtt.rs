@@ -1,6 +1,6 @@
-//! MQTT publishing: debounced state changes and their snapshots (retained), periodic status,
-//! availability with a last will, and Home Assistant discovery; reconnects with backoff on its own task, so
-//! a lost broker never blocks classification.
+//! MQTT publishing: debounced state changes and their snapshots (retained), periodic
+//! status, availability with a last will, and Home Assistant discovery; reconnects with
+//! backoff on its own task, so a lost broker never blocks classification.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use super::actions::Jpeg;
-use super::camera::StateEvent;
+use super::camera::{StateEvent, DEFAULT_CAMERA};
 use super::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ const MAX_PACKET: usize = 16 << 20;
 
 /// The topic of the camera's snapshots (one camera, `default`, for now).
 pub fn image_topic(cfg: &MqttConfig) -> String {
-    format!("{}/default/snapshot", cfg.topic)
+    format!("{}/{DEFAULT_CAMERA}/snapshot", cfg.topic)
 }
 
 /// The Home Assistant discovery messages (topic, retained payload): a sensor for the
@@ -134,7 +134,6 @@ pub async fn run(
     let image_topic = image_topic(&cfg);
     let with_image = images.is_some();
     let mut last_state: Option<String> = None;
-    let mut last_image: Option<Jpeg> = None;
     let mut backoff = Duration::from_millis(500);
     let mut down_since_logged = false;
     let mut status_tick = tokio::time::interval(cfg.status_interval);
@@ -159,7 +158,8 @@ pub async fn run(
                     for (topic, payload) in retained(&cfg, &model_name, last_state.as_deref(), with_image) {
                         publish(&topic, QoS::AtLeastOnce, true, payload.into_bytes());
                     }
-                    if let Some(jpeg) = &last_image {
+                    // The newest snapshot is the one the channel holds.
+                    if let Some(jpeg) = images.as_ref().and_then(|rx| rx.borrow().clone()) {
                         publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
                     }
                 }
@@ -203,7 +203,6 @@ pub async fn run(
                     let jpeg = images.as_mut().and_then(|rx| rx.borrow_and_update().clone());
                     if let Some(jpeg) = jpeg {
                         publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
-                        last_image = Some(jpeg);
                     }
                 }
                 Err(_) => images = None,
