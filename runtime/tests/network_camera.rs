@@ -144,7 +144,7 @@ fn an_rtsp_camera_that_restarts_is_followed_and_no_ffmpeg_outlives_the_daemon() 
         back.elapsed()
     );
     let m = get(&agent(), &server.url("/metrics"), None);
-    let reopens = metric(&m.body, "glimpse_camera_reopens_total").unwrap();
+    let reopens = metric(&m.body, r#"glimpse_camera_reopens_total{camera="default"}"#).unwrap();
     assert!(reopens >= 1.0, "{}", m.body);
     assert_eq!(ours().len(), 1, "the old ffmpeg is gone");
     assert_eq!(

@@ -225,7 +225,7 @@ fn serve_stays_flat_under_mixed_load_and_a_frame_stream() {
     let metrics = get(&a, &server.url("/metrics"), None).body;
     let frames_classified = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("glimpse_frames_classified_total "))
+        .find_map(|l| l.strip_prefix(r#"glimpse_frames_classified_total{camera="default"} "#))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     stop.store(true, Ordering::Relaxed);

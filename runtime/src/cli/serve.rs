@@ -168,8 +168,81 @@ pub struct Args {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub events: EventArgs,
+    #[command(flatten)]
+    pub actions: ActionArgs,
+    /// Cameras of the config file's `[[camera]]` tables (not options: a table each).
+    #[arg(skip)]
+    pub cameras: Vec<CameraTable>,
+    /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
+    #[arg(long, value_name = "HOST", help_heading = "MQTT")]
+    pub mqtt_host: Option<String>,
+    /// Broker port (default 1883, 8883 with --mqtt-tls).
+    #[arg(long, value_name = "PORT", help_heading = "MQTT")]
+    pub mqtt_port: Option<u16>,
+    /// Connect over TLS (rustls), the broker's certificate checked against --mqtt-ca or
+    /// else the system's CA store, and its name or address against the certificate.
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_tls: bool,
+    /// PEM file of the CA certificates the broker's certificate must chain to (a private CA).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mqtt_tls",
+        help_heading = "MQTT"
+    )]
+    pub mqtt_ca: Option<PathBuf>,
+    /// PEM certificate chain this board presents, for a broker that requires client
+    /// certificates (with --mqtt-client-key).
+    #[arg(long, value_name = "FILE", requires_all = ["mqtt_tls", "mqtt_client_key"], help_heading = "MQTT")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    /// PEM private key of --mqtt-client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mqtt_client_cert",
+        help_heading = "MQTT"
+    )]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// Send the MQTT user name and password without TLS to a broker that is not on
+    /// loopback (refused otherwise: anyone on the network could read them).
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_allow_cleartext: bool,
+    /// Base topic (default glimpse/<client id>): <topic>/<camera>/state (retained; the
+    /// camera `default` also on <topic>/state), <topic>/status, <topic>/availability.
+    #[arg(long, value_name = "TOPIC", help_heading = "MQTT")]
+    pub mqtt_topic: Option<String>,
+    /// Client id (default glimpse-<hostname>-<6 hex digits of /etc/machine-id>, unique per
+    /// board).
+    #[arg(long, value_name = "ID", help_heading = "MQTT")]
+    pub mqtt_client_id: Option<String>,
+    #[arg(long, value_name = "USER", help_heading = "MQTT")]
+    pub mqtt_username: Option<String>,
+    /// File holding the MQTT password (else $GLIMPSE_MQTT_PASSWORD, else the systemd
+    /// credential `mqtt-password`).
+    #[arg(long, value_name = "FILE", help_heading = "MQTT")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// Home Assistant discovery prefix.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "homeassistant",
+        help_heading = "MQTT"
+    )]
+    pub mqtt_discovery_prefix: String,
+    /// Do not publish Home Assistant discovery messages.
+    #[arg(long, help_heading = "MQTT")]
+    pub mqtt_no_discovery: bool,
+    /// Seconds between status messages.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs, help_heading = "MQTT")]
+    pub mqtt_status_interval: f64,
+}
+
+/// What to do on each state change of a camera (the command line's, or a `[[camera]]`
+/// table's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActionArgs {
     /// On each state change, write a JPEG of the frame that confirmed it to
-    /// DIR/default/<UTC time>-<state>.jpg (atomically; its path goes in the event).
+    /// DIR/<camera>/<UTC time>-<state>.jpg (atomically; its path goes in the event).
     #[arg(long, value_name = "DIR", help_heading = "Actions")]
     pub snapshot_dir: Option<PathBuf>,
     /// Keep at most this many snapshots (the oldest are removed).
@@ -212,68 +285,24 @@ pub struct Args {
     /// Seconds one webhook attempt may take, connection to the end of the answer.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs, requires = "webhook", help_heading = "Actions")]
     pub webhook_timeout: f64,
-    /// MQTT broker host: publishes state changes, status and Home Assistant discovery.
-    #[arg(long, value_name = "HOST", help_heading = "MQTT")]
-    pub mqtt_host: Option<String>,
-    /// Broker port (default 1883, 8883 with --mqtt-tls).
-    #[arg(long, value_name = "PORT", help_heading = "MQTT")]
-    pub mqtt_port: Option<u16>,
-    /// Connect over TLS (rustls), the broker's certificate checked against --mqtt-ca or
-    /// else the system's CA store, and its name or address against the certificate.
-    #[arg(long, help_heading = "MQTT")]
-    pub mqtt_tls: bool,
-    /// PEM file of the CA certificates the broker's certificate must chain to (a private CA).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "mqtt_tls",
-        help_heading = "MQTT"
-    )]
-    pub mqtt_ca: Option<PathBuf>,
-    /// PEM certificate chain this board presents, for a broker that requires client
-    /// certificates (with --mqtt-client-key).
-    #[arg(long, value_name = "FILE", requires_all = ["mqtt_tls", "mqtt_client_key"], help_heading = "MQTT")]
-    pub mqtt_client_cert: Option<PathBuf>,
-    /// PEM private key of --mqtt-client-cert.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "mqtt_client_cert",
-        help_heading = "MQTT"
-    )]
-    pub mqtt_client_key: Option<PathBuf>,
-    /// Send the MQTT user name and password without TLS to a broker that is not on
-    /// loopback (refused otherwise: anyone on the network could read them).
-    #[arg(long, help_heading = "MQTT")]
-    pub mqtt_allow_cleartext: bool,
-    /// Base topic (default glimpse/<client id>): <topic>/state (retained),
-    /// <topic>/status, <topic>/availability.
-    #[arg(long, value_name = "TOPIC", help_heading = "MQTT")]
-    pub mqtt_topic: Option<String>,
-    /// Client id (default glimpse-<hostname>-<6 hex digits of /etc/machine-id>, unique per
-    /// board).
-    #[arg(long, value_name = "ID", help_heading = "MQTT")]
-    pub mqtt_client_id: Option<String>,
-    #[arg(long, value_name = "USER", help_heading = "MQTT")]
-    pub mqtt_username: Option<String>,
-    /// File holding the MQTT password (else $GLIMPSE_MQTT_PASSWORD, else the systemd
-    /// credential `mqtt-password`).
-    #[arg(long, value_name = "FILE", help_heading = "MQTT")]
-    pub mqtt_password_file: Option<PathBuf>,
-    /// Home Assistant discovery prefix.
-    #[arg(
-        long,
-        value_name = "PREFIX",
-        default_value = "homeassistant",
-        help_heading = "MQTT"
-    )]
-    pub mqtt_discovery_prefix: String,
-    /// Do not publish Home Assistant discovery messages.
-    #[arg(long, help_heading = "MQTT")]
-    pub mqtt_no_discovery: bool,
-    /// Seconds between status messages.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_secs, help_heading = "MQTT")]
-    pub mqtt_status_interval: f64,
+}
+
+/// One `[[camera]]` table of the config file: a camera's options, those of the command
+/// line's camera, under a name.
+#[derive(Debug, Parser)]
+#[command(name = "[[camera]]", no_binary_name = true, args_override_self = true)]
+pub struct CameraTable {
+    /// The camera's name, in URLs, events, MQTT topics, metrics and snapshot folders.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
+    pub actions: ActionArgs,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -295,28 +324,122 @@ struct ServeCommand {
     args: Args,
 }
 
-/// The command-line form of a config file: `key = value` becomes `--key value`, a table
-/// `[t]` prefixes its keys with `t-`, `true` is a bare flag and `false` leaves it out.
-pub fn config_to_args(path: &Path, text: &str) -> Result<Vec<String>> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
-    })?;
-    let cmd = ServeCommand::command();
-    let known: Vec<String> = cmd
-        .get_arguments()
-        .filter_map(|a| a.get_long().map(str::to_string))
-        .filter(|l| l != "config")
-        .collect();
-    let mut out = Vec::new();
-    flatten(path, "", &table, &known, &mut out)?;
-    Ok(out)
+/// A config file in command-line form: `serve`'s options, and each `[[camera]]` table's.
+#[derive(Debug)]
+pub struct ConfigArgs {
+    pub args: Vec<String>,
+    pub cameras: Vec<CameraTable>,
 }
 
+/// The command-line form of a config file: `key = value` becomes `--key value`, a table
+/// `[t]` prefixes its keys with `t-`, `true` is a bare flag and `false` leaves it out;
+/// each `[[camera]]` table is a camera's options on their own.
+pub fn config_to_args(path: &Path, text: &str) -> Result<ConfigArgs> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
+    })?;
+    let cameras = match table.remove("camera") {
+        Some(v) => camera_tables(path, v)?,
+        None => Vec::new(),
+    };
+    let mut args = Vec::new();
+    flatten(
+        &path.display().to_string(),
+        "",
+        &table,
+        &Scope::serve(),
+        &mut args,
+    )?;
+    Ok(ConfigArgs { args, cameras })
+}
+
+/// The settings a table may hold, and how to say so when a key is not one of them.
+struct Scope {
+    known: Vec<String>,
+    hint: String,
+}
+
+impl Scope {
+    fn of(cmd: clap::Command, hint: impl Into<String>) -> Scope {
+        let known = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|l| !["config", "help"].contains(&l.as_str()))
+            .collect();
+        Scope {
+            known,
+            hint: hint.into(),
+        }
+    }
+
+    fn serve() -> Scope {
+        Scope::of(
+            ServeCommand::command(),
+            "settings are the long options of `glimpse serve --help`",
+        )
+    }
+
+    fn camera() -> Scope {
+        let mut scope = Scope::of(CameraTable::command(), "");
+        scope.hint = format!("a [[camera]] table takes {}", scope.known.join(", "));
+        scope
+    }
+}
+
+/// The cameras of `camera = [...]` (`[[camera]]` tables), each parsed as its options.
+fn camera_tables(path: &Path, value: toml::Value) -> Result<Vec<CameraTable>> {
+    let toml::Value::Array(tables) = value else {
+        bail!(
+            "{}: `camera` must be [[camera]] tables (one per camera, each with a name and a \
+             source), got {}",
+            path.display(),
+            value.type_str()
+        );
+    };
+    let scope = Scope::camera();
+    let mut cameras = Vec::new();
+    for (n, table) in tables.iter().enumerate() {
+        let which = match table.get("name").and_then(|v| v.as_str()) {
+            Some(name) => format!("[[camera]] {name:?}"),
+            None => format!("[[camera]] number {}", n + 1),
+        };
+        let toml::Value::Table(table) = table else {
+            bail!(
+                "{}: {which}: expected a table, got {}",
+                path.display(),
+                table.type_str()
+            );
+        };
+        let mut args = Vec::new();
+        let place = format!("{}: {which}", path.display());
+        flatten(&place, "", table, &scope, &mut args)?;
+        let camera = CameraTable::try_parse_from(args)
+            .map_err(|e| anyhow::anyhow!("{place}: {}", clap_message(&e)))?;
+        cameras.push(camera);
+    }
+    Ok(cameras)
+}
+
+/// A clap error as one message: without its `error: ` prefix, usage and `--help` hint,
+/// which name a command line that a config file's table does not have.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let text = text.trim_start_matches("error: ");
+    let end = ["\n\nUsage:", "\n\nFor more information"]
+        .iter()
+        .filter_map(|tail| text.find(tail))
+        .min()
+        .unwrap_or(text.len());
+    text[..end].trim_end().to_string()
+}
+
+/// A table's settings as long options (`[mqtt] host` is `--mqtt-host`), each checked
+/// against `scope`; errors name `place`, the file and table.
 fn flatten(
-    path: &Path,
+    place: &str,
     prefix: &str,
     table: &toml::Table,
-    known: &[String],
+    scope: &Scope,
     out: &mut Vec<String>,
 ) -> Result<()> {
     for (key, value) in table {
@@ -328,18 +451,15 @@ fn flatten(
         if let (true, "thresholds", toml::Value::Table(t)) =
             (prefix.is_empty(), key.as_str(), value)
         {
-            label_thresholds(path, t, out)?;
+            label_thresholds(place, t, out)?;
             continue;
         }
         if let toml::Value::Table(t) = value {
-            flatten(path, &key, t, known, out)?;
+            flatten(place, &key, t, scope, out)?;
             continue;
         }
-        if !known.contains(&key) {
-            bail!(
-                "{}: unknown setting `{key}` (settings are the long options of `glimpse serve --help`)",
-                path.display()
-            );
+        if !scope.known.contains(&key) {
+            bail!("{place}: unknown setting `{key}` ({})", scope.hint);
         }
         let scalar = |v: &toml::Value| -> Result<String> {
             Ok(match v {
@@ -349,7 +469,7 @@ fn flatten(
                 toml::Value::Boolean(b) => b.to_string(),
                 other => bail!(
                     "{}: `{key}`: expected a string, number or boolean, got {}",
-                    path.display(),
+                    place,
                     other.type_str()
                 ),
             })
@@ -368,14 +488,14 @@ fn flatten(
 }
 
 /// `thresholds = { label = P, ... }` as `--label-threshold=label=P` options.
-fn label_thresholds(path: &Path, table: &toml::Table, out: &mut Vec<String>) -> Result<()> {
+fn label_thresholds(place: &str, table: &toml::Table, out: &mut Vec<String>) -> Result<()> {
     for (label, p) in table {
         let p = match p {
             toml::Value::Float(f) => *f,
             toml::Value::Integer(i) => *i as f64,
             other => bail!(
                 "{}: `thresholds.{label}`: expected a probability, got {}",
-                path.display(),
+                place,
                 other.type_str()
             ),
         };
@@ -392,7 +512,10 @@ fn with_config(args: Args) -> Result<Args> {
     };
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let from_file = config_to_args(&path, &text)?;
+    let ConfigArgs {
+        args: from_file,
+        cameras,
+    } = config_to_args(&path, &text)?;
     let command_line: Vec<OsString> = std::env::args_os()
         .skip_while(|a| a != "serve")
         .skip(1)
@@ -409,7 +532,9 @@ fn with_config(args: Args) -> Result<Args> {
                 path.display()
             )
         })?;
-    Ok(ServeCommand::from_arg_matches(&matches)?.args)
+    let mut args = ServeCommand::from_arg_matches(&matches)?.args;
+    args.cameras = cameras;
+    Ok(args)
 }
 
 /// The first line of a secret file; a file that group or others may read is used, with a
@@ -551,7 +676,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         watch_model: (!args.no_watch).then(|| Duration::from_secs_f64(args.watch_interval)),
         max_model_bytes: args.max_model_bytes,
         reload_check: reload_check(&args),
-        camera: camera(&args, limits)?,
+        cameras: cameras(&args, limits)?,
         mqtt: mqtt(&args)?,
     };
     if args.check {
@@ -611,42 +736,94 @@ fn token(args: &Args) -> Result<Option<Token>> {
     Ok(token)
 }
 
-/// The frame source to classify continuously, if one was given.
-fn camera(args: &Args, limits: Limits) -> Result<Option<CameraSetup>> {
-    let Some(spec) = args.source.spec()? else {
+/// The cameras to classify continuously: the command line's (named `default`), if it
+/// names a source, then the config file's `[[camera]]` tables. Names are checked here:
+/// each is unique and fit for URLs, MQTT topics and folder names.
+fn cameras(args: &Args, limits: Limits) -> Result<Vec<CameraSetup>> {
+    let command_line = CameraTable {
+        name: serve::DEFAULT_CAMERA.into(),
+        source: args.source.clone(),
+        pace: args.pace.clone(),
+        events: args.events.clone(),
+        actions: args.actions.clone(),
+    };
+    let tables = args.cameras.iter().map(|t| (true, t));
+    let mut cameras: Vec<CameraSetup> = Vec::new();
+    for (is_table, table) in std::iter::once((false, &command_line)).chain(tables) {
+        check_camera_name(&table.name)?;
+        if cameras.iter().any(|c| c.name == table.name) {
+            bail!(
+                "two cameras are named {:?}: each needs a name of its own{}",
+                table.name,
+                match table.name.as_str() {
+                    serve::DEFAULT_CAMERA => " (the command line's camera is named default)",
+                    _ => "",
+                }
+            );
+        }
+        let setup = camera(table, limits).with_context(|| format!("camera {}", table.name))?;
+        match setup {
+            Some(setup) => cameras.push(setup),
+            None if is_table => bail!(
+                "camera {}: no source: say where its frames come from (`source = \"rtsp://...\"`)",
+                table.name
+            ),
+            None => {}
+        }
+    }
+    Ok(cameras)
+}
+
+/// A camera name: 1 to 64 letters, digits, `-` and `_`, as it goes into URLs, MQTT topics,
+/// metric labels and folder names as it is.
+fn check_camera_name(name: &str) -> Result<()> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    anyhow::ensure!(
+        (1..=64).contains(&name.len()) && name.chars().all(fits),
+        "camera name {name:?}: use 1 to 64 letters, digits, '-' and '_' (it names the \
+         camera's URLs, MQTT topics and snapshot folder)"
+    );
+    Ok(())
+}
+
+/// The camera of one set of camera options, if they name a source.
+fn camera(table: &CameraTable, limits: Limits) -> Result<Option<CameraSetup>> {
+    let Some(spec) = table.source.spec()? else {
         return Ok(None);
     };
-    let crop = args.source.crop(&spec)?;
+    let crop = table.source.crop(&spec)?;
     let source = spec.open(limits, true).map_err(super::source_args::hint)?;
     let describe = match crop {
         Some(crop) => format!("{}, crop {crop}", source.describe),
         None => source.describe,
     };
+    let actions = &table.actions;
     Ok(Some(CameraSetup {
+        name: table.name.clone(),
         open: source.opener,
         describe,
         live: LiveOptions {
-            every: args.pace.every,
-            max_fps: args.pace.max_fps,
+            every: table.pace.every,
+            max_fps: table.pace.max_fps,
             reopen: source.reopen,
             ..LiveOptions::default()
         },
-        debounce: args.events.debounce(),
+        debounce: table.events.debounce(),
         limits,
         crop,
         actions: ActionConfig {
-            snapshot_dir: args.snapshot_dir.clone(),
-            snapshot_keep: Some(args.snapshot_keep),
-            snapshot_max_bytes: args.snapshot_max_mb.map(|m| m << 20),
-            exec: args.exec.clone(),
-            exec_timeout: Duration::from_secs_f64(args.exec_timeout),
-            webhook: webhook(args)?,
+            snapshot_dir: actions.snapshot_dir.clone(),
+            snapshot_keep: Some(actions.snapshot_keep),
+            snapshot_max_bytes: actions.snapshot_max_mb.map(|m| m << 20),
+            exec: actions.exec.clone(),
+            exec_timeout: Duration::from_secs_f64(actions.exec_timeout),
+            webhook: webhook(actions)?,
         },
     }))
 }
 
 /// The webhook of --webhook, its URL checked and its secret read now.
-fn webhook(args: &Args) -> Result<Option<WebhookConfig>> {
+fn webhook(args: &ActionArgs) -> Result<Option<WebhookConfig>> {
     let Some(url) = &args.webhook else {
         return Ok(None);
     };
@@ -773,7 +950,7 @@ mod tests {
             host = "localhost"
             port = 1884
         "#;
-        let args = config_to_args(Path::new("g.toml"), toml).unwrap();
+        let args = config_to_args(Path::new("g.toml"), toml).unwrap().args;
         assert_eq!(
             args,
             [
@@ -809,6 +986,84 @@ mod tests {
                 ("tabby, tabby cat".to_string(), 0.25)
             ]
         );
+    }
+
+    #[test]
+    fn camera_tables_are_cameras_of_their_own() {
+        let toml = r#"
+            listen = "0.0.0.0:9000"
+            [[camera]]
+            name = "gate"
+            source = "rtsp://10.0.0.2/stream"
+            crop = "0.5,0,0.5,1"
+            threshold = 0.7
+            thresholds = { espresso = 0.8 }
+            watch = ["espresso", "cup"]
+            hold-frames = 5
+            max-fps = 2
+            snapshot-dir = "/var/lib/glimpse/snapshots"
+            [[camera]]
+            name = "door"
+            source = "/run/door.yuyv"
+            size = "320x240"
+            format = "yuyv"
+            exec = "logger door"
+        "#;
+        let config = config_to_args(Path::new("g.toml"), toml).unwrap();
+        assert_eq!(config.args, ["--listen=0.0.0.0:9000"]);
+        let [gate, door] = &config.cameras[..] else {
+            panic!("{:?}", config.cameras)
+        };
+        assert_eq!(gate.name, "gate");
+        assert_eq!(
+            gate.source.source.as_deref(),
+            Some("rtsp://10.0.0.2/stream")
+        );
+        assert_eq!(gate.source.crop.unwrap().to_string(), "0.5,0,0.5,1");
+        assert_eq!(gate.events.threshold, 0.7);
+        assert_eq!(
+            gate.events.label_thresholds,
+            [("espresso".to_string(), 0.8)]
+        );
+        assert_eq!(gate.events.hold_frames, 5);
+        assert_eq!(gate.pace.max_fps, Some(2.0));
+        assert!(gate.actions.snapshot_dir.is_some() && gate.actions.exec.is_none());
+        assert_eq!(door.source.size, Some((320, 240)));
+        assert_eq!(door.actions.exec.as_deref(), Some("logger door"));
+        assert_eq!(door.events.threshold, 0.5, "each table has the defaults");
+    }
+
+    #[test]
+    fn bad_camera_tables_are_refused_naming_the_table() {
+        let refused = |toml: &str| {
+            config_to_args(Path::new("g.toml"), toml)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused("[[camera]]\nname = \"gate\"\nsorce = \"x\"");
+        assert!(
+            e.contains("g.toml: [[camera]] \"gate\"") && e.contains("unknown setting `sorce`"),
+            "{e}"
+        );
+        assert!(e.contains("name, source"), "the keys it takes: {e}");
+        let e = refused("[[camera]]\nsource = \"rtsp://x\"");
+        assert!(
+            e.contains("[[camera]] number 1") && e.contains("--name"),
+            "{e}"
+        );
+        let e = refused("[camera]\nname = \"gate\"");
+        assert!(e.contains("must be [[camera]] tables"), "{e}");
+        let e = refused("[[camera]]\nname = \"gate\"\nmqtt-host = \"x\"");
+        assert!(e.contains("unknown setting `mqtt-host`"), "{e}");
+    }
+
+    #[test]
+    fn camera_names_must_fit_urls_and_topics() {
+        check_camera_name("gate-1_b").unwrap();
+        for bad in ["", "front door", "a/b", "+", "é", &"x".repeat(65)] {
+            let e = check_camera_name(bad).unwrap_err().to_string();
+            assert!(e.contains("letters, digits"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! The daemon's camera loop: the `stream::live` loop on its own thread, classifying with
-//! whatever model is current, keeping the latest result and broadcasting debounced
-//! state changes to `/v1/events` and MQTT.
+//! The daemon's camera loops: each camera's `stream::live` loop on its own thread,
+//! classifying with whatever model is current on a worker shared with the HTTP requests,
+//! keeping its latest result and broadcasting its debounced state changes to
+//! `/v1/events` and MQTT.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch, Semaphore};
 
 use super::actions::{ActionConfig, Actions, ImageSender};
-use super::metrics::{Metrics, SourceLabels};
+use super::metrics::{CameraErrorLabels, CameraLabels, KindLabels, Metrics, SourceLabels};
 use super::model::ModelSlot;
 use crate::classifier::millis;
 use crate::stream::{
@@ -21,6 +23,8 @@ use crate::{Crop, Limits, Ranked};
 
 /// A camera (or folder, or raw stream) to classify continuously.
 pub struct CameraSetup {
+    /// Its name in the API, events, topics, metrics and snapshot folders.
+    pub name: String,
     pub open: Opener,
     pub describe: String,
     pub live: LiveOptions,
@@ -87,49 +91,163 @@ pub struct CameraShared {
     pub crop: Option<String>,
     /// The frame `latest` describes, for `/v1/cameras/<name>/latest.jpg`.
     pub frame: Mutex<Option<Frame>>,
-    pub events: broadcast::Sender<StateEvent>,
     /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
     pub image: Option<ImageSender>,
     pub stats: Mutex<Stats>,
     pub describe: String,
 }
 
-/// Starts the camera thread; it runs until `stop` is set (or a non-reopening source ends).
-pub fn spawn(
-    setup: CameraSetup,
-    model: Arc<ModelSlot>,
-    metrics: Arc<Metrics>,
-    shared: Arc<CameraShared>,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<Stats>> {
-    std::thread::Builder::new()
-        .name("camera".into())
-        .spawn(move || run(setup, &model, metrics, &shared, stop))
-        .context("starting the camera thread")
+impl CameraShared {
+    /// The camera as `GET /v1/cameras` and the MQTT status show it: name, source, crop,
+    /// state, the latest label and the counters.
+    pub fn document(&self) -> serde_json::Value {
+        let latest = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "name": self.name,
+            "source": self.describe,
+            "crop": self.crop,
+            "state": latest.as_ref().and_then(|l| l.state.clone()),
+            "label": latest.as_ref().map(|l| &l.label),
+            "probability": latest.as_ref().map(|l| l.probability),
+            "fps": latest.as_ref().map(|l| l.fps),
+            "frames": stats,
+        })
+    }
 }
 
-/// Adds what the loop did since `last` to the metrics and the shared stats.
-fn account(metrics: &Metrics, shared: &CameraShared, now: Stats, last: &mut Stats) {
-    metrics
-        .frames_captured
-        .inc_by(now.captured.saturating_sub(last.captured));
-    metrics
-        .frames_classified
-        .inc_by(now.classified.saturating_sub(last.classified));
-    metrics
-        .frames_dropped
-        .inc_by(now.dropped.saturating_sub(last.dropped));
-    metrics
-        .camera_reopens
-        .inc_by(now.reopened.saturating_sub(last.reopened));
-    for _ in last.errors..now.errors {
-        metrics.error("frame");
+/// What the cameras of a daemon share.
+#[derive(Clone)]
+pub struct CameraContext {
+    pub model: Arc<ModelSlot>,
+    pub metrics: Arc<Metrics>,
+    /// The inference workers, shared with the HTTP requests. Each camera holds at most one
+    /// at a time and tokio's semaphore hands them out first come, first served, so a busy
+    /// camera (or a flood of requests) delays another camera's next frame by at most one
+    /// inference per other camera and worker, never starves it.
+    pub workers: Arc<Semaphore>,
+    /// The daemon's async runtime, for the camera threads to wait for a worker.
+    pub runtime: tokio::runtime::Handle,
+    /// Every camera's state changes, for `/v1/events` and MQTT.
+    pub events: broadcast::Sender<StateEvent>,
+    /// Whether each state's snapshot is also made for MQTT to publish.
+    pub mqtt: bool,
+}
+
+/// A camera's thread and what it shares with the server.
+pub struct Camera {
+    pub shared: Arc<CameraShared>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Stats>,
+}
+
+impl Camera {
+    /// Starts the camera's thread; it runs until [`Camera::stop`] (or a source that is not
+    /// reopened ends).
+    pub fn start(setup: CameraSetup, ctx: &CameraContext) -> Result<Camera> {
+        let shared = Arc::new(CameraShared {
+            name: setup.name.clone(),
+            crop: setup.crop.map(|c| c.to_string()),
+            latest: Mutex::new(None),
+            frame: Mutex::new(None),
+            image: ctx.mqtt.then(|| watch::channel(None).0),
+            stats: Mutex::new(Default::default()),
+            describe: setup.describe.clone(),
+        });
+        // Each camera its own flag: the live loop sets it when its source ends, which
+        // must not stop the others.
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = setup.name.clone();
+        let thread = {
+            let (ctx, shared, stop) = (ctx.clone(), shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("camera {name}"))
+                .spawn(move || run(setup, &ctx, &shared, stop))
+                .with_context(|| format!("starting the thread of camera {name}"))?
+        };
+        Ok(Camera {
+            shared,
+            stop,
+            thread,
+        })
     }
-    for _ in last.source_errors..now.source_errors {
-        metrics.error("camera");
+
+    /// Asks the camera's loop to end (its source is closed, its ffmpeg killed).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
-    *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
-    *last = now;
+
+    /// Waits for the camera's thread to end.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// A camera's series of the daemon's metrics, looked up once.
+struct CameraMetrics {
+    captured: Counter,
+    classified: Counter,
+    dropped: Counter,
+    reopens: Counter,
+    frame_errors: [Counter; 2],
+    source_errors: [Counter; 2],
+    inference: Histogram,
+    confidence: Gauge<f64, AtomicU64>,
+}
+
+impl CameraMetrics {
+    fn new(m: &Metrics, camera: &str) -> Self {
+        let labels = CameraLabels {
+            camera: camera.to_string(),
+        };
+        let errors = |kind, total| {
+            let label = CameraErrorLabels {
+                camera: camera.to_string(),
+                kind,
+            };
+            [
+                m.camera_errors.get_or_create(&label).clone(),
+                m.errors.get_or_create(&KindLabels { kind: total }).clone(),
+            ]
+        };
+        CameraMetrics {
+            captured: m.frames_captured.get_or_create(&labels).clone(),
+            classified: m.frames_classified.get_or_create(&labels).clone(),
+            dropped: m.frames_dropped.get_or_create(&labels).clone(),
+            reopens: m.camera_reopens.get_or_create(&labels).clone(),
+            frame_errors: errors("frame", "frame"),
+            source_errors: errors("source", "camera"),
+            inference: m
+                .inference_seconds
+                .get_or_create(&SourceLabels::camera(camera))
+                .clone(),
+            confidence: m.confidence.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Adds what the loop did since `last` to the metrics and the shared stats.
+    fn account(&self, shared: &CameraShared, now: Stats, last: &mut Stats) {
+        self.captured
+            .inc_by(now.captured.saturating_sub(last.captured));
+        self.classified
+            .inc_by(now.classified.saturating_sub(last.classified));
+        self.dropped
+            .inc_by(now.dropped.saturating_sub(last.dropped));
+        self.reopens
+            .inc_by(now.reopened.saturating_sub(last.reopened));
+        for c in &self.frame_errors {
+            c.inc_by(now.errors.saturating_sub(last.errors));
+        }
+        for c in &self.source_errors {
+            c.inc_by(now.source_errors.saturating_sub(last.source_errors));
+        }
+        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        *last = now;
+    }
 }
 
 /// The latest-frame record of one frame, and how long classifying it took. Each frame
@@ -171,48 +289,63 @@ fn classify(
     ))
 }
 
+/// Classifies `frame` on one of the shared workers, waiting for its turn.
+fn classify_on_worker(
+    ctx: &CameraContext,
+    frame: &Frame,
+    limits: &Limits,
+    crop: Option<Crop>,
+) -> Result<(Latest, Duration)> {
+    // The semaphore is never closed; without a permit the frame is classified anyway.
+    let _worker = ctx.runtime.block_on(ctx.workers.acquire()).ok();
+    classify(&ctx.model, frame, limits, crop)
+}
+
+/// The actions of `camera`'s state changes (`None`: none configured, or they could not
+/// start, which is logged and counted while the classification goes on without them).
+fn start_actions(
+    setup: &CameraSetup,
+    ctx: &CameraContext,
+    shared: &CameraShared,
+) -> Option<Actions> {
+    let started = Actions::start(
+        setup.actions.clone(),
+        &shared.name,
+        setup.limits,
+        ctx.metrics.clone(),
+        shared.image.clone(),
+    );
+    started.unwrap_or_else(|e| {
+        ctx.metrics.error("action_dropped");
+        log::error!("camera {}: {e:#}", shared.name);
+        None
+    })
+}
+
 /// The camera loop: classifies frames until `stop`, keeping the latest frame, sending
 /// state changes and counting into the metrics.
 fn run(
     setup: CameraSetup,
-    model: &ModelSlot,
-    metrics: Arc<Metrics>,
+    ctx: &CameraContext,
     shared: &CameraShared,
     stop: Arc<AtomicBool>,
 ) -> Stats {
-    let actions = match Actions::start(
-        setup.actions.clone(),
-        &shared.name,
-        setup.limits,
-        metrics.clone(),
-        shared.image.clone(),
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            // The classification goes on without them.
-            metrics.error("action_dropped");
-            log::error!("{e:#}");
-            None
-        }
-    };
-    let metrics = &*metrics;
+    let actions = start_actions(&setup, ctx, shared);
+    let metrics = CameraMetrics::new(&ctx.metrics, &shared.name);
     let mut debouncer = Debouncer::new(setup.debounce.clone());
     let mut last = Stats::default();
-    let account = |now: Stats, last: &mut Stats| account(metrics, shared, now, last);
-    let limits = setup.limits;
-    let crop = setup.crop;
-    let classify = |frame: &Frame| classify(model, frame, &limits, crop);
+    let (limits, crop, name) = (setup.limits, setup.crop, &shared.name);
+    let classify = |frame: &Frame| classify_on_worker(ctx, frame, &limits, crop);
     let report = |c: Classified<(Latest, Duration)>| {
         let (mut latest, took) = c.result;
-        metrics
-            .inference_seconds
-            .get_or_create(&SourceLabels { source: "camera" })
-            .observe(took.as_secs_f64());
+        metrics.inference.observe(took.as_secs_f64());
         let now = unix_now();
         if let Some(e) = debouncer.update(&latest.label, latest.probability, Instant::now()) {
-            metrics.set_state(Some(&e.label), e.confidence);
+            let previous = e.previous.as_deref();
+            ctx.metrics
+                .set_state(name, previous, &e.label, e.confidence);
             let mut event = StateEvent {
-                camera: shared.name.clone(),
+                camera: name.clone(),
                 state: e.label,
                 previous: e.previous,
                 confidence: e.confidence,
@@ -223,7 +356,7 @@ fn run(
                 snapshot: None,
             };
             log::info!(
-                "state: {} -> {} ({:.1}%)",
+                "{name}: state {} -> {} ({:.1}%)",
                 event.previous.as_deref().unwrap_or("-"),
                 event.state,
                 event.confidence * 100.0
@@ -235,7 +368,7 @@ fn run(
                 actions.submit(event.clone(), c.frame);
             }
             // No subscriber is not an error.
-            let _ = shared.events.send(event);
+            let _ = ctx.events.send(event);
         } else if debouncer.state() == Some(latest.label.as_str()) {
             metrics.confidence.set(latest.probability as f64);
         }
@@ -243,16 +376,16 @@ fn run(
         latest.latency_ms = millis(c.latency);
         latest.fps = (c.fps * 100.0).round() / 100.0;
         latest.state = debouncer.state().map(str::to_string);
-        latest.camera = shared.name.clone();
+        latest.camera = name.clone();
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
         *shared.frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.frame.clone());
-        account(c.stats, &mut last);
+        metrics.account(shared, c.stats, &mut last);
     };
-    log::info!("camera: classifying {}", setup.describe);
+    log::info!("camera {name}: classifying {}", setup.describe);
     let stats = live::run(setup.open, classify, report, &setup.live, stop);
-    account(stats, &mut last);
+    metrics.account(shared, stats, &mut last);
     log::info!(
-        "camera stopped: {} frames captured, {} classified, {} dropped, {} failed",
+        "camera {name} stopped: {} frames captured, {} classified, {} dropped, {} failed",
         stats.captured,
         stats.classified,
         stats.dropped,

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Token;
-use super::camera::CameraShared;
+use super::camera::{CameraShared, StateEvent};
 use super::memory::{Budget, Charge, Shortfall};
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::ModelSlot;
@@ -51,7 +51,10 @@ pub struct AppState {
     pub min_upload_rate: u64,
     pub request_timeout: Duration,
     pub default_top_k: usize,
-    pub camera: Option<Arc<CameraShared>>,
+    /// The cameras, in the order they were configured.
+    pub cameras: Vec<Arc<CameraShared>>,
+    /// Every camera's state changes.
+    pub events: broadcast::Sender<StateEvent>,
     /// False until the model is loaded, and again while draining for shutdown.
     pub ready: AtomicBool,
     pub shutdown: watch::Receiver<bool>,
@@ -299,8 +302,9 @@ async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
     }))
 }
 
+/// `/v1/latest`: the latest frame of the first camera.
 async fn latest(State(st): State<Shared>) -> Result<Response, ApiError> {
-    let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+    let cam = st.cameras.first().ok_or_else(no_camera)?;
     latest_of(cam)
 }
 
@@ -327,23 +331,8 @@ fn no_frame() -> ApiError {
 
 /// The attached cameras: name, source, crop, state, the latest label and the counters.
 async fn cameras(State(st): State<Shared>) -> Json<serde_json::Value> {
-    let list: Vec<_> = st.camera.iter().map(|cam| camera_document(cam)).collect();
+    let list: Vec<_> = st.cameras.iter().map(|cam| cam.document()).collect();
     Json(json!({ "cameras": list }))
-}
-
-fn camera_document(cam: &CameraShared) -> serde_json::Value {
-    let latest = cam.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let stats = *cam.stats.lock().unwrap_or_else(|e| e.into_inner());
-    json!({
-        "name": cam.name,
-        "source": cam.describe,
-        "crop": cam.crop,
-        "state": latest.as_ref().and_then(|l| l.state.clone()),
-        "label": latest.as_ref().map(|l| &l.label),
-        "probability": latest.as_ref().map(|l| l.probability),
-        "fps": latest.as_ref().map(|l| l.fps),
-        "frames": stats,
-    })
 }
 
 /// `/v1/cameras/<name>/latest.jpg`: the whole frame last classified, as JPEG.
@@ -380,7 +369,7 @@ async fn camera_jpeg(
 
 /// The attached camera called `name`, or a 404 that names it.
 fn camera_named<'a>(st: &'a AppState, name: &str) -> Result<&'a CameraShared, ApiError> {
-    let cam = st.camera.as_deref().filter(|c| c.name == name);
+    let cam = st.cameras.iter().find(|c| c.name == name).map(|c| &**c);
     cam.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -394,14 +383,37 @@ fn no_camera() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no_camera",
-        "no camera is attached to this server (start it with --device, --images or --raw)",
+        "no camera is attached to this server (start it with --source or [[camera]] tables in its --config)",
     )
 }
 
-/// Server-sent events: one `state` event per debounced change of state (the current
-/// state first, if there is one). Ends when the server shuts down.
-async fn events(State(st): State<Shared>) -> Result<Response, ApiError> {
-    let cam = st.camera.as_ref().ok_or_else(no_camera)?;
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    camera: Option<String>,
+}
+
+/// Server-sent events: a `current` event per camera that has a state when the client
+/// connects, then one `state` event per debounced change of state, each naming its
+/// camera (`?camera=NAME`: that camera's only). Ends when the server shuts down.
+async fn events(
+    State(st): State<Shared>,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("bad query: {}", e.body_text()),
+        )
+    })?;
+    if st.cameras.is_empty() {
+        return Err(no_camera());
+    }
+    let only = params.camera;
+    if let Some(name) = &only {
+        camera_named(&st, name)?;
+    }
     // Held by the stream: the slot comes back when the client goes (or is cut off by
     // the TCP user timeout, `conn::keepalive`).
     let slot = st
@@ -419,40 +431,45 @@ async fn events(State(st): State<Shared>) -> Result<Response, ApiError> {
                 ),
             )
         })?;
-    let rx = cam.events.subscribe();
-    let current = cam
-        .latest
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|l| l.state.clone());
-    let first = current.map(|s| {
-        Ok::<_, Infallible>(
-            SseEvent::default()
-                .event("current")
-                .data(json!({"state": s}).to_string()),
-        )
-    });
+    let rx = st.events.subscribe();
+    let wanted = move |camera: &str| only.as_deref().is_none_or(|o| o == camera);
+    let current: Vec<_> = st
+        .cameras
+        .iter()
+        .filter(|c| wanted(&c.name))
+        .filter_map(|c| {
+            let latest = c.latest.lock().unwrap_or_else(|e| e.into_inner());
+            let state = latest.as_ref()?.state.clone()?;
+            let data = json!({"camera": c.name, "state": state}).to_string();
+            Some(Ok::<_, Infallible>(
+                SseEvent::default().event("current").data(data),
+            ))
+        })
+        .collect();
     let shutdown = st.shutdown.clone();
-    let changes = futures_util::stream::unfold((rx, shutdown), |(mut rx, mut sd)| async move {
-        loop {
-            if *sd.borrow() {
-                return None;
-            }
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(ev) => {
-                        let data = serde_json::to_string(&ev).unwrap_or_default();
-                        return Some((Ok(SseEvent::default().event("state").data(data)), (rx, sd)));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                changed = sd.changed() => if changed.is_err() { return None },
+    let changes = futures_util::stream::unfold((rx, shutdown), move |(mut rx, mut sd)| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                if *sd.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(ev) if !wanted(&ev.camera) => continue,
+                        Ok(ev) => {
+                            let data = serde_json::to_string(&ev).unwrap_or_default();
+                            return Some((Ok(SseEvent::default().event("state").data(data)), (rx, sd)));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    changed = sd.changed() => if changed.is_err() { return None },
+                }
             }
         }
     });
-    let stream = futures_util::stream::iter(first)
+    let stream = futures_util::stream::iter(current)
         .chain(changes)
         .map(move |event| {
             let _ = &slot;
@@ -586,7 +603,7 @@ async fn classify(
     };
     st.metrics
         .inference_seconds
-        .get_or_create(&SourceLabels { source: "http" })
+        .get_or_create(&SourceLabels::http())
         .observe(timings.total().as_secs_f64());
     let top = loaded.classifier.top_k(&probs, top_k);
     Ok(Json(Classified {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,10 +25,51 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct SourceLabels {
     /// `http` or `camera`.
     pub source: &'static str,
+    /// The camera's name, for `camera` (no label for `http`).
+    pub camera: Option<String>,
+}
+
+impl SourceLabels {
+    pub fn http() -> Self {
+        SourceLabels {
+            source: "http",
+            camera: None,
+        }
+    }
+
+    pub fn camera(name: &str) -> Self {
+        SourceLabels {
+            source: "camera",
+            camera: Some(name.to_string()),
+        }
+    }
+}
+
+// By hand: the derive would write `camera=""` on every HTTP series.
+impl EncodeLabelSet for SourceLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("source", self.source).encode(encoder.encode_label())?;
+        if let Some(camera) = &self.camera {
+            ("camera", camera.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabels {
+    pub camera: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraErrorLabels {
+    pub camera: String,
+    /// `frame` (a frame that could not be classified) or `source` (the source failed).
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +80,7 @@ pub struct ModelLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
+    pub camera: String,
     pub label: String,
 }
 
@@ -63,12 +105,13 @@ pub struct Metrics {
     pub inflight: Gauge,
     pub connections_open: Gauge,
     pub connections_refused: Family<ReasonLabels, Counter>,
-    pub frames_captured: Counter,
-    pub frames_classified: Counter,
-    pub frames_dropped: Counter,
-    pub camera_reopens: Counter,
+    pub frames_captured: Family<CameraLabels, Counter>,
+    pub frames_classified: Family<CameraLabels, Counter>,
+    pub frames_dropped: Family<CameraLabels, Counter>,
+    pub camera_reopens: Family<CameraLabels, Counter>,
+    pub camera_errors: Family<CameraErrorLabels, Counter>,
     pub state: Family<StateLabels, Gauge>,
-    pub confidence: Gauge<f64, AtomicU64>,
+    pub confidence: Family<CameraLabels, Gauge<f64, AtomicU64>>,
     pub model: Family<ModelLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
     pub mqtt_published: Counter,
@@ -91,12 +134,13 @@ impl Metrics {
             inflight: Gauge::default(),
             connections_open: Gauge::default(),
             connections_refused: Family::default(),
-            frames_captured: Counter::default(),
-            frames_classified: Counter::default(),
-            frames_dropped: Counter::default(),
-            camera_reopens: Counter::default(),
+            frames_captured: Family::default(),
+            frames_classified: Family::default(),
+            frames_dropped: Family::default(),
+            camera_reopens: Family::default(),
+            camera_errors: Family::default(),
             state: Family::default(),
-            confidence: Gauge::default(),
+            confidence: Family::default(),
             model: Family::default(),
             reloads: Family::default(),
             mqtt_published: Counter::default(),
@@ -115,7 +159,7 @@ impl Metrics {
         );
         r.register(
             "glimpse_inference_duration_seconds",
-            "Decode + preprocess + model time of one image",
+            "Decode + preprocess + model time of one image, by source (http, camera) and camera",
             m.inference_seconds.clone(),
         );
         r.register(
@@ -140,32 +184,37 @@ impl Metrics {
         );
         r.register(
             "glimpse_frames_captured",
-            "Frames read from the camera source",
+            "Frames read from each camera's source",
             m.frames_captured.clone(),
         );
         r.register(
             "glimpse_frames_classified",
-            "Camera frames classified",
+            "Frames of each camera classified",
             m.frames_classified.clone(),
         );
         r.register(
             "glimpse_frames_dropped",
-            "Camera frames replaced by a newer one before the classifier took them",
+            "Frames of each camera replaced by a newer one before the classifier took them",
             m.frames_dropped.clone(),
         );
         r.register(
             "glimpse_camera_reopens",
-            "Times the camera source was opened again (after a drop, a stall or a failed attempt)",
+            "Times each camera's source was opened again (after a drop, a stall or a failed attempt)",
             m.camera_reopens.clone(),
         );
         r.register(
+            "glimpse_camera_errors",
+            "Failures of each camera by kind: frame (a frame that could not be classified) or source (the source failed; it is reopened)",
+            m.camera_errors.clone(),
+        );
+        r.register(
             "glimpse_state",
-            "The debounced camera state: 1 for the current label",
+            "The debounced state of each camera: 1 for its current label",
             m.state.clone(),
         );
         r.register(
             "glimpse_state_confidence",
-            "Probability of the current state's label on the latest frame",
+            "Probability of each camera's current state's label on its latest frame",
             m.confidence.clone(),
         );
         r.register(
@@ -206,17 +255,38 @@ impl Metrics {
             .set(1);
     }
 
-    /// Shows `label` as the camera state (`None`: no state yet).
-    pub fn set_state(&self, label: Option<&str>, confidence: f32) {
-        self.state.clear();
-        if let Some(label) = label {
-            self.state
-                .get_or_create(&StateLabels {
-                    label: label.to_string(),
-                })
-                .set(1);
+    /// Shows `label` as the state of `camera` in place of `previous`.
+    pub fn set_state(&self, camera: &str, previous: Option<&str>, label: &str, confidence: f32) {
+        let series = |label: &str| StateLabels {
+            camera: camera.to_string(),
+            label: label.to_string(),
+        };
+        if let Some(previous) = previous {
+            self.state.remove(&series(previous));
         }
-        self.confidence.set(confidence as f64);
+        self.state.get_or_create(&series(label)).set(1);
+        self.set_confidence(camera, confidence);
+    }
+
+    /// The probability of the state's label of `camera` on its latest frame.
+    pub fn set_confidence(&self, camera: &str, confidence: f32) {
+        self.confidence
+            .get_or_create(&CameraLabels {
+                camera: camera.to_string(),
+            })
+            .set(confidence as f64);
+    }
+
+    /// Counts a failure of `camera` (`frame` or `source`), under `glimpse_errors` too
+    /// (`frame` or `camera`).
+    pub fn camera_error(&self, camera: &str, kind: &'static str) {
+        self.camera_errors
+            .get_or_create(&CameraErrorLabels {
+                camera: camera.to_string(),
+                kind,
+            })
+            .inc();
+        self.error(if kind == "source" { "camera" } else { kind });
     }
 
     /// The OpenMetrics text exposition (which Prometheus scrapes natively).
@@ -289,7 +359,9 @@ mod tests {
         m.error("too_large");
         m.set_model("/m.onnx", "abc");
         m.set_model("/n.onnx", "def");
-        m.set_state(Some("cat"), 0.75);
+        m.set_state("gate", None, "dog", 0.5);
+        m.set_state("gate", Some("dog"), "cat", 0.75);
+        m.set_state("door", None, "dog", 0.25);
         let text = m.encode();
         assert!(
             text.contains(r#"glimpse_http_requests_total{route="/v1/classify",status="200"} 1"#),
@@ -305,15 +377,47 @@ mod tests {
             text.contains(r#"glimpse_model_info{path="/n.onnx",sha256="def"} 1"#),
             "{text}"
         );
-        assert!(text.contains(r#"glimpse_state{label="cat"} 1"#), "{text}");
-        assert!(text.contains("glimpse_state_confidence 0.75"), "{text}");
+        assert!(
+            text.contains(r#"glimpse_state{camera="gate",label="cat"} 1"#)
+                && text.contains(r#"glimpse_state{camera="door",label="dog"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"glimpse_state{camera="gate",label="dog"}"#),
+            "the camera's previous state is gone: {text}"
+        );
+        assert!(
+            text.contains(r#"glimpse_state_confidence{camera="gate"} 0.75"#),
+            "{text}"
+        );
+        m.inference_seconds
+            .get_or_create(&SourceLabels::http())
+            .observe(0.01);
+        m.inference_seconds
+            .get_or_create(&SourceLabels::camera("gate"))
+            .observe(0.01);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"glimpse_inference_duration_seconds_count{source="http"} 1"#)
+                && text.contains(
+                    r#"glimpse_inference_duration_seconds_count{source="camera",camera="gate"} 1"#
+                ),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
+        m.frames_captured
+            .get_or_create(&CameraLabels {
+                camera: "gate".into(),
+            })
+            .inc();
+        let text = m.encode();
         let old = m.encode_prometheus();
         assert!(
             old.contains("# HELP glimpse_http_requests_total HTTP requests")
                 && old.contains("# TYPE glimpse_http_requests_total counter")
-                && old.contains("# HELP glimpse_frames_captured_total Frames")
+                && old
+                    .contains("# HELP glimpse_frames_captured_total Frames read from each camera")
                 && old.contains("# TYPE glimpse_state gauge"),
             "{old}"
         );

@@ -1,6 +1,6 @@
 //! `glimpse serve`: a headless classification daemon. An HTTP API (`http`) with bearer
-//! tokens (`auth`), limits and Prometheus metrics (`metrics`); an optional camera loop
-//! (`camera`) with debounced events over server-sent events and MQTT (`mqtt`); hot model
+//! tokens (`auth`), limits and Prometheus metrics (`metrics`); camera loops (`camera`)
+//! with debounced events over server-sent events, MQTT (`mqtt`) and actions; hot model
 //! reload with a probe (`model`); systemd readiness and watchdog; graceful shutdown.
 //! Without a token, only local `Host` names and same-origin requests are answered
 //! (`origin`).
@@ -22,7 +22,7 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -34,12 +34,12 @@ use tokio::sync::{broadcast, watch, Semaphore};
 
 pub use actions::ActionConfig;
 pub use auth::Token;
-pub use camera::CameraSetup;
+pub use camera::{CameraSetup, DEFAULT_CAMERA};
 pub use model::Loader;
 pub use mqtt::MqttConfig;
 pub use webhook::WebhookConfig;
 
-use camera::CameraShared;
+use camera::{Camera, CameraContext};
 use http::AppState;
 use metrics::{Metrics, ResultLabels};
 use model::{FileStamp, ModelSlot};
@@ -88,23 +88,24 @@ pub struct ServeOptions {
     /// A reloaded model is loaded and probed in a child process first (`None`: in-process
     /// only).
     pub reload_check: Option<child_check::ChildCheck>,
-    pub camera: Option<CameraSetup>,
+    /// The cameras classified continuously, each under its own name.
+    pub cameras: Vec<CameraSetup>,
     pub mqtt: Option<MqttConfig>,
 }
 
 impl ServeOptions {
     /// What is attached besides the HTTP API, as the start-up line and `--check` say it:
-    /// `, camera DESCRIPTION, mqtt HOST:PORT topic TOPIC` (empty for neither).
+    /// `, camera NAME: DESCRIPTION, ..., mqtt HOST:PORT topic TOPIC` (empty for neither).
     pub fn attachments(&self) -> String {
-        let camera = self
-            .camera
-            .as_ref()
-            .map(|c| format!(", camera {}", c.describe));
+        let cameras = self
+            .cameras
+            .iter()
+            .map(|c| format!(", camera {}: {}", c.name, c.describe));
         let mqtt = self
             .mqtt
             .as_ref()
             .map(|m| format!(", mqtt {}:{} topic {}", m.host, m.port, m.topic));
-        camera.unwrap_or_default() + &mqtt.unwrap_or_default()
+        cameras.chain(mqtt).collect()
     }
 }
 
@@ -120,11 +121,11 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         opts.max_model_bytes,
         None,
     )?;
-    if let Some(camera) = &opts.camera {
+    for camera in &opts.cameras {
         camera
             .debounce
             .check_labels(&first.classifier.labels)
-            .context("--watch or --label-threshold")?;
+            .with_context(|| format!("camera {}: watch or thresholds", camera.name))?;
     }
     log::info!(
         "loaded {} (sha256 {}) in {:.0} ms",
@@ -187,12 +188,21 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         .local_addr()
         .context("reading the listening address")?;
     let attached = opts.attachments();
-    // The camera, if any, runs on its own thread from now on.
-    let camera = opts
-        .camera
-        .take()
-        .map(|setup| Camera::start(setup, &slot, &metrics, opts.mqtt.is_some()))
-        .transpose()?;
+    let workers = Arc::new(Semaphore::new(opts.workers));
+    let events = broadcast::channel(64).0;
+    // Each camera runs on its own thread from now on.
+    let context = CameraContext {
+        model: slot.clone(),
+        metrics: metrics.clone(),
+        workers: workers.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        events: events.clone(),
+        mqtt: opts.mqtt.is_some(),
+    };
+    let cameras = std::mem::take(&mut opts.cameras)
+        .into_iter()
+        .map(|setup| Camera::start(setup, &context))
+        .collect::<Result<Vec<_>>>()?;
     let memory = request_memory(opts.memory_budget, opts.workers, &slot)?;
     let state = Arc::new(AppState {
         model: slot.clone(),
@@ -204,14 +214,15 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
             .then(|| origin::HostPolicy::new(&hostname(), &opts.allowed_hosts)),
         limits: opts.limits,
         admission: Arc::new(Semaphore::new(opts.workers + opts.queue)),
-        workers: Arc::new(Semaphore::new(opts.workers)),
+        workers,
         memory,
         event_streams: Arc::new(Semaphore::new(opts.max_event_streams)),
         max_event_streams: opts.max_event_streams,
         min_upload_rate: opts.min_upload_rate,
         request_timeout: opts.request_timeout,
         default_top_k: opts.default_top_k,
-        camera: camera.as_ref().map(|c| c.shared.clone()),
+        cameras: cameras.iter().map(|c| c.shared.clone()).collect(),
+        events,
         ready: AtomicBool::new(false),
         shutdown: shutdown_rx.clone(),
         started,
@@ -219,14 +230,19 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     let mqtt_task = opts.mqtt.clone().map(|cfg| {
         let st = state.clone();
         let status: mqtt::StatusFn = Arc::new(move || status_document(&st));
+        let feeds = mqtt::Feeds {
+            cameras: state.cameras.iter().map(|c| c.name.clone()).collect(),
+            events: state.events.subscribe(),
+            images: state
+                .cameras
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), c.image.as_ref()?.subscribe())))
+                .collect(),
+        };
         tokio::spawn(mqtt::run(
             cfg,
             metrics.clone(),
-            state.camera.as_ref().map(|c| c.events.subscribe()),
-            state
-                .camera
-                .as_ref()
-                .and_then(|c| c.image.as_ref().map(|i| i.subscribe())),
+            feeds,
             status,
             model_name,
             shutdown_rx.clone(),
@@ -245,59 +261,18 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     let app = http::router(state.clone());
     let graceful = accept_loop(listener, app, &opts, &metrics, shutdown_rx).await;
     drain(graceful, &state, opts.drain_timeout).await;
-    if let Some(camera) = &camera {
-        camera.stop.store(true, Ordering::Relaxed);
-    }
+    cameras.iter().for_each(Camera::stop);
     if let Some(t) = mqtt_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
-    if let Some(camera) = camera {
-        let thread = camera.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for camera in cameras {
+            camera.join();
+        }
+    })
+    .await;
     log::info!("stopped after {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// The camera loop's thread and what it shares with the HTTP side.
-struct Camera {
-    shared: Arc<CameraShared>,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<crate::stream::Stats>,
-}
-
-impl Camera {
-    /// With `mqtt`, each state's snapshot is also made for MQTT to publish.
-    fn start(
-        setup: CameraSetup,
-        slot: &Arc<ModelSlot>,
-        metrics: &Arc<Metrics>,
-        mqtt: bool,
-    ) -> Result<Self> {
-        let shared = Arc::new(CameraShared {
-            name: camera::DEFAULT_CAMERA.into(),
-            crop: setup.crop.map(|c| c.to_string()),
-            latest: Mutex::new(None),
-            frame: Mutex::new(None),
-            events: broadcast::channel(64).0,
-            image: mqtt.then(|| watch::channel(None).0),
-            stats: Mutex::new(Default::default()),
-            describe: setup.describe.clone(),
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = camera::spawn(
-            setup,
-            slot.clone(),
-            metrics.clone(),
-            shared.clone(),
-            stop.clone(),
-        )?;
-        Ok(Camera {
-            shared,
-            stop,
-            thread,
-        })
-    }
 }
 
 /// Reloads the model on SIGHUP and, with `watch_model`, when the file changes.
@@ -592,22 +567,12 @@ async fn watchdog(mut shutdown: watch::Receiver<bool>) {
 /// The periodic MQTT status document.
 fn status_document(st: &AppState) -> serde_json::Value {
     let model = st.model.get();
-    let camera = st.camera.as_ref().map(|c| {
-        let stats = *c.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let latest = c.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        serde_json::json!({
-            "source": c.describe,
-            "frames": stats,
-            "state": latest.as_ref().and_then(|l| l.state.clone()),
-            "label": latest.as_ref().map(|l| l.label.clone()),
-            "probability": latest.as_ref().map(|l| l.probability),
-        })
-    });
+    let cameras: Vec<_> = st.cameras.iter().map(|c| c.document()).collect();
     serde_json::json!({
         "uptime_s": st.started.elapsed().as_secs(),
         "model": model.path.display().to_string(),
         "model_sha256": model.sha256,
-        "camera": camera,
+        "cameras": cameras,
         "time": camera::unix_now(),
     })
 }

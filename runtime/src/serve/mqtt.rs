@@ -1,7 +1,9 @@
-//! MQTT publishing: debounced state changes and their snapshots (retained), periodic
-//! status, availability with a last will, and Home Assistant discovery; reconnects with
-//! backoff on its own task, so a lost broker never blocks classification.
+//! MQTT publishing: each camera's debounced state changes and their snapshots (retained),
+//! periodic status, availability with a last will, and Home Assistant discovery of each
+//! camera; reconnects with backoff on its own task, so a lost broker never blocks
+//! classification.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +22,9 @@ use super::metrics::Metrics;
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
-    /// Base topic: `<topic>/state`, `<topic>/default/snapshot`, `<topic>/status`,
-    /// `<topic>/availability`.
+    /// Base topic: `<topic>/<camera>/state`, `<topic>/<camera>/snapshot`,
+    /// `<topic>/status`, `<topic>/availability` (and `<topic>/state` for the camera named
+    /// `default`, as the one-camera daemon published it).
     pub topic: String,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
@@ -48,21 +51,62 @@ pub fn node_id(s: &str) -> String {
 /// The largest message published: a snapshot of a big frame.
 const MAX_PACKET: usize = 16 << 20;
 
-/// The topic of the camera's snapshots (one camera, `default`, for now).
-pub fn image_topic(cfg: &MqttConfig) -> String {
-    format!("{}/{DEFAULT_CAMERA}/snapshot", cfg.topic)
+/// What the MQTT task publishes besides the status: the cameras' state changes and
+/// snapshots.
+pub struct Feeds {
+    /// The cameras' names, for discovery.
+    pub cameras: Vec<String>,
+    /// Every camera's state changes.
+    pub events: broadcast::Receiver<StateEvent>,
+    /// Each camera's newest snapshot (the cameras that make them).
+    pub images: Vec<(String, watch::Receiver<Option<Jpeg>>)>,
 }
 
-/// The Home Assistant discovery messages (topic, retained payload): a sensor for the
-/// state and one for its confidence, and with `image` an image entity for the snapshot of
-/// each state, all tied to one device.
+/// The topic of a camera's snapshots.
+pub fn image_topic(cfg: &MqttConfig, camera: &str) -> String {
+    format!("{}/{camera}/snapshot", cfg.topic)
+}
+
+/// The topics of a camera's state: its own, and for the camera named `default` also
+/// `<topic>/state`, where the one-camera daemon published it.
+pub fn state_topics(cfg: &MqttConfig, camera: &str) -> Vec<String> {
+    let own = format!("{}/{camera}/state", cfg.topic);
+    match camera {
+        DEFAULT_CAMERA => vec![own, format!("{}/state", cfg.topic)],
+        _ => vec![own],
+    }
+}
+
+/// The Home Assistant discovery messages (topic, retained payload): for each camera a
+/// sensor for its state and one for its confidence, and with `image` an image entity for
+/// the snapshot of each state, all tied to one device (the board).
 pub fn discovery_messages(
     cfg: &MqttConfig,
     prefix: &str,
     model: &str,
+    cameras: &[String],
+    image: bool,
+) -> Vec<(String, String)> {
+    cameras
+        .iter()
+        .flat_map(|camera| camera_discovery(cfg, prefix, model, camera, image))
+        .collect()
+}
+
+/// The discovery messages of one camera. The `default` camera keeps the entity ids the
+/// one-camera daemon used (`glimpse_<node>_state`), so Home Assistant keeps its history.
+fn camera_discovery(
+    cfg: &MqttConfig,
+    prefix: &str,
+    model: &str,
+    camera: &str,
     image: bool,
 ) -> Vec<(String, String)> {
     let node = node_id(&cfg.client_id);
+    let (key_prefix, name_prefix) = match camera {
+        DEFAULT_CAMERA => (String::new(), String::new()),
+        _ => (format!("{camera}_"), format!("{camera} ")),
+    };
     let device = json!({
         "identifiers": [format!("glimpse_{node}")],
         "name": format!("glimpse {node}"),
@@ -71,41 +115,48 @@ pub fn discovery_messages(
         "sw_version": env!("CARGO_PKG_VERSION"),
     });
     let common = |name: &str, key: &str| {
-        json!({
+        let mut name = format!("{name_prefix}{name}");
+        // Home Assistant shows the name as it is: "gate state", not "gate State".
+        if !name_prefix.is_empty() {
+            name = name.to_lowercase();
+        }
+        let key = format!("{key_prefix}{key}");
+        let entity = json!({
             "name": name,
             "unique_id": format!("glimpse_{node}_{key}"),
             "object_id": format!("glimpse_{node}_{key}"),
             "availability_topic": format!("{}/availability", cfg.topic),
             "device": device.clone(),
-        })
+        });
+        (key, entity)
     };
-    let state_topic = json!(format!("{}/state", cfg.topic));
-    let mut state = common("State", "state");
+    let state_topic = json!(format!("{}/{camera}/state", cfg.topic));
+    let (state_key, mut state) = common("State", "state");
     state["state_topic"] = state_topic.clone();
     state["value_template"] = json!("{{ value_json.state }}");
-    state["json_attributes_topic"] = json!(format!("{}/state", cfg.topic));
+    state["json_attributes_topic"] = state_topic.clone();
     state["icon"] = json!("mdi:eye");
-    let mut confidence = common("Confidence", "confidence");
+    let (confidence_key, mut confidence) = common("Confidence", "confidence");
     confidence["state_topic"] = state_topic;
     confidence["value_template"] = json!("{{ (value_json.confidence * 100) | round(1) }}");
     confidence["unit_of_measurement"] = json!("%");
     confidence["state_class"] = json!("measurement");
     let mut out = vec![
         (
-            format!("{prefix}/sensor/{node}/state/config"),
+            format!("{prefix}/sensor/{node}/{state_key}/config"),
             state.to_string(),
         ),
         (
-            format!("{prefix}/sensor/{node}/confidence/config"),
+            format!("{prefix}/sensor/{node}/{confidence_key}/config"),
             confidence.to_string(),
         ),
     ];
     if image {
-        let mut snapshot = common("Snapshot", "snapshot");
-        snapshot["image_topic"] = json!(image_topic(cfg));
+        let (snapshot_key, mut snapshot) = common("Snapshot", "snapshot");
+        snapshot["image_topic"] = json!(image_topic(cfg, camera));
         snapshot["content_type"] = json!("image/jpeg");
         out.push((
-            format!("{prefix}/image/{node}/snapshot/config"),
+            format!("{prefix}/image/{node}/{snapshot_key}/config"),
             snapshot.to_string(),
         ));
     }
@@ -116,14 +167,18 @@ pub fn discovery_messages(
 pub async fn run(
     cfg: MqttConfig,
     metrics: Arc<Metrics>,
-    mut events: Option<broadcast::Receiver<StateEvent>>,
-    mut images: Option<watch::Receiver<Option<Jpeg>>>,
+    feeds: Feeds,
     status: StatusFn,
     model_name: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Feeds {
+        cameras,
+        events,
+        mut images,
+    } = feeds;
+    let mut events = Some(events);
     let availability = format!("{}/availability", cfg.topic);
-    let state_topic = format!("{}/state", cfg.topic);
     let status_topic = format!("{}/status", cfg.topic);
     // Messages wait here while the broker is away; beyond 64 they are dropped (and
     // counted) rather than blocking anything.
@@ -131,9 +186,9 @@ pub async fn run(
     let publish = |topic: &str, qos: QoS, retain: bool, payload: Vec<u8>| {
         publish(&client, &metrics, topic, qos, retain, payload)
     };
-    let image_topic = image_topic(&cfg);
-    let with_image = images.is_some();
-    let mut last_state: Option<String> = None;
+    let with_image = !images.is_empty();
+    // Each camera's last state event, published again on every connection.
+    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
     let mut backoff = Duration::from_millis(500);
     let mut down_since_logged = false;
     let mut status_tick = tokio::time::interval(cfg.status_interval);
@@ -155,12 +210,15 @@ pub async fn run(
                     down_since_logged = false;
                     // Retained messages may be gone (a broker restarted without
                     // persistence): publish everything a subscriber needs again.
-                    for (topic, payload) in retained(&cfg, &model_name, last_state.as_deref(), with_image) {
+                    let described = Described { cfg: &cfg, model: &model_name, cameras: &cameras, image: with_image };
+                    for (topic, payload) in retained(&described, &last_state) {
                         publish(&topic, QoS::AtLeastOnce, true, payload.into_bytes());
                     }
-                    // The newest snapshot is the one the channel holds.
-                    if let Some(jpeg) = images.as_ref().and_then(|rx| rx.borrow().clone()) {
-                        publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
+                    // The newest snapshots are the ones the channels hold.
+                    for (camera, rx) in &images {
+                        if let Some(jpeg) = rx.borrow().clone() {
+                            publish(&image_topic(&cfg, camera), QoS::AtLeastOnce, true, jpeg.to_vec());
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -187,25 +245,25 @@ pub async fn run(
             } } => match received {
                 Ok(event) => {
                     let payload = serde_json::to_string(&event).unwrap_or_default();
-                    publish(&state_topic, QoS::AtLeastOnce, true, payload.clone().into_bytes());
-                    last_state = Some(payload);
+                    for topic in state_topics(&cfg, &event.camera) {
+                        publish(&topic, QoS::AtLeastOnce, true, payload.clone().into_bytes());
+                    }
+                    last_state.insert(event.camera, payload);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     log::warn!("mqtt: skipped {n} state changes (publishing too slowly)");
                 }
                 Err(broadcast::error::RecvError::Closed) => events = None,
             },
-            changed = async { match images.as_mut() {
-                Some(rx) => rx.changed().await,
-                None => std::future::pending().await,
-            } } => match changed {
+            (i, changed) = next_image(&mut images) => match changed {
                 Ok(()) => {
-                    let jpeg = images.as_mut().and_then(|rx| rx.borrow_and_update().clone());
+                    let (camera, rx) = &mut images[i];
+                    let jpeg = rx.borrow_and_update().clone();
                     if let Some(jpeg) = jpeg {
-                        publish(&image_topic, QoS::AtLeastOnce, true, jpeg.to_vec());
+                        publish(&image_topic(&cfg, camera), QoS::AtLeastOnce, true, jpeg.to_vec());
                     }
                 }
-                Err(_) => images = None,
+                Err(_) => drop(images.remove(i)),
             },
             _ = status_tick.tick() => {
                 publish(&status_topic, QoS::AtMostOnce, false, status().to_string().into_bytes());
@@ -280,20 +338,41 @@ fn publish(
     }
 }
 
-/// The retained messages a subscriber needs, published again on every connection:
-/// availability, discovery (if on) and the last state (the last snapshot aside).
-fn retained(
-    cfg: &MqttConfig,
-    model: &str,
-    last_state: Option<&str>,
+/// The first of the cameras' snapshot channels to change: its index, and whether its
+/// sender is still there (pending forever with none).
+async fn next_image(
+    images: &mut [(String, watch::Receiver<Option<Jpeg>>)],
+) -> (usize, Result<(), watch::error::RecvError>) {
+    if images.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = images.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
+    let (changed, i, _) = futures_util::future::select_all(changes).await;
+    (i, changed)
+}
+
+/// What discovery describes: the board's cameras, the model, whether there are snapshots.
+struct Described<'a> {
+    cfg: &'a MqttConfig,
+    model: &'a str,
+    cameras: &'a [String],
     image: bool,
-) -> Vec<(String, String)> {
+}
+
+/// The retained messages a subscriber needs, published again on every connection:
+/// availability, discovery (if on) and each camera's last state (the snapshots aside).
+fn retained(d: &Described, last_state: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let cfg = d.cfg;
     let mut out = vec![(format!("{}/availability", cfg.topic), "online".to_string())];
     if let Some(prefix) = &cfg.discovery_prefix {
-        out.extend(discovery_messages(cfg, prefix, model, image));
+        out.extend(discovery_messages(cfg, prefix, d.model, d.cameras, d.image));
     }
-    if let Some(s) = last_state {
-        out.push((format!("{}/state", cfg.topic), s.to_string()));
+    for (camera, state) in last_state {
+        out.extend(
+            state_topics(cfg, camera)
+                .into_iter()
+                .map(|t| (t, state.clone())),
+        );
     }
     out
 }
@@ -302,9 +381,8 @@ fn retained(
 mod tests {
     use super::*;
 
-    #[test]
-    fn discovery_ties_both_sensors_to_the_state_topic() {
-        let cfg = MqttConfig {
+    fn config() -> MqttConfig {
+        MqttConfig {
             host: "localhost".into(),
             port: 1883,
             topic: "glimpse/shed".into(),
@@ -313,17 +391,23 @@ mod tests {
             tls: None,
             discovery_prefix: Some("homeassistant".into()),
             status_interval: Duration::from_secs(60),
-        };
+        }
+    }
+
+    #[test]
+    fn discovery_ties_both_sensors_to_the_state_topic() {
+        let cfg = config();
+        let default = [DEFAULT_CAMERA.to_string()];
         assert_eq!(
-            discovery_messages(&cfg, "homeassistant", "birds.onnx", false).len(),
+            discovery_messages(&cfg, "homeassistant", "birds.onnx", &default, false).len(),
             2
         );
-        let msgs = discovery_messages(&cfg, "homeassistant", "birds.onnx", true);
+        let msgs = discovery_messages(&cfg, "homeassistant", "birds.onnx", &default, true);
         assert_eq!(msgs.len(), 3);
         assert_eq!(msgs[0].0, "homeassistant/sensor/shed_cam/state/config");
         for (_, payload) in &msgs[..2] {
             let v: serde_json::Value = serde_json::from_str(payload).unwrap();
-            assert_eq!(v["state_topic"], "glimpse/shed/state");
+            assert_eq!(v["state_topic"], "glimpse/shed/default/state");
         }
         assert_eq!(msgs[2].0, "homeassistant/image/shed_cam/snapshot/config");
         let image: serde_json::Value = serde_json::from_str(&msgs[2].1).unwrap();
@@ -335,5 +419,40 @@ mod tests {
             assert_eq!(v["availability_topic"], "glimpse/shed/availability");
             assert_eq!(v["device"]["identifiers"][0], "glimpse_shed_cam");
         }
+    }
+
+    #[test]
+    fn each_camera_has_its_own_entities_on_one_device() {
+        let cfg = config();
+        let cameras = ["default".to_string(), "gate".to_string()];
+        let msgs = discovery_messages(&cfg, "homeassistant", "m.onnx", &cameras, true);
+        let topics: Vec<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/sensor/shed_cam/state/config",
+                "homeassistant/sensor/shed_cam/confidence/config",
+                "homeassistant/image/shed_cam/snapshot/config",
+                "homeassistant/sensor/shed_cam/gate_state/config",
+                "homeassistant/sensor/shed_cam/gate_confidence/config",
+                "homeassistant/image/shed_cam/gate_snapshot/config",
+            ]
+        );
+        let gate: serde_json::Value = serde_json::from_str(&msgs[3].1).unwrap();
+        assert_eq!(gate["name"], "gate state");
+        assert_eq!(gate["unique_id"], "glimpse_shed_cam_gate_state");
+        assert_eq!(gate["state_topic"], "glimpse/shed/gate/state");
+        let ids: std::collections::HashSet<String> = msgs
+            .iter()
+            .map(|(_, p)| {
+                serde_json::from_str::<serde_json::Value>(p).unwrap()["unique_id"].to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), msgs.len(), "unique ids are unique");
+        assert_eq!(
+            state_topics(&cfg, "default"),
+            ["glimpse/shed/default/state", "glimpse/shed/state"]
+        );
+        assert_eq!(state_topics(&cfg, "gate"), ["glimpse/shed/gate/state"]);
     }
 }

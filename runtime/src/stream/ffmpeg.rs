@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,46 @@ pub fn check_installed() -> Result<(), FfmpegError> {
         Ok(s) => Err(FfmpegError::Broken(s)),
         Err(e) if e.kind() == ErrorKind::NotFound => Err(FfmpegError::Missing),
         Err(e) => Err(FfmpegError::Spawn(e)),
+    }
+}
+
+/// ffmpeg's option that writes each decoded frame once. Without it the image2pipe muxer
+/// wants a constant rate, and a stream whose rate ffmpeg could not estimate (an RTSP camera
+/// after the small probe) gets each frame duplicated to fill the gaps: 18,001 frames in 8 s
+/// from a 5 fps camera, each one read and dropped. `-fps_mode` since ffmpeg 5.1, `-vsync`
+/// (deprecated since) before it: Ubuntu 22.04's ffmpeg 4.4, on Jetsons.
+fn passthrough_option() -> &'static str {
+    static OPTION: OnceLock<&'static str> = OnceLock::new();
+    OPTION.get_or_init(|| {
+        let out = Command::new("ffmpeg")
+            .args(["-hide_banner", "-version"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        passthrough_option_of(text.as_deref().unwrap_or(""))
+    })
+}
+
+/// [`passthrough_option`] for the output of `ffmpeg -version`: releases print
+/// `ffmpeg version 5.1.9-0+deb12u1` or `n4.4.2`; builds from git (`N-110000-g...`), newer
+/// than any release of their time, and unreadable output get the current option.
+fn passthrough_option_of(version: &str) -> &'static str {
+    let number = version
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or("")
+        .trim_start_matches('n');
+    let mut parts = number.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or(0);
+    match major {
+        Some(major) if (major, minor) < (5, 1) => "-vsync",
+        _ => "-fps_mode",
     }
 }
 
@@ -123,7 +163,17 @@ impl FfmpegRequest {
             format!("{fps}scale={w}:{h}:force_original_aspect_ratio=decrease:flags=bilinear");
         args.extend(
             [
-                "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", &filter, "-pix_fmt", "rgb24",
+                "-map",
+                "0:v:0",
+                "-an",
+                "-sn",
+                "-dn",
+                "-vf",
+                &filter,
+                "-pix_fmt",
+                "rgb24",
+                passthrough_option(),
+                "passthrough",
             ]
             .map(String::from),
         );
@@ -405,6 +455,28 @@ mod tests {
         assert_eq!(redact("rtsp://admin@cam/live"), "rtsp://admin@cam/live");
         assert_eq!(redact("/videos/a:b@c.mp4"), "/videos/a:b@c.mp4");
         assert_eq!(redact("http://cam/a:b@c"), "http://cam/a:b@c");
+    }
+
+    #[test]
+    fn frames_pass_through_once_with_the_option_of_each_ffmpeg() {
+        let of = passthrough_option_of;
+        assert_eq!(
+            of("ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026"),
+            "-fps_mode"
+        );
+        assert_eq!(
+            of("ffmpeg version 4.4.2-0ubuntu0.22.04.1 Copyright"),
+            "-vsync"
+        );
+        assert_eq!(of("ffmpeg version n5.0.3 Copyright"), "-vsync");
+        assert_eq!(of("ffmpeg version 7.1.1 Copyright"), "-fps_mode");
+        assert_eq!(of("ffmpeg version N-110000-gabcdef Copyright"), "-fps_mode");
+        assert_eq!(of(""), "-fps_mode");
+        let args = request("rtsp://cam/live", true).args().join(" ");
+        assert!(
+            args.contains(&format!("{} passthrough", passthrough_option())),
+            "{args}"
+        );
     }
 
     #[test]
