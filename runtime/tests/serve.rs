@@ -2349,6 +2349,8 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
         .success());
     // One worker for both cameras and the API: neither camera may starve the other. The
     // door's own threshold: at 320x240 no cat label of Chelsea reaches the default 0.5.
+    // A third camera's address has nothing behind it: it fails, counted, on its own.
+    let nowhere = format!("rtsp://127.0.0.1:{}/cam", free_port());
     let conf = dir.path().join("glimpse.toml");
     std::fs::write(
         &conf,
@@ -2357,7 +2359,8 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntopic = \"glimpse/two\"\nclient-id = \"two-cams\"\n\
              [[camera]]\nname = \"gate\"\nsource = \"{}\"\nhold-frames = 2\n\
              [[camera]]\nname = \"door\"\nsource = \"{}\"\nsize = \"320x240\"\nformat = \"yuyv\"\nhold-frames = 2\n\
-             threshold = 0.2\n",
+             threshold = 0.2\n\
+             [[camera]]\nname = \"porch\"\nsource = \"{nowhere}\"\n",
             rtsp.url,
             fifo.display()
         ),
@@ -2387,7 +2390,7 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
     assert_eq!(door[0].0, "door", "{door:?}");
     assert_eq!(door[0].2, "current", "{door:?}");
     assert_error(
-        &get(&agent(), &server.url("/v1/events?camera=porch"), None),
+        &get(&agent(), &server.url("/v1/events?camera=attic"), None),
         404,
         "no_camera",
     );
@@ -2400,7 +2403,7 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["gate", "door"], "{list}");
+    assert_eq!(names, ["gate", "door", "porch"], "{list}");
     assert_eq!(list["cameras"][0]["state"], "espresso", "{list}");
     assert!(
         is_cat(list["cameras"][1]["state"].as_str().unwrap()),
@@ -2460,7 +2463,7 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
     let status = wait_for("status", &|t, _| t == "glimpse/two/status");
     assert_eq!(
         status["cameras"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{status}"
     );
     assert!(
@@ -2493,6 +2496,23 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
         m.contains(r#"glimpse_inference_duration_seconds_count{source="camera",camera="door"}"#),
         "{m}"
     );
+    // The camera with nothing behind its address: source errors, logged and counted, while
+    // the others went on; no frame, and a 503 for its latest frame.
+    let failed = metric(
+        &m,
+        r#"glimpse_camera_errors_total{camera="porch",kind="source"}"#,
+    );
+    assert!(failed.unwrap_or(0.0) >= 1.0, "{m}");
+    let porch = metric(&m, r#"glimpse_frames_captured_total{camera="porch"}"#);
+    assert_eq!(porch, Some(0.0), "{m}");
+    let porch = get(&agent(), &server.url("/v1/cameras/porch/latest"), None);
+    assert_error(&porch, 503, "no_frame");
+    let line = server.wait_log(
+        &format!("camera porch: {nowhere} (ffmpeg): "),
+        Duration::from_secs(10),
+    );
+    let again = line.contains("retrying") || line.contains("reopening");
+    assert!(line.contains(&nowhere) && again, "{line}");
     drop(server);
     drop(rtsp);
     // The writer ends when the daemon has closed the FIFO.

@@ -17,7 +17,7 @@ use super::metrics::{CameraErrorLabels, CameraLabels, KindLabels, Metrics, Sourc
 use super::model::ModelSlot;
 use crate::classifier::millis;
 use crate::stream::{
-    live, Classified, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
+    live, Classified, Counters, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
 };
 use crate::{Crop, Limits, Ranked};
 
@@ -93,8 +93,13 @@ pub struct CameraShared {
     pub frame: Mutex<Option<Frame>>,
     /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
     pub image: Option<ImageSender>,
-    pub stats: Mutex<Stats>,
     pub describe: String,
+    /// The live loop's counters, read while it runs.
+    counters: Arc<Counters>,
+    /// The camera's series of the daemon's metrics.
+    metrics: CameraMetrics,
+    /// The counters as last added to `metrics`.
+    accounted: Mutex<Stats>,
 }
 
 impl CameraShared {
@@ -106,7 +111,7 @@ impl CameraShared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let stats = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = self.counters.snapshot();
         serde_json::json!({
             "name": self.name,
             "source": self.describe,
@@ -117,6 +122,15 @@ impl CameraShared {
             "fps": latest.as_ref().map(|l| l.fps),
             "frames": stats,
         })
+    }
+
+    /// Adds what the loop counted since the last call to the metrics: at each frame, and
+    /// before each scrape (a camera whose source keeps failing has no frames).
+    pub fn account(&self) {
+        let mut last = self.accounted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.counters.snapshot();
+        self.metrics.add(now, &last);
+        *last = now;
     }
 }
 
@@ -149,14 +163,18 @@ impl Camera {
     /// Starts the camera's thread; it runs until [`Camera::stop`] (or a source that is not
     /// reopened ends).
     pub fn start(setup: CameraSetup, ctx: &CameraContext) -> Result<Camera> {
+        // A `LiveOptions` may come with counters used before: the metrics start from them.
+        let counters = setup.live.counters.clone();
         let shared = Arc::new(CameraShared {
             name: setup.name.clone(),
             crop: setup.crop.map(|c| c.to_string()),
             latest: Mutex::new(None),
             frame: Mutex::new(None),
             image: ctx.mqtt.then(|| watch::channel(None).0),
-            stats: Mutex::new(Default::default()),
             describe: setup.describe.clone(),
+            metrics: CameraMetrics::new(&ctx.metrics, &setup.name),
+            accounted: Mutex::new(Stats::default()),
+            counters,
         });
         // Each camera its own flag: the live loop sets it when its source ends, which
         // must not stop the others.
@@ -229,8 +247,8 @@ impl CameraMetrics {
         }
     }
 
-    /// Adds what the loop did since `last` to the metrics and the shared stats.
-    fn account(&self, shared: &CameraShared, now: Stats, last: &mut Stats) {
+    /// Adds what the loop did between `last` and `now`.
+    fn add(&self, now: Stats, last: &Stats) {
         self.captured
             .inc_by(now.captured.saturating_sub(last.captured));
         self.classified
@@ -245,8 +263,6 @@ impl CameraMetrics {
         for c in &self.source_errors {
             c.inc_by(now.source_errors.saturating_sub(last.source_errors));
         }
-        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        *last = now;
     }
 }
 
@@ -331,9 +347,8 @@ fn run(
     stop: Arc<AtomicBool>,
 ) -> Stats {
     let actions = start_actions(&setup, ctx, shared);
-    let metrics = CameraMetrics::new(&ctx.metrics, &shared.name);
+    let metrics = &shared.metrics;
     let mut debouncer = Debouncer::new(setup.debounce.clone());
-    let mut last = Stats::default();
     let (limits, crop, name) = (setup.limits, setup.crop, &shared.name);
     let classify = |frame: &Frame| classify_on_worker(ctx, frame, &limits, crop);
     let report = |c: Classified<(Latest, Duration)>| {
@@ -356,7 +371,7 @@ fn run(
                 snapshot: None,
             };
             log::info!(
-                "{name}: state {} -> {} ({:.1}%)",
+                "camera {name}: state {} -> {} ({:.1}%)",
                 event.previous.as_deref().unwrap_or("-"),
                 event.state,
                 event.confidence * 100.0
@@ -379,11 +394,11 @@ fn run(
         latest.camera = name.clone();
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
         *shared.frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.frame.clone());
-        metrics.account(shared, c.stats, &mut last);
+        shared.account();
     };
     log::info!("camera {name}: classifying {}", setup.describe);
     let stats = live::run(setup.open, classify, report, &setup.live, stop);
-    metrics.account(shared, stats, &mut last);
+    shared.account();
     log::info!(
         "camera {name} stopped: {} frames captured, {} classified, {} dropped, {} failed",
         stats.captured,

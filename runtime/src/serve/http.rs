@@ -268,6 +268,9 @@ async fn metrics_text(State(st): State<Shared>, headers: HeaderMap) -> Response 
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
+    for camera in &st.cameras {
+        camera.account();
+    }
     let (content_type, text) = if openmetrics {
         (metrics::CONTENT_TYPE, st.metrics.encode())
     } else {

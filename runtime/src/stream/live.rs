@@ -54,6 +54,11 @@ pub struct LiveOptions {
     pub backoff_max: Duration,
     /// Reopen a failed source (a camera); otherwise a failure ends the stream (a pipe).
     pub reopen: bool,
+    /// The camera's name, which starts the loop's log lines (a daemon has several).
+    pub name: Option<String>,
+    /// What the run counts into: keep a clone to read them while it runs (a source that
+    /// keeps failing classifies nothing, so no report tells of it).
+    pub counters: Arc<Counters>,
 }
 
 impl Default for LiveOptions {
@@ -65,7 +70,19 @@ impl Default for LiveOptions {
             backoff: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             reopen: true,
+            name: None,
+            counters: Arc::default(),
         }
+    }
+}
+
+impl LiveOptions {
+    /// What the loop's log lines start with: `camera NAME: ` for a named camera.
+    fn log_prefix(&self) -> String {
+        self.name
+            .as_ref()
+            .map(|n| format!("camera {n}: "))
+            .unwrap_or_default()
     }
 }
 
@@ -208,6 +225,7 @@ fn capture(
 ) {
     let mut backoff = opts.backoff;
     let mut first = true;
+    let at = opts.log_prefix();
     while !stop.load(Ordering::Relaxed) {
         if !first {
             counters.reopened.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +233,7 @@ fn capture(
         first = false;
         match open() {
             Ok(mut source) => {
-                log::info!("capturing from {}", source.describe());
+                log::info!("{at}capturing from {}", source.describe());
                 // Declared after `source`, so dropped before it.
                 let _awake = Awake::new(wake, source.as_ref());
                 loop {
@@ -247,14 +265,14 @@ fn capture(
                         }
                         Err(SourceError::Failed(e)) if !opts.reopen => {
                             counters.source_errors.fetch_add(1, Ordering::Relaxed);
-                            log::error!("{}: {e:#}", source.describe());
+                            log::error!("{at}{}: {e:#}", source.describe());
                             mailbox.end();
                             return;
                         }
                         Err(SourceError::Failed(e)) => {
                             counters.source_errors.fetch_add(1, Ordering::Relaxed);
                             log::warn!(
-                                "{}: {e:#}; reopening in {:.1} s",
+                                "{at}{}: {e:#}; reopening in {:.1} s",
                                 source.describe(),
                                 backoff.as_secs_f64()
                             );
@@ -265,13 +283,13 @@ fn capture(
             }
             Err(e) if !opts.reopen => {
                 counters.source_errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("{e:#}");
+                log::error!("{at}{e:#}");
                 break;
             }
             // A camera missing at start is waited for like one unplugged later.
             Err(e) => {
                 counters.source_errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("{e:#}; retrying in {:.1} s", backoff.as_secs_f64());
+                log::warn!("{at}{e:#}; retrying in {:.1} s", backoff.as_secs_f64());
             }
         }
         sleep_unless(stop, backoff);
@@ -290,7 +308,7 @@ pub fn run<P>(
     opts: &LiveOptions,
     stop: Arc<AtomicBool>,
 ) -> Stats {
-    let counters = Arc::new(Counters::default());
+    let counters = opts.counters.clone();
     let mailbox = Arc::new(Mailbox {
         slot: Mutex::new(Slot::default()),
         ready: Condvar::new(),
@@ -355,7 +373,7 @@ pub fn run<P>(
             }
             Err(e) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("frame {}: {e:#}", frame.seq);
+                log::warn!("{}frame {}: {e:#}", opts.log_prefix(), frame.seq);
             }
         }
     }

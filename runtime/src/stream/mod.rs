@@ -19,6 +19,6 @@ pub mod v4l2;
 pub use debounce::{DebounceConfig, Debouncer, Event};
 pub use ffmpeg::FfmpegRequest;
 pub use frame::{Frame, PixelFormat};
-pub use live::{Classified, LiveOptions, Stats};
+pub use live::{Classified, Counters, LiveOptions, Stats};
 pub use open::{Named, OpenedSource, SourceSpec};
 pub use source::{FolderSource, FrameSource, Interrupter, Opener, RawSource, SourceError};
