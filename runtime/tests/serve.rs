@@ -1376,17 +1376,7 @@ fn config_file_settings_and_check() {
     )
     .unwrap();
     // --check: settings and model validated, nothing served.
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--check", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = serve_checks(&["--config".as_ref(), conf.as_os_str()]);
     assert!(
         stdout.starts_with("ok: would serve")
             && stdout.contains("10 classes")
@@ -1395,19 +1385,12 @@ fn config_file_settings_and_check() {
     );
     // The shipped default config is valid as it is.
     let shipped = root().join("cross/packaging/glimpse.toml");
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--check", "--config"])
-        .arg(&shipped)
-        .args(["--model"])
-        .arg(shipped_model())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        shipped.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    serve_checks(&[
+        "--config".as_ref(),
+        shipped.as_os_str(),
+        "--model".as_ref(),
+        shipped_model().as_os_str(),
+    ]);
 
     // The file's settings apply, and the command line overrides them.
     let server = Server::start(&["--config", conf.to_str().unwrap(), "--top-k", "3"], &[]);
@@ -1596,6 +1579,21 @@ fn serve_refuses<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{err}");
     err
+}
+
+/// `glimpse serve --check ARGS`, which must pass: what it prints.
+fn serve_checks(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(bin("glimpse"))
+        .args(["serve", "--check"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -2558,17 +2556,7 @@ fn camera_tables_are_checked_at_start_up() {
     );
     // And a good pair is what --check says it would serve.
     std::fs::write(&conf, table("gate") + &table("door")).unwrap();
-    let out = Command::new(bin("glimpse"))
-        .args(["serve", "--check", "--config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = serve_checks(&["--config".as_ref(), conf.as_os_str()]);
     assert!(
         stdout.contains("camera gate: ") && stdout.contains("camera door: "),
         "{stdout}"

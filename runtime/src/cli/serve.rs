@@ -806,7 +806,6 @@ fn camera(table: &CameraTable, limits: Limits) -> Result<Option<CameraSetup>> {
             every: table.pace.every,
             max_fps: table.pace.max_fps,
             reopen: source.reopen,
-            name: Some(table.name.clone()),
             ..LiveOptions::default()
         },
         debounce: table.events.debounce(),

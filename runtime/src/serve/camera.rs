@@ -162,9 +162,8 @@ pub struct Camera {
 impl Camera {
     /// Starts the camera's thread; it runs until [`Camera::stop`] (or a source that is not
     /// reopened ends).
-    pub fn start(setup: CameraSetup, ctx: &CameraContext) -> Result<Camera> {
-        // A `LiveOptions` may come with counters used before: the metrics start from them.
-        let counters = setup.live.counters.clone();
+    pub fn start(mut setup: CameraSetup, ctx: &CameraContext) -> Result<Camera> {
+        setup.live.name = Some(setup.name.clone());
         let shared = Arc::new(CameraShared {
             name: setup.name.clone(),
             crop: setup.crop.map(|c| c.to_string()),
@@ -174,7 +173,7 @@ impl Camera {
             describe: setup.describe.clone(),
             metrics: CameraMetrics::new(&ctx.metrics, &setup.name),
             accounted: Mutex::new(Stats::default()),
-            counters,
+            counters: setup.live.counters.clone(),
         });
         // Each camera its own flag: the live loop sets it when its source ends, which
         // must not stop the others.

@@ -277,18 +277,6 @@ impl Metrics {
             .set(confidence as f64);
     }
 
-    /// Counts a failure of `camera` (`frame` or `source`), under `glimpse_errors` too
-    /// (`frame` or `camera`).
-    pub fn camera_error(&self, camera: &str, kind: &'static str) {
-        self.camera_errors
-            .get_or_create(&CameraErrorLabels {
-                camera: camera.to_string(),
-                kind,
-            })
-            .inc();
-        self.error(if kind == "source" { "camera" } else { kind });
-    }
-
     /// The OpenMetrics text exposition (which Prometheus scrapes natively).
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -70,11 +70,16 @@ pub fn image_topic(cfg: &MqttConfig, camera: &str) -> String {
 /// The topics of a camera's state: its own, and for the camera named `default` also
 /// `<topic>/state`, where the one-camera daemon published it.
 pub fn state_topics(cfg: &MqttConfig, camera: &str) -> Vec<String> {
-    let own = format!("{}/{camera}/state", cfg.topic);
+    let own = state_topic(cfg, camera);
     match camera {
         DEFAULT_CAMERA => vec![own, format!("{}/state", cfg.topic)],
         _ => vec![own],
     }
+}
+
+/// The topic of a camera's state.
+fn state_topic(cfg: &MqttConfig, camera: &str) -> String {
+    format!("{}/{camera}/state", cfg.topic)
 }
 
 /// The Home Assistant discovery messages (topic, retained payload): for each camera a
@@ -130,7 +135,7 @@ fn camera_discovery(
         });
         (key, entity)
     };
-    let state_topic = json!(format!("{}/{camera}/state", cfg.topic));
+    let state_topic = json!(state_topic(cfg, camera));
     let (state_key, mut state) = common("State", "state");
     state["state_topic"] = state_topic.clone();
     state["value_template"] = json!("{{ value_json.state }}");

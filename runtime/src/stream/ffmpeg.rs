@@ -54,19 +54,29 @@ pub enum FfmpegError {
 /// Checks that the ffmpeg on PATH runs, so a missing one is a start-up error, not a
 /// camera that keeps failing.
 pub fn check_installed() -> Result<(), FfmpegError> {
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-version"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(FfmpegError::Broken(s)),
+    match version() {
+        Ok(out) if out.status.success() => {
+            // Read once, here, for the option each ffmpeg takes.
+            let _ = PASSTHROUGH.set(passthrough_option_of(&String::from_utf8_lossy(&out.stdout)));
+            Ok(())
+        }
+        Ok(out) => Err(FfmpegError::Broken(out.status)),
         Err(e) if e.kind() == ErrorKind::NotFound => Err(FfmpegError::Missing),
         Err(e) => Err(FfmpegError::Spawn(e)),
     }
 }
+
+/// `ffmpeg -version`, its first line naming the release.
+fn version() -> io::Result<std::process::Output> {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-version"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+}
+
+/// [`passthrough_option`] of the ffmpeg on PATH, once known.
+static PASSTHROUGH: OnceLock<&'static str> = OnceLock::new();
 
 /// ffmpeg's option that writes each decoded frame once. Without it the image2pipe muxer
 /// wants a constant rate, and a stream whose rate ffmpeg could not estimate (an RTSP camera
@@ -74,15 +84,9 @@ pub fn check_installed() -> Result<(), FfmpegError> {
 /// from a 5 fps camera, each one read and dropped. `-fps_mode` since ffmpeg 5.1, `-vsync`
 /// (deprecated since) before it: Ubuntu 22.04's ffmpeg 4.4, on Jetsons.
 fn passthrough_option() -> &'static str {
-    static OPTION: OnceLock<&'static str> = OnceLock::new();
-    OPTION.get_or_init(|| {
-        let out = Command::new("ffmpeg")
-            .args(["-hide_banner", "-version"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        passthrough_option_of(text.as_deref().unwrap_or(""))
+    PASSTHROUGH.get_or_init(|| {
+        let out = version().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        passthrough_option_of(out.as_deref().unwrap_or(""))
     })
 }
 

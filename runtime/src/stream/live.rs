@@ -309,6 +309,7 @@ pub fn run<P>(
     stop: Arc<AtomicBool>,
 ) -> Stats {
     let counters = opts.counters.clone();
+    let at = opts.log_prefix();
     let mailbox = Arc::new(Mailbox {
         slot: Mutex::new(Slot::default()),
         ready: Condvar::new(),
@@ -373,7 +374,7 @@ pub fn run<P>(
             }
             Err(e) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                log::warn!("{}frame {}: {e:#}", opts.log_prefix(), frame.seq);
+                log::warn!("{at}frame {}: {e:#}", frame.seq);
             }
         }
     }
