@@ -16,6 +16,7 @@ use glimpse_runtime::serve::metrics::Metrics;
 use glimpse_runtime::serve::model::{Loaded, ModelSlot};
 use glimpse_runtime::serve::origin::HostPolicy;
 use glimpse_runtime::serve::Token;
+use glimpse_runtime::stream::collect::Queue;
 use glimpse_runtime::stream::frame::Frame;
 use glimpse_runtime::stream::{FrameSource, PixelFormat, RawSource};
 use glimpse_runtime::{
@@ -229,7 +230,7 @@ fn http_state(token: Option<&str>) -> Arc<AppState> {
     };
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
     Arc::new(AppState {
-        model: Arc::new(ModelSlot::new(loaded)),
+        model: Arc::new(ModelSlot::new(loaded, None)),
         metrics: Arc::new(Metrics::new()),
         token: token.map(|t| Token::new(t).expect("a valid token")),
         hosts: token
@@ -245,7 +246,13 @@ fn http_state(token: Option<&str>) -> Arc<AppState> {
         min_upload_rate: 1024,
         request_timeout: Duration::from_secs(5),
         default_top_k: 3,
+        // No task installs models: a push or rollback is answered 503.
+        changes: tokio::sync::mpsc::channel(1).0,
+        max_model_bytes: 1 << 20,
         cameras: Vec::new(),
+        // A collect folder that does not exist (so holds no frame, and nothing is ever
+        // written there): ids and labels in paths are fuzzed too.
+        queues: vec![Queue::new("/nonexistent/glimpse-fuzz-collect".into())],
         events: tokio::sync::broadcast::channel(1).0,
         ready: true.into(),
         shutdown,

@@ -10,10 +10,13 @@ use crate::error::{Error, Result};
 /// disk and renamed over the target (atomic on POSIX filesystems), then syncs the
 /// directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    commit(stage(path, bytes)?, path)
+}
+
+/// `bytes` in a temporary file beside `path`, synced to disk, for [`commit`] to rename
+/// over `path` (the daemon checks a pushed model in it first). Dropped, it is removed.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let dir = parent(path);
     let io = Error::io;
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
@@ -41,13 +44,33 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(io("writing", path))?;
-    tmp.persist(path)
+    Ok(tmp)
+}
+
+/// Renames a file [`stage`]d for `path` over it, then syncs the directory.
+pub fn commit(staged: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let io = Error::io;
+    staged
+        .persist(path)
         .map_err(|e| e.error)
         .map_err(io("renaming into", path))?;
     // The rename is durable only once the directory entry is on disk too.
+    sync_dir(parent(path))
+}
+
+/// Syncs a directory's entries to disk (after a rename or removal in it).
+pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+        .map_err(Error::io("syncing", dir))
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// The SHA-256 of `bytes` in lower-case hex: how a model file is identified.
@@ -68,6 +91,35 @@ pub fn safe_name(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Removes the oldest JPEGs of `dir` (by name: names start with the time), each with its
+/// JSON sidecar if it has one, while there are more than `keep` or they take more than
+/// `max_bytes`. The newest stays whatever its size: it is the frame just kept.
+pub fn prune_jpegs(dir: &Path, keep: Option<usize>, max_bytes: Option<u64>) -> std::io::Result<()> {
+    if keep.is_none() && max_bytes.is_none() {
+        return Ok(());
+    }
+    let mut files: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jpg"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|(_, n)| n).sum();
+    let mut count = files.len();
+    for (path, bytes) in files {
+        let over = keep.is_some_and(|k| count > k) || max_bytes.is_some_and(|m| total > m);
+        if !over || count == 1 {
+            break;
+        }
+        log::debug!("removing {} (over the folder's budget)", path.display());
+        std::fs::remove_file(&path)?;
+        let _ = std::fs::remove_file(path.with_extension("json"));
+        count -= 1;
+        total -= bytes;
+    }
+    Ok(())
 }
 
 /// Removes temporary files of earlier writes of `name` whose writer no longer runs

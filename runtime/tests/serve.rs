@@ -1098,12 +1098,7 @@ fn a_fifo_whose_writer_restarts_keeps_delivering_frames() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("frames.yuyv");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let fifo = glimpse_e2e::mkfifo(&dir.path().join("frames.yuyv"));
     let server = Server::start(
         &[
             "--raw",
@@ -2339,12 +2334,7 @@ fn two_cameras_rtsp_and_a_fifo_keep_states_of_their_own() {
     let _broker = Broker::start(&mosquitto, &mqtt_conf, port);
     let rx = subscriber(port, &["glimpse/two/#", "homeassistant/#"], None);
     let rtsp = glimpse_e2e::video::RtspServer::start(&python, free_port(), "coffee.png");
-    let fifo = dir.path().join("door.yuyv");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let fifo = glimpse_e2e::mkfifo(&dir.path().join("door.yuyv"));
     // One worker for both cameras and the API: neither camera may starve the other. The
     // door's own threshold: at 320x240 no cat label of Chelsea reaches the default 0.5.
     // A third camera's address has nothing behind it: it fails, counted, on its own.

@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,12 +56,7 @@ fn serve_stays_flat_under_mixed_load_and_a_frame_stream() {
 
     // The frame stream: 320x240 YUYV frames of the sample photos, written into a FIFO at
     // about 10 frames per second for as long as the test runs.
-    let fifo = dir.path().join("frames.yuyv");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let fifo = glimpse_e2e::mkfifo(&dir.path().join("frames.yuyv"));
     let frames: Vec<Vec<u8>> = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
         .iter()
         .map(|n| {

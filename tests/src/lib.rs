@@ -324,3 +324,14 @@ pub fn compare(a: &[f32], b: &[f32]) -> (f32, bool) {
         .fold(0f32, f32::max);
     (diff, argmax(a) == argmax(b))
 }
+
+/// Makes a named pipe at `path` (as `mkfifo` does) and returns the path.
+pub fn mkfifo(path: &Path) -> PathBuf {
+    let made = Command::new("mkfifo").arg(path).status();
+    assert!(
+        made.as_ref().is_ok_and(|s| s.success()),
+        "mkfifo {}: {made:?}",
+        path.display()
+    );
+    path.to_path_buf()
+}

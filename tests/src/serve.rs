@@ -195,6 +195,24 @@ pub fn post(
     )
 }
 
+/// `PUT` of `body` with more request headers.
+pub fn put(
+    a: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut req = a.put(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    reply(req.send(body), &format!("PUT {url} ({} bytes)", body.len()))
+}
+
 /// A connection to `addr` from the local address `from` (another loopback address such as
 /// 127.0.0.2 makes another peer).
 pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> TcpStream {

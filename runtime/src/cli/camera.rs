@@ -12,12 +12,15 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use glimpse_runtime::classifier::millis;
 use glimpse_runtime::fsutil::safe_name;
-use glimpse_runtime::stream::{live, Classified, Debouncer, Frame, LiveOptions, OpenedSource};
-use glimpse_runtime::{Crop, Limits};
+use glimpse_runtime::stream::collect::{Offer, Outcome};
+use glimpse_runtime::stream::{
+    live, Classified, Collector, Debouncer, Frame, LiveOptions, OpenedSource,
+};
+use glimpse_runtime::{Crop, Limits, Ranked};
 use image::RgbImage;
 use serde_json::json;
 
-use super::source_args::{EventArgs, PaceArgs, SourceArgs};
+use super::source_args::{CollectArgs, EventArgs, PaceArgs, SourceArgs};
 use super::ModelArgs;
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +42,8 @@ pub struct Args {
     save: Option<PathBuf>,
     #[command(flatten)]
     events: EventArgs,
+    #[command(flatten)]
+    collect: CollectArgs,
     /// Print only the state-change events, not every frame.
     #[arg(long, help_heading = "Events")]
     events_only: bool,
@@ -61,6 +66,8 @@ struct Prediction {
     index: usize,
     probability: f32,
     infer: Duration,
+    /// The top-5, best first.
+    top: Vec<Ranked<'static>>,
 }
 
 fn list_devices() -> Result<ExitCode> {
@@ -108,6 +115,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let collector = match args.collect.config() {
+        Some(cfg) => Some(CollectTo {
+            model_sha256: glimpse_runtime::fsutil::sha256_hex(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            ),
+            crop: crop.map(|c| c.to_string()),
+            collector: Collector::new(cfg, "camera").context("--collect")?,
+            kept: 0,
+            duplicates: 0,
+            rate_limited: 0,
+            failed: 0,
+        }),
+        None => None,
+    };
     let (stop, signalled) = stop_on_signals()?;
     let opts = LiveOptions {
         every: args.pace.every,
@@ -116,7 +137,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reopen,
         ..LiveOptions::default()
     };
-    let mut printer = Printer::new(&args, stop.clone());
+    let mut printer = Printer::new(&args, stop.clone(), collector);
     let classify = |frame: &Frame| predict(&classifier, frame, &limits, crop);
     let stats = live::run(opener, classify, |c| printer.report(c), &opts, stop);
     if let Some(err) = printer.write_error {
@@ -139,8 +160,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ""
         }
     );
+    if let Some(c) = &printer.collector {
+        eprintln!(
+            "glimpse camera: {} frames collected into {} ({} failed), {} near-duplicates and {} over the rate limit skipped",
+            c.kept,
+            args.collect.collect.as_deref().unwrap_or(Path::new("")).display(),
+            c.failed,
+            c.duplicates,
+            c.rate_limited
+        );
+    }
     Ok(super::exit_code(
-        stats.errors > 0 || printer.failed_saves > 0 || (stats.source_errors > 0 && !reopen),
+        stats.errors > 0
+            || printer.failed_saves > 0
+            || printer.collector.as_ref().is_some_and(|c| c.failed > 0)
+            || (stats.source_errors > 0 && !reopen),
     ))
 }
 
@@ -167,20 +201,38 @@ fn predict(
 ) -> Result<(Prediction, RgbImage)> {
     let img = frame.to_rgb_within(limits, crop)?;
     let (probs, t) = classifier.classify(&img)?;
-    let top = classifier.top_k(&probs, 1);
+    let top: Vec<Ranked<'static>> = classifier
+        .top_k(&probs, 5)
+        .into_iter()
+        .map(Ranked::into_owned)
+        .collect();
     let best = top.first().context("the model gives no classes")?;
     let prediction = Prediction {
         label: best.label.to_string(),
         index: best.index,
         probability: best.probability,
         infer: t.preprocess + t.inference,
+        top,
     };
     Ok((prediction, img))
 }
 
-/// Prints each classified frame and each state change, and saves frames (--save).
+/// Where --collect keeps frames, and what it did.
+struct CollectTo {
+    collector: Collector,
+    model_sha256: String,
+    crop: Option<String>,
+    kept: u64,
+    duplicates: u64,
+    rate_limited: u64,
+    failed: u64,
+}
+
+/// Prints each classified frame and each state change, saves frames (--save) and keeps
+/// those worth labelling (--collect).
 struct Printer<'a> {
     args: &'a Args,
+    collector: Option<CollectTo>,
     debouncer: Debouncer,
     started: Instant,
     failed_saves: u64,
@@ -190,9 +242,10 @@ struct Printer<'a> {
 }
 
 impl<'a> Printer<'a> {
-    fn new(args: &'a Args, stop: Arc<AtomicBool>) -> Self {
+    fn new(args: &'a Args, stop: Arc<AtomicBool>, collector: Option<CollectTo>) -> Self {
         Printer {
             args,
+            collector,
             debouncer: Debouncer::new(args.events.debounce()),
             started: Instant::now(),
             failed_saves: 0,
@@ -208,10 +261,13 @@ impl<'a> Printer<'a> {
             text.push_str(&self.frame_line(&c, p));
             text.push('\n');
         }
-        if let Some(e) = self
+        let event = self
             .debouncer
-            .update(&p.label, p.probability, Instant::now())
-        {
+            .update(&p.label, p.probability, Instant::now());
+        if let Some(collect) = &mut self.collector {
+            collect.offer(c.frame.seq, p, img, event.is_some());
+        }
+        if let Some(e) = event {
             let event = json!({
                 "type": "event",
                 "frame": c.frame.seq,
@@ -270,6 +326,33 @@ impl<'a> Printer<'a> {
         if let Err(e) = saved {
             self.failed_saves += 1;
             log::warn!("{}: {e:#}", path.display());
+        }
+    }
+}
+
+impl CollectTo {
+    /// Offers a classified frame; a failure to keep it is warned about and counted.
+    fn offer(&mut self, seq: u64, p: &Prediction, img: &RgbImage, state_change: bool) {
+        let offer = Offer {
+            image: img,
+            top: &p.top,
+            state_change,
+            frame: seq,
+            model_sha256: &self.model_sha256,
+            crop: self.crop.clone(),
+        };
+        match self.collector.offer(&offer, Instant::now()) {
+            Ok(Some(Outcome::Kept { id, reason })) => {
+                self.kept += 1;
+                log::info!("collected frame {seq} as {id} ({reason:?})");
+            }
+            Ok(Some(Outcome::Duplicate)) => self.duplicates += 1,
+            Ok(Some(Outcome::RateLimited)) => self.rate_limited += 1,
+            Ok(None) => {}
+            Err(e) => {
+                self.failed += 1;
+                log::warn!("--collect: frame {seq}: {e}");
+            }
         }
     }
 }

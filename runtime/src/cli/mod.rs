@@ -7,6 +7,8 @@ mod info;
 mod model_args;
 mod output;
 #[cfg(feature = "serve")]
+mod push;
+#[cfg(feature = "serve")]
 mod serve;
 mod source_args;
 
@@ -46,6 +48,10 @@ enum Command {
     /// camera with debounced events over server-sent events and MQTT; hot model reload.
     #[cfg(feature = "serve")]
     Serve(Box<serve::Args>),
+    /// Send a model to a running `glimpse serve` over its API (it is checked there before
+    /// it is served, and the old one is kept), or go back to the previous one.
+    #[cfg(feature = "serve")]
+    Push(push::Args),
 }
 
 /// Exit status when some inputs (files, frames) failed and the others were classified.
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),
+        #[cfg(feature = "serve")]
+        Command::Push(args) => push::run(args),
     }
 }
 

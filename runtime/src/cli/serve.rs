@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use glimpse_runtime::serve::{
-    self, ActionConfig, CameraSetup, MqttConfig, ServeOptions, Token, WebhookConfig,
+    self, ActionConfig, CameraSetup, ModelSource, MqttConfig, ServeOptions, Token, WebhookConfig,
 };
 use glimpse_runtime::stream::LiveOptions;
 use glimpse_runtime::{Classifier, Limits, OnnxFile};
 
-use super::source_args::{EventArgs, PaceArgs, SourceArgs};
+use super::source_args::{CollectArgs, EventArgs, PaceArgs, SourceArgs};
 use super::ModelArgs;
 
 /// Environment variable read for the API token when neither --token nor --token-file is
@@ -158,10 +158,10 @@ pub struct Args {
     /// RAM; 0: load in-process only).
     #[arg(long, value_name = "BYTES", help_heading = "Reload")]
     pub reload_memory_limit: Option<u64>,
-    /// Load and probe the model with these settings, print its sha256 and exit (what the
-    /// child process of a reload runs).
-    #[arg(long, hide = true)]
-    pub check_model: bool,
+    /// Load and probe this model file with these settings, print its sha256 and exit
+    /// (what the child process of a reload or push runs).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub check_model: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -170,6 +170,8 @@ pub struct Args {
     pub events: EventArgs,
     #[command(flatten)]
     pub actions: ActionArgs,
+    #[command(flatten)]
+    pub collect: CollectArgs,
     /// Cameras of the config file's `[[camera]]` tables (not options: a table each).
     #[arg(skip)]
     pub cameras: Vec<CameraTable>,
@@ -303,6 +305,8 @@ pub struct CameraTable {
     pub events: EventArgs,
     #[command(flatten)]
     pub actions: ActionArgs,
+    #[command(flatten)]
+    pub collect: CollectArgs,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -634,12 +638,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::model_args::warn_assumed(&classifier);
         Ok(classifier)
     });
-    if args.check_model {
+    let model = Arc::new(ModelSource {
+        loader,
+        path: model_path,
+        probe: args.probe_image.clone(),
+        max_bytes: args.max_model_bytes,
+        child: reload_check(&args),
+    });
+    if let Some(file) = &args.check_model {
         let loaded = serve::model::load_and_probe(
-            &loader,
-            &model_path,
-            args.probe_image.as_deref(),
-            args.max_model_bytes,
+            &model.loader,
+            file,
+            model.probe.as_deref(),
+            model.max_bytes,
             None,
         )?;
         super::print(&format!(
@@ -670,12 +681,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         send_timeout: Duration::from_secs_f64(args.send_timeout),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         default_top_k: args.top_k as usize,
-        model_path,
-        loader,
-        probe: args.probe_image.clone(),
+        model,
         watch_model: (!args.no_watch).then(|| Duration::from_secs_f64(args.watch_interval)),
-        max_model_bytes: args.max_model_bytes,
-        reload_check: reload_check(&args),
         cameras: cameras(&args, limits)?,
         mqtt: mqtt(&args)?,
     };
@@ -686,8 +693,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The child process that checks a new model before a reload: this program again, with
-/// this daemon's options and `--check-model`, under --reload-memory-limit.
+/// The child process that checks a new model before a reload or push: this program
+/// again, with this daemon's options and `--check-model=FILE`, under
+/// --reload-memory-limit.
 fn reload_check(args: &Args) -> Option<serve::child_check::ChildCheck> {
     let memory_limit = match args.reload_memory_limit {
         Some(0) => return None,
@@ -698,7 +706,6 @@ fn reload_check(args: &Args) -> Option<serve::child_check::ChildCheck> {
     let command = [OsString::from("/proc/self/exe"), "serve".into()]
         .into_iter()
         .chain(std::env::args_os().skip_while(|a| a != "serve").skip(1))
-        .chain(["--check-model".into()])
         .collect();
     Some(serve::child_check::ChildCheck {
         command,
@@ -746,6 +753,7 @@ fn cameras(args: &Args, limits: Limits) -> Result<Vec<CameraSetup>> {
         pace: args.pace.clone(),
         events: args.events.clone(),
         actions: args.actions.clone(),
+        collect: args.collect.clone(),
     };
     let tables = args.cameras.iter().map(|t| (true, t));
     let mut cameras: Vec<CameraSetup> = Vec::new();
@@ -793,10 +801,14 @@ fn camera(table: &CameraTable, limits: Limits) -> Result<Option<CameraSetup>> {
     };
     let crop = table.source.crop(&spec)?;
     let source = spec.open(limits, true).map_err(super::source_args::hint)?;
-    let describe = match crop {
+    let mut describe = match crop {
         Some(crop) => format!("{}, crop {crop}", source.describe),
         None => source.describe,
     };
+    let collect = table.collect.config();
+    if let Some(c) = &collect {
+        describe.push_str(&format!(", collecting into {}", c.dir.display()));
+    }
     let actions = &table.actions;
     Ok(Some(CameraSetup {
         name: table.name.clone(),
@@ -819,6 +831,7 @@ fn camera(table: &CameraTable, limits: Limits) -> Result<Option<CameraSetup>> {
             exec_timeout: Duration::from_secs_f64(actions.exec_timeout),
             webhook: webhook(actions)?,
         },
+        collect,
     }))
 }
 
@@ -910,16 +923,10 @@ fn is_loopback(host: &str) -> bool {
 
 /// `--check`: loads and probes the model and says what would be served.
 fn check(opts: &ServeOptions) -> Result<ExitCode> {
-    let loaded = serve::model::load_and_probe(
-        &opts.loader,
-        &opts.model_path,
-        opts.probe.as_deref(),
-        opts.max_model_bytes,
-        None,
-    )?;
+    let loaded = opts.model.load()?;
     super::print(&format!(
         "ok: would serve {} (sha256 {}, {} classes) on http://{} with {} worker(s), queue {}, {}{}\n",
-        opts.model_path.display(),
+        opts.model.path.display(),
         loaded.sha256,
         loaded.classifier.labels.len(),
         opts.listen,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use glimpse_runtime::preprocess::parse_size;
 use glimpse_runtime::stream::open::NoCamera;
-use glimpse_runtime::stream::{DebounceConfig, FfmpegRequest, Named, PixelFormat, SourceSpec};
+use glimpse_runtime::stream::{
+    CollectConfig, DebounceConfig, FfmpegRequest, Named, PixelFormat, SourceSpec,
+};
 use glimpse_runtime::Crop;
 
 /// Where frames come from (shared with `glimpse serve`).
@@ -124,6 +126,48 @@ impl EventArgs {
             hold: self.hold_ms.map(Duration::from_millis),
             watch: self.watch.clone(),
         }
+    }
+}
+
+/// Which frames to keep for labelling (shared with `glimpse serve`, per camera there).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectArgs {
+    /// Keep the frames worth a person's look in DIR/unlabelled/ (a JPEG of what the model
+    /// saw and a JSON sidecar each): unsure ones, the first of each state, and a sample
+    /// with --collect-every. Filed into DIR/labelled/<label>/ (by hand, or over serve's
+    /// API) they are what `glimpse-train train --data DIR/labelled` reads.
+    #[arg(long, value_name = "DIR", help_heading = "Collect")]
+    pub collect: Option<PathBuf>,
+    /// Keep frames whose top-1 probability is below this.
+    #[arg(long, value_name = "P", default_value_t = 0.6, value_parser = probability, requires = "collect", help_heading = "Collect")]
+    pub collect_below: f32,
+    /// Keep frames whose top-1 and top-2 probabilities are closer than this.
+    #[arg(long, value_name = "P", value_parser = probability, requires = "collect", help_heading = "Collect")]
+    pub collect_margin: Option<f32>,
+    /// Also keep about one frame every SECS (jittered), whatever the model says.
+    #[arg(long, value_name = "SECS", value_parser = positive_secs, requires = "collect", help_heading = "Collect")]
+    pub collect_every: Option<f64>,
+    /// Keep at most this many frames a minute.
+    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..), requires = "collect", help_heading = "Collect")]
+    pub collect_max_per_minute: u32,
+    /// The unlabelled frames take at most this many MiB; the oldest go first (labelled
+    /// frames are never removed).
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), requires = "collect", help_heading = "Collect")]
+    pub collect_max_mb: u64,
+}
+
+impl CollectArgs {
+    /// The collector's settings, with --collect.
+    pub fn config(&self) -> Option<CollectConfig> {
+        let dir = self.collect.clone()?;
+        Some(CollectConfig {
+            below: self.collect_below,
+            margin: self.collect_margin,
+            every: self.collect_every.map(Duration::from_secs_f64),
+            max_per_minute: self.collect_max_per_minute,
+            max_bytes: self.collect_max_mb << 20,
+            ..CollectConfig::new(dir)
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::camera::StateEvent;
 use super::metrics::Metrics;
 use super::webhook::{Webhook, WebhookConfig};
-use crate::fsutil::{atomic_write, safe_name};
+use crate::fsutil::{atomic_write, prune_jpegs, safe_name};
 use crate::stream::Frame;
 use crate::Limits;
 
@@ -205,7 +205,7 @@ impl Worker {
         atomic_write(path, &jpeg)?;
         log::info!("snapshot {}", path.display());
         if let Some(dir) = path.parent() {
-            prune(dir, self.cfg.snapshot_keep, self.cfg.snapshot_max_bytes)
+            prune_jpegs(dir, self.cfg.snapshot_keep, self.cfg.snapshot_max_bytes)
                 .with_context(|| format!("pruning {}", dir.display()))?;
         }
         Ok(())
@@ -220,33 +220,6 @@ pub fn jpeg(frame: &Frame, limits: &Limits) -> Result<Vec<u8>> {
         .encode_image(&rgb)
         .context("encoding the JPEG")?;
     Ok(jpeg)
-}
-
-/// Removes the oldest snapshots (by name: names start with the time) beyond `keep`
-/// files or `max_bytes` in all.
-fn prune(dir: &Path, keep: Option<usize>, max_bytes: Option<u64>) -> std::io::Result<()> {
-    if keep.is_none() && max_bytes.is_none() {
-        return Ok(());
-    }
-    let mut files: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".jpg"))
-        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
-        .collect();
-    files.sort();
-    let mut total: u64 = files.iter().map(|(_, n)| n).sum();
-    let mut count = files.len();
-    for (path, bytes) in files {
-        let over = keep.is_some_and(|k| count > k) || max_bytes.is_some_and(|m| total > m);
-        // The newest one stays whatever its size: it is the event just sent.
-        if !over || count == 1 {
-            break;
-        }
-        std::fs::remove_file(&path)?;
-        count -= 1;
-        total -= bytes;
-    }
-    Ok(())
 }
 
 /// Runs `command` with `sh -c`, the event on stdin and the state in `GLIMPSE_STATE`;
@@ -296,7 +269,7 @@ mod tests {
             n.sort();
             n
         };
-        prune(dir.path(), Some(3), None).unwrap();
+        prune_jpegs(dir.path(), Some(3), None).unwrap();
         assert_eq!(
             names(),
             [
@@ -306,9 +279,9 @@ mod tests {
                 "notes.txt"
             ]
         );
-        prune(dir.path(), None, Some(750)).unwrap();
+        prune_jpegs(dir.path(), None, Some(750)).unwrap();
         assert_eq!(names(), ["20261202-x.jpg", "20261203-x.jpg", "notes.txt"]);
-        prune(dir.path(), None, Some(10)).unwrap();
+        prune_jpegs(dir.path(), None, Some(10)).unwrap();
         assert_eq!(
             names(),
             ["20261203-x.jpg", "notes.txt"],

@@ -8,16 +8,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use image::RgbImage;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Semaphore};
 
 use super::actions::{ActionConfig, Actions, ImageSender};
-use super::metrics::{CameraErrorLabels, CameraLabels, KindLabels, Metrics, SourceLabels};
+use super::metrics::{
+    CameraErrorLabels, CameraLabels, CollectLabels, KindLabels, Metrics, SourceLabels,
+};
 use super::model::ModelSlot;
 use crate::classifier::millis;
+use crate::stream::collect::{Offer, Outcome};
 use crate::stream::{
-    live, Classified, Counters, DebounceConfig, Debouncer, Frame, LiveOptions, Opener, Stats,
+    live, Classified, CollectConfig, Collector, Counters, DebounceConfig, Debouncer, Frame,
+    LiveOptions, Opener, Stats,
 };
 use crate::{Crop, Limits, Ranked};
 
@@ -34,6 +39,8 @@ pub struct CameraSetup {
     pub crop: Option<Crop>,
     /// Snapshots and a command on each state change.
     pub actions: ActionConfig,
+    /// Which frames to keep for labelling (`--collect`).
+    pub collect: Option<CollectConfig>,
 }
 
 /// The latest classified frame, as `GET /v1/latest` shows it.
@@ -164,6 +171,13 @@ impl Camera {
     /// reopened ends).
     pub fn start(mut setup: CameraSetup, ctx: &CameraContext) -> Result<Camera> {
         setup.live.name = Some(setup.name.clone());
+        let collector = match setup.collect.take() {
+            Some(cfg) => Some(
+                Collector::new(cfg, &setup.name)
+                    .with_context(|| format!("camera {}: --collect", setup.name))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(CameraShared {
             name: setup.name.clone(),
             crop: setup.crop.map(|c| c.to_string()),
@@ -183,7 +197,7 @@ impl Camera {
             let (ctx, shared, stop) = (ctx.clone(), shared.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("camera {name}"))
-                .spawn(move || run(setup, &ctx, &shared, stop))
+                .spawn(move || run(setup, collector, &ctx, &shared, stop))
                 .with_context(|| format!("starting the thread of camera {name}"))?
         };
         Ok(Camera {
@@ -204,6 +218,81 @@ impl Camera {
     }
 }
 
+/// Sends a change of state to the metrics, the log, the actions and the event stream.
+fn announce(
+    e: crate::stream::Event,
+    frame: &Frame,
+    time: f64,
+    name: &str,
+    actions: Option<&Actions>,
+    ctx: &CameraContext,
+) {
+    let previous = e.previous.as_deref();
+    ctx.metrics
+        .set_state(name, previous, &e.label, e.confidence);
+    let mut event = StateEvent {
+        camera: name.to_string(),
+        state: e.label,
+        previous: e.previous,
+        confidence: e.confidence,
+        frame: frame.seq,
+        time,
+        held_frames: e.frames,
+        held_ms: e.held_ms,
+        snapshot: None,
+    };
+    log::info!(
+        "camera {name}: state {} -> {} ({:.1}%)",
+        event.previous.as_deref().unwrap_or("-"),
+        event.state,
+        event.confidence * 100.0
+    );
+    if let Some(actions) = actions {
+        event.snapshot = actions
+            .snapshot_path(&event)
+            .map(|p| p.display().to_string());
+        actions.submit(event.clone(), frame);
+    }
+    // No subscriber is not an error.
+    let _ = ctx.events.send(event);
+}
+
+/// Offers a classified frame to the camera's collector, counting what became of it.
+fn collect(
+    collector: &mut Collector,
+    latest: &Latest,
+    image: &RgbImage,
+    state_change: bool,
+    shared: &CameraShared,
+) {
+    let offer = Offer {
+        image,
+        top: &latest.top,
+        state_change,
+        frame: latest.frame,
+        model_sha256: &latest.model_sha256,
+        crop: latest.crop.clone(),
+    };
+    let outcome = match collector.offer(&offer, Instant::now()) {
+        Ok(None) => return,
+        Ok(Some(Outcome::Kept { id, reason })) => {
+            log::debug!("camera {}: collected {id} ({reason:?})", shared.name);
+            "kept"
+        }
+        Ok(Some(Outcome::Duplicate)) => "duplicate",
+        Ok(Some(Outcome::RateLimited)) => "rate_limited",
+        Err(e) => {
+            log::warn!(
+                "camera {}: collecting frame {}: {e}",
+                shared.name,
+                latest.frame
+            );
+            "failed"
+        }
+    };
+    shared.metrics.collected(outcome).inc();
+}
+
 /// A camera's series of the daemon's metrics, looked up once.
 struct CameraMetrics {
     captured: Counter,
@@ -214,10 +303,13 @@ struct CameraMetrics {
     source_errors: [Counter; 2],
     inference: Histogram,
     confidence: Gauge<f64, AtomicU64>,
+    /// The daemon's metrics, for the rarer series.
+    all: Arc<Metrics>,
+    camera: String,
 }
 
 impl CameraMetrics {
-    fn new(m: &Metrics, camera: &str) -> Self {
+    fn new(m: &Arc<Metrics>, camera: &str) -> Self {
         let labels = CameraLabels {
             camera: camera.to_string(),
         };
@@ -243,7 +335,21 @@ impl CameraMetrics {
                 .get_or_create(&SourceLabels::camera(camera))
                 .clone(),
             confidence: m.confidence.get_or_create(&labels).clone(),
+            all: m.clone(),
+            camera: camera.to_string(),
         }
+    }
+
+    /// The counter of collected frames with this outcome (`failed` is also an error).
+    fn collected(&self, outcome: &'static str) -> Counter {
+        if outcome == "failed" {
+            self.all.error("collect");
+        }
+        let labels = CollectLabels {
+            camera: self.camera.clone(),
+            outcome,
+        };
+        self.all.collected.get_or_create(&labels).clone()
     }
 
     /// Adds what the loop did between `last` and `now`.
@@ -267,12 +373,7 @@ impl CameraMetrics {
 
 /// The latest-frame record of one frame, and how long classifying it took. Each frame
 /// uses the model current when it starts; a reload takes effect on the next frame.
-fn classify(
-    model: &ModelSlot,
-    frame: &Frame,
-    limits: &Limits,
-    crop: Option<Crop>,
-) -> Result<(Latest, Duration)> {
+fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits, crop: Option<Crop>) -> Result<Seen> {
     let loaded = model.get();
     let c = &loaded.classifier;
     let t0 = Instant::now();
@@ -285,8 +386,8 @@ fn classify(
         .map(Ranked::into_owned)
         .collect();
     let best = top.first().context("the model gives no classes")?.clone();
-    Ok((
-        Latest {
+    Ok(Seen {
+        latest: Latest {
             camera: String::new(),
             frame: frame.seq,
             label: best.label.into_owned(),
@@ -301,7 +402,17 @@ fn classify(
             crop: crop.map(|c| c.to_string()),
         },
         took,
-    ))
+        image: img,
+    })
+}
+
+/// What classifying one frame gave.
+struct Seen {
+    latest: Latest,
+    /// Decoding, preprocessing and inference.
+    took: Duration,
+    /// What the model saw (the crop of the frame), for the collector.
+    image: RgbImage,
 }
 
 /// Classifies `frame` on one of the shared workers, waiting for its turn.
@@ -310,7 +421,7 @@ fn classify_on_worker(
     frame: &Frame,
     limits: &Limits,
     crop: Option<Crop>,
-) -> Result<(Latest, Duration)> {
+) -> Result<Seen> {
     // The semaphore is never closed; without a permit the frame is classified anyway.
     let _worker = ctx.runtime.block_on(ctx.workers.acquire()).ok();
     classify(&ctx.model, frame, limits, crop)
@@ -341,6 +452,7 @@ fn start_actions(
 /// state changes and counting into the metrics.
 fn run(
     setup: CameraSetup,
+    mut collector: Option<Collector>,
     ctx: &CameraContext,
     shared: &CameraShared,
     stop: Arc<AtomicBool>,
@@ -350,40 +462,19 @@ fn run(
     let mut debouncer = Debouncer::new(setup.debounce.clone());
     let (limits, crop, name) = (setup.limits, setup.crop, &shared.name);
     let classify = |frame: &Frame| classify_on_worker(ctx, frame, &limits, crop);
-    let report = |c: Classified<(Latest, Duration)>| {
-        let (mut latest, took) = c.result;
+    let report = |c: Classified<Seen>| {
+        let Seen {
+            mut latest,
+            took,
+            image,
+        } = c.result;
         metrics.inference.observe(took.as_secs_f64());
         let now = unix_now();
-        if let Some(e) = debouncer.update(&latest.label, latest.probability, Instant::now()) {
-            let previous = e.previous.as_deref();
-            ctx.metrics
-                .set_state(name, previous, &e.label, e.confidence);
-            let mut event = StateEvent {
-                camera: name.clone(),
-                state: e.label,
-                previous: e.previous,
-                confidence: e.confidence,
-                frame: c.frame.seq,
-                time: now,
-                held_frames: e.frames,
-                held_ms: e.held_ms,
-                snapshot: None,
-            };
-            log::info!(
-                "camera {name}: state {} -> {} ({:.1}%)",
-                event.previous.as_deref().unwrap_or("-"),
-                event.state,
-                event.confidence * 100.0
-            );
-            if let Some(actions) = &actions {
-                event.snapshot = actions
-                    .snapshot_path(&event)
-                    .map(|p| p.display().to_string());
-                actions.submit(event.clone(), c.frame);
-            }
-            // No subscriber is not an error.
-            let _ = ctx.events.send(event);
-        } else if debouncer.state() == Some(latest.label.as_str()) {
+        let change = debouncer.update(&latest.label, latest.probability, Instant::now());
+        if let Some(collector) = &mut collector {
+            collect(collector, &latest, &image, change.is_some(), shared);
+        }
+        if change.is_none() && debouncer.state() == Some(latest.label.as_str()) {
             metrics.confidence.set(latest.probability as f64);
         }
         latest.time = now;
@@ -391,9 +482,14 @@ fn run(
         latest.fps = (c.fps * 100.0).round() / 100.0;
         latest.state = debouncer.state().map(str::to_string);
         latest.camera = name.clone();
+        // Stored before the change goes out: a client that answers an event by asking
+        // for the latest frame gets the frame of the event, not the one before.
         *shared.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
         *shared.frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.frame.clone());
         shared.account();
+        if let Some(e) = change {
+            announce(e, c.frame, now, name, actions.as_ref(), ctx);
+        }
     };
     log::info!("camera {name}: classifying {}", setup.describe);
     let stats = live::run(setup.open, classify, report, &setup.live, stop);

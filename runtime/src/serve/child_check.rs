@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -17,9 +18,9 @@ pub const OK_PREFIX: &str = "model ok, sha256 ";
 /// How to check a model in a child process.
 #[derive(Clone, Debug)]
 pub struct ChildCheck {
-    /// The program and its arguments (`glimpse serve <the daemon's options>
-    /// --check-model`): it loads and probes the model the daemon would, prints
-    /// [`OK_PREFIX`] and the sha256, and exits.
+    /// The program and its arguments (`glimpse serve <the daemon's options>`), to which
+    /// `--check-model=FILE` is added: it loads and probes FILE as the daemon would,
+    /// prints [`OK_PREFIX`] and the sha256, and exits.
     pub command: Vec<OsString>,
     /// The child's address space at most (RLIMIT_AS), in bytes.
     pub memory_limit: u64,
@@ -28,12 +29,15 @@ pub struct ChildCheck {
 }
 
 impl ChildCheck {
-    /// Runs the check; `Ok` when the child loaded and probed the file whose sha256 is
-    /// `sha256` (the bytes the daemon will load).
-    pub fn run(&self, sha256: &str) -> Result<()> {
+    /// Runs the check of `model`; `Ok` when the child loaded and probed the file whose
+    /// sha256 is `sha256` (the bytes the daemon will load).
+    pub fn run(&self, model: &Path, sha256: &str) -> Result<()> {
         let (program, args) = self.command.split_first().context("no check command")?;
+        let mut check = OsString::from("--check-model=");
+        check.push(model);
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .arg(check)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -126,23 +130,37 @@ mod tests {
     #[test]
     fn reports_success_failure_a_signal_a_mismatch_and_a_hang() {
         let ok = format!("echo '{OK_PREFIX}abcdef0123456789'");
-        sh(&ok, 1 << 30).run("abcdef0123456789").unwrap();
-        let e = sh(&ok, 1 << 30).run("0123456789abcdef").unwrap_err();
+        sh(&ok, 1 << 30)
+            .run(Path::new("m.onnx"), "abcdef0123456789")
+            .unwrap();
+        let e = sh(&ok, 1 << 30)
+            .run(Path::new("m.onnx"), "0123456789abcdef")
+            .unwrap_err();
         assert!(
             format!("{e:#}").contains("changed during the check"),
             "{e:#}"
         );
+        // The file to check comes last (`sh -c SCRIPT ARG` makes it `$0`).
+        let e = sh("echo \"$0\" >&2; exit 1", 1 << 30)
+            .run(Path::new("/m/new.onnx"), "x")
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").ends_with(": --check-model=/m/new.onnx"),
+            "{e:#}"
+        );
         let e = sh("echo 'no such model' >&2; exit 1", 1 << 30)
-            .run("x")
+            .run(Path::new("m.onnx"), "x")
             .unwrap_err();
         assert!(format!("{e:#}").ends_with("no such model"), "{e:#}");
-        let e = sh("kill -ABRT $$", 1 << 30).run("x").unwrap_err();
+        let e = sh("kill -ABRT $$", 1 << 30)
+            .run(Path::new("m.onnx"), "x")
+            .unwrap_err();
         assert!(format!("{e:#}").contains("SIGABRT"), "{e:#}");
         let e = ChildCheck {
             timeout: Duration::from_millis(300),
             ..sh("sleep 30", 1 << 30)
         }
-        .run("x")
+        .run(Path::new("m.onnx"), "x")
         .unwrap_err();
         assert!(format!("{e:#}").contains("killed"), "{e:#}");
     }
@@ -150,7 +168,9 @@ mod tests {
     #[test]
     fn the_memory_limit_applies_to_the_child() {
         // `ulimit -v` is the address-space limit, in KiB.
-        let e = sh("ulimit -v >&2; exit 1", 64 << 20).run("x").unwrap_err();
+        let e = sh("ulimit -v >&2; exit 1", 64 << 20)
+            .run(Path::new("m.onnx"), "x")
+            .unwrap_err();
         assert!(format!("{e:#}").ends_with(": 65536"), "{e:#}");
         assert!(format!("{e:#}").contains("memory limit 64 MiB"), "{e:#}");
     }

@@ -16,16 +16,18 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Token;
 use super::camera::{CameraShared, StateEvent};
+use super::collected::{collected, collected_change, collected_image, dataset_tar};
 use super::memory::{Budget, Charge, Shortfall};
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
-use super::model::ModelSlot;
+use super::model::{Change, ChangeRequest, InstallError, Loaded, ModelSlot, Previous};
 use super::origin::{Foreign, HostPolicy};
 use crate::classifier::{accepted, TimingsMs};
 use crate::decode;
+use crate::stream::collect::Queue;
 use crate::{Limits, Ranked};
 
 /// Everything a request handler may touch.
@@ -51,8 +53,13 @@ pub struct AppState {
     pub min_upload_rate: u64,
     pub request_timeout: Duration,
     pub default_top_k: usize,
+    /// Where pushes and rollbacks go (`reload`), and the largest model accepted.
+    pub changes: mpsc::Sender<ChangeRequest>,
+    pub max_model_bytes: u64,
     /// The cameras, in the order they were configured.
     pub cameras: Vec<Arc<CameraShared>>,
+    /// The folders the cameras collect frames into (`--collect`), each once.
+    pub queues: Vec<Queue>,
     /// Every camera's state changes.
     pub events: broadcast::Sender<StateEvent>,
     /// False until the model is loaded, and again while draining for shutdown.
@@ -72,7 +79,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             kind,
@@ -111,12 +118,19 @@ pub fn router(state: Shared) -> Router {
     let body_limit = state.limits.max_bytes as usize;
     let api = Router::new()
         .route("/v1/classify", post(classify))
-        .route("/v1/model", get(model_info))
+        .route("/v1/model", get(model_info).put(push_model))
+        .route("/v1/model/rollback", post(rollback_model))
         .route("/v1/latest", get(latest))
         .route("/v1/cameras", get(cameras))
         .route("/v1/cameras/{name}/latest", get(camera_latest))
         .route("/v1/cameras/{name}/latest.jpg", get(camera_jpeg))
         .route("/v1/events", get(events))
+        .route("/v1/collected", get(collected))
+        .route(
+            "/v1/collected/{*rest}",
+            get(collected_image).post(collected_change),
+        )
+        .route("/v1/dataset.tar", get(dataset_tar))
         .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -147,11 +161,17 @@ pub fn router(state: Shared) -> Router {
 /// The label under which a path is counted (a fixed set, so that scanners probing
 /// random paths cannot create unbounded metric series).
 fn route_name(path: &str) -> &'static str {
+    if path.starts_with("/v1/collected/") {
+        return "/v1/collected/*";
+    }
     match path {
         "/v1/classify" => "/v1/classify",
         "/v1/model" => "/v1/model",
+        "/v1/model/rollback" => "/v1/model/rollback",
         "/v1/latest" => "/v1/latest",
         "/v1/events" => "/v1/events",
+        "/v1/collected" => "/v1/collected",
+        "/v1/dataset.tar" => "/v1/dataset.tar",
         "/metrics" => "/metrics",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
@@ -290,10 +310,15 @@ async fn metrics_text(State(st): State<Shared>, headers: HeaderMap) -> Response 
 }
 
 async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
-    let m = st.model.get();
+    Json(model_document(&st.model.get(), st.model.previous()))
+}
+
+/// `GET /v1/model`, also the answer to a push or rollback: the model served, and the
+/// one kept for a rollback (`null` if none).
+fn model_document(m: &Loaded, previous: Option<Previous>) -> serde_json::Value {
     let c = &m.classifier;
     let input = c.file.inputs.first().map(|i| i.to_string());
-    Json(json!({
+    json!({
         "path": m.path.display().to_string(),
         "sha256": m.sha256,
         "size_bytes": m.size_bytes,
@@ -302,7 +327,165 @@ async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
         "preprocess": c.preprocess.to_string(),
         "classes": c.labels.len(),
         "labels": c.labels,
-    }))
+        "previous": previous,
+    })
+}
+
+/// `PUT /v1/model`: the body is an ONNX file (with a `Content-Length`, at most
+/// `--max-model-bytes`; an `X-Model-Sha256` header, if sent, must match it). It is
+/// written beside the served model, checked as a reload checks a file, and only then
+/// served; the model it replaces is kept for `POST /v1/model/rollback`.
+async fn push_model(State(st): State<Shared>, req: Request) -> Result<Response, ApiError> {
+    let declared = match push_allowed(&st, req.headers()) {
+        Ok(declared) => declared,
+        Err(e) => return refuse(req, e).await,
+    };
+    let expected = match expected_sha256(req.headers()) {
+        Ok(expected) => expected,
+        Err(e) => return refuse(req, e).await,
+    };
+    let deadline = tokio::time::Instant::now() + st.request_timeout;
+    let _held = charge(&st, declared, deadline, "model").await?;
+    let read = read_body(
+        req.into_body(),
+        declared,
+        st.max_model_bytes,
+        st.min_upload_rate,
+    );
+    let body = tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "timed out reading the model",
+            )
+        })??;
+    let sha256 = crate::fsutil::sha256_hex(&body);
+    if let Some(expected) = expected.filter(|e| *e != sha256) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "sha256_mismatch",
+            format!(
+                "the model received has sha256 {sha256}, X-Model-Sha256 says {expected}: the upload was damaged or is not the file meant; nothing changed"
+            ),
+        ));
+    }
+    change_model(&st, Change::Push(body.into())).await
+}
+
+/// The declared length of a pushed model, if this daemon takes pushes and the length is
+/// within its limit.
+fn push_allowed(st: &AppState, headers: &HeaderMap) -> Result<u64, ApiError> {
+    changes_allowed(st)?;
+    let declared = content_length(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send the model with a Content-Length",
+        )
+    })?;
+    if declared == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "empty body: send the ONNX file as the request body",
+        ));
+    }
+    if declared > st.max_model_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the model is {declared} bytes, over this daemon's limit of {} bytes (--max-model-bytes)",
+                st.max_model_bytes
+            ),
+        ));
+    }
+    Ok(declared)
+}
+
+/// The `X-Model-Sha256` header, in lower case, if sent.
+fn expected_sha256(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("x-model-sha256") else {
+        return Ok(None);
+    };
+    let hex = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("X-Model-Sha256 must be 64 hex digits, got {value:?}"),
+        ));
+    }
+    Ok(Some(hex))
+}
+
+/// `POST /v1/model/rollback`: the model served before the last push (or rollback) is
+/// checked and served again; the one it replaces becomes the previous one.
+async fn rollback_model(State(st): State<Shared>, req: Request) -> Result<Response, ApiError> {
+    if let Err(e) = changes_allowed(&st) {
+        return refuse(req, e).await;
+    }
+    linger(req).await;
+    change_model(&st, Change::Rollback).await
+}
+
+/// Changing the model over the API needs a token, whatever the address: without one,
+/// anyone who can reach the port could replace what the board recognizes.
+fn changes_allowed(st: &AppState) -> Result<(), ApiError> {
+    if st.token.is_some() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "token_required",
+        "changing the model over the API needs a token: start the daemon with --token-file (or $GLIMPSE_TOKEN)",
+    ))
+}
+
+/// Hands `change` to the task that changes models, one at a time, and answers with the
+/// model then served.
+async fn change_model(st: &AppState, change: Change) -> Result<Response, ApiError> {
+    let shutting_down = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "shutting down",
+        )
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = ChangeRequest { change, reply };
+    st.changes
+        .send(request)
+        .await
+        .map_err(|_| shutting_down())?;
+    let loaded = answer
+        .await
+        .map_err(|_| shutting_down())?
+        .map_err(install_error)?;
+    Ok(Json(model_document(&loaded, st.model.previous())).into_response())
+}
+
+fn install_error(e: InstallError) -> ApiError {
+    let message = format!("{e}; the model served is unchanged");
+    match e {
+        InstallError::Refused(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_model", message)
+        }
+        InstallError::NoPrevious(_) => {
+            ApiError::new(StatusCode::CONFLICT, "no_previous_model", message)
+        }
+        InstallError::Storage(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+        }
+    }
+}
+
+/// Refuses a request after reading what it sends ([`linger`]).
+async fn refuse(req: Request, e: ApiError) -> Result<Response, ApiError> {
+    linger(req).await;
+    Err(e)
 }
 
 /// `/v1/latest`: the latest frame of the first camera.

@@ -95,6 +95,21 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectLabels {
+    pub camera: String,
+    /// `kept`, `duplicate`, `rate_limited` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `push` (`PUT /v1/model`) or `rollback`.
+    pub via: &'static str,
+    /// `ok`, `refused` (the model) or `failed` (the files).
+    pub result: &'static str,
+}
+
 /// Every metric the daemon exports; cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
@@ -114,6 +129,8 @@ pub struct Metrics {
     pub confidence: Family<CameraLabels, Gauge<f64, AtomicU64>>,
     pub model: Family<ModelLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub changes: Family<ChangeLabels, Counter>,
+    pub collected: Family<CollectLabels, Counter>,
     pub mqtt_published: Counter,
     pub mqtt_connected: Gauge,
 }
@@ -143,6 +160,8 @@ impl Metrics {
             confidence: Family::default(),
             model: Family::default(),
             reloads: Family::default(),
+            changes: Family::default(),
+            collected: Family::default(),
             mqtt_published: Counter::default(),
             mqtt_connected: Gauge::default(),
         };
@@ -164,7 +183,7 @@ impl Metrics {
         );
         r.register(
             "glimpse_errors",
-            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, busy, timeout, inference, ...), or frame, camera, reload, mqtt, mqtt_dropped, snapshot, exec, action_dropped, webhook, webhook_dropped",
+            "Failures by kind: an HTTP error's `kind` (bad_request, bad_image, too_large, unauthorized, overloaded, busy, timeout, inference, ...), or frame, camera, reload, collect, mqtt, mqtt_dropped, snapshot, exec, action_dropped, webhook, webhook_dropped",
             m.errors.clone(),
         );
         r.register(
@@ -226,6 +245,16 @@ impl Metrics {
             "glimpse_model_reloads",
             "Model reload attempts by result (ok, failed)",
             m.reloads.clone(),
+        );
+        r.register(
+            "glimpse_model_changes",
+            "Models pushed over the API and rollbacks, by result (ok, refused, failed)",
+            m.changes.clone(),
+        );
+        r.register(
+            "glimpse_collected_frames",
+            "Frames worth labelling by camera and outcome: kept (--collect), duplicate or rate_limited (skipped), failed",
+            m.collected.clone(),
         );
         r.register(
             "glimpse_mqtt_published",

@@ -9,6 +9,7 @@ pub mod actions;
 pub mod auth;
 pub mod camera;
 pub mod child_check;
+mod collected;
 pub mod conn;
 pub mod http;
 pub mod memory;
@@ -16,11 +17,11 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod origin;
+mod reload;
 pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,19 +31,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 pub use actions::ActionConfig;
 pub use auth::Token;
 pub use camera::{CameraSetup, DEFAULT_CAMERA};
-pub use model::Loader;
+pub use model::{Loader, ModelSource};
 pub use mqtt::MqttConfig;
 pub use webhook::WebhookConfig;
 
+use crate::stream::collect::Queue;
 use camera::{Camera, CameraContext};
 use http::AppState;
-use metrics::{Metrics, ResultLabels};
-use model::{FileStamp, ModelSlot};
+use metrics::Metrics;
+use model::ModelSlot;
 
 /// Everything `serve` needs, resolved from flags and the config file.
 pub struct ServeOptions {
@@ -76,18 +78,10 @@ pub struct ServeOptions {
     pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub default_top_k: usize,
-    pub model_path: PathBuf,
-    pub loader: Loader,
-    /// An image the model must classify before it is served (default: a built-in
-    /// pattern).
-    pub probe: Option<PathBuf>,
+    /// The model file, and how a new one is checked.
+    pub model: Arc<ModelSource>,
     /// Poll the model file this often and reload when it changes.
     pub watch_model: Option<Duration>,
-    /// Model files larger than this are refused, at start and on reload.
-    pub max_model_bytes: u64,
-    /// A reloaded model is loaded and probed in a child process first (`None`: in-process
-    /// only).
-    pub reload_check: Option<child_check::ChildCheck>,
     /// The cameras classified continuously, each under its own name.
     pub cameras: Vec<CameraSetup>,
     pub mqtt: Option<MqttConfig>,
@@ -114,13 +108,7 @@ impl ServeOptions {
 pub fn run(opts: ServeOptions) -> Result<()> {
     let started = Instant::now();
     memory::limit_allocator_arenas();
-    let first = model::load_and_probe(
-        &opts.loader,
-        &opts.model_path,
-        opts.probe.as_deref(),
-        opts.max_model_bytes,
-        None,
-    )?;
+    let first = opts.model.load()?;
     for camera in &opts.cameras {
         camera
             .debounce
@@ -142,7 +130,8 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(opts, first, started))
+    let previous = opts.model.previous();
+    runtime.block_on(serve(opts, first, previous, started))
 }
 
 /// The request budget of a `--memory-budget` of `total` bytes, measured against what the
@@ -171,14 +160,20 @@ fn request_memory(total: u64, workers: usize, slot: &ModelSlot) -> Result<Option
     Ok(Some(budget))
 }
 
-async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -> Result<()> {
+async fn serve(
+    mut opts: ServeOptions,
+    first: model::Loaded,
+    previous: Option<model::Previous>,
+    started: Instant,
+) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_model(&first.path.display().to_string(), &first.sha256);
     let model_name = first
         .path
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-    let slot = Arc::new(ModelSlot::new(first));
+    let slot = Arc::new(ModelSlot::new(first, previous));
+    let (changes_tx, changes_rx) = mpsc::channel(4);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -199,6 +194,16 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         events: events.clone(),
         mqtt: opts.mqtt.is_some(),
     };
+    let mut queues: Vec<Queue> = Vec::new();
+    for dir in opts
+        .cameras
+        .iter()
+        .filter_map(|c| Some(c.collect.as_ref()?.dir.clone()))
+    {
+        if !queues.iter().any(|q| q.dir == dir) {
+            queues.push(Queue::new(dir));
+        }
+    }
     let cameras = std::mem::take(&mut opts.cameras)
         .into_iter()
         .map(|setup| Camera::start(setup, &context))
@@ -221,7 +226,10 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
         min_upload_rate: opts.min_upload_rate,
         request_timeout: opts.request_timeout,
         default_top_k: opts.default_top_k,
+        changes: changes_tx,
+        max_model_bytes: opts.model.max_bytes,
         cameras: cameras.iter().map(|c| c.shared.clone()).collect(),
+        queues,
         events,
         ready: AtomicBool::new(false),
         shutdown: shutdown_rx.clone(),
@@ -248,7 +256,14 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
             shutdown_rx.clone(),
         ))
     });
-    spawn_reloader(&opts, &slot, &metrics, &shutdown_rx)?;
+    reload::spawn(
+        opts.model.clone(),
+        opts.watch_model,
+        changes_rx,
+        &slot,
+        &metrics,
+        &shutdown_rx,
+    )?;
     tokio::spawn(watchdog(shutdown_rx.clone()));
     signals(shutdown_tx);
 
@@ -275,33 +290,6 @@ async fn serve(mut opts: ServeOptions, first: model::Loaded, started: Instant) -
     Ok(())
 }
 
-/// Reloads the model on SIGHUP and, with `watch_model`, when the file changes.
-fn spawn_reloader(
-    opts: &ServeOptions,
-    slot: &Arc<ModelSlot>,
-    metrics: &Arc<Metrics>,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<()> {
-    // Registered before READY: an early SIGHUP must not end the process (its default).
-    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let reload = Reload {
-        loader: opts.loader.clone(),
-        path: opts.model_path.clone(),
-        probe: opts.probe.clone(),
-        max_bytes: opts.max_model_bytes,
-        child: opts.reload_check.clone(),
-        watch_every: opts.watch_model,
-    };
-    tokio::spawn(reloader(
-        hup,
-        reload,
-        slot.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    Ok(())
-}
-
 /// This machine's host name (empty if unknown).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -319,7 +307,7 @@ fn announce(local: SocketAddr, opts: &ServeOptions, attached: &str) {
     };
     log::info!(
         "listening on http://{local} (model {}{token}{attached})",
-        opts.model_path.display()
+        opts.model.path.display()
     );
 }
 
@@ -461,91 +449,6 @@ fn signals(shutdown: watch::Sender<bool>) {
         log::warn!("second signal, exiting without draining");
         std::process::exit(130);
     });
-}
-
-/// How a new model is obtained and when to look for one.
-struct Reload {
-    loader: Loader,
-    path: PathBuf,
-    probe: Option<PathBuf>,
-    max_bytes: u64,
-    child: Option<child_check::ChildCheck>,
-    watch_every: Option<Duration>,
-}
-
-/// Reloads the model on SIGHUP and, with `watch_every`, when the file changes.
-async fn reloader(
-    mut hup: tokio::signal::unix::Signal,
-    how: Reload,
-    slot: Arc<ModelSlot>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let how = Arc::new(how);
-    let (path, watch_every) = (how.path.clone(), how.watch_every);
-    let mut tick = tokio::time::interval(watch_every.unwrap_or(Duration::from_secs(3600)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stamp = FileStamp::of(&path);
-    loop {
-        let why = tokio::select! {
-            _ = hup.recv() => "SIGHUP",
-            _ = tick.tick(), if watch_every.is_some() => {
-                let now = FileStamp::of(&path);
-                if now.is_none() || now == stamp {
-                    continue;
-                }
-                "the file changed"
-            }
-            _ = shutdown.changed() => return,
-        };
-        // Whatever the outcome, this version of the file has been tried.
-        stamp = FileStamp::of(&path);
-        let _ = sd_notify::notify(&[NotifyState::Reloading]);
-        log::info!("reloading {} ({why})", path.display());
-        let job = how.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            model::load_and_probe(
-                &job.loader,
-                &job.path,
-                job.probe.as_deref(),
-                job.max_bytes,
-                job.child.as_ref(),
-            )
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("the model loader panicked: {e}"))
-        .and_then(|r| r);
-        match outcome {
-            Ok(loaded) => {
-                let old = slot.get().sha256.clone();
-                let new = slot.replace(loaded);
-                metrics.set_model(&new.path.display().to_string(), &new.sha256);
-                metrics
-                    .reloads
-                    .get_or_create(&ResultLabels { result: "ok" })
-                    .inc();
-                log::info!(
-                    "reloaded {} (sha256 {} -> {}, {} classes)",
-                    path.display(),
-                    &old[..12],
-                    &new.sha256[..12],
-                    new.classifier.labels.len()
-                );
-            }
-            Err(e) => {
-                metrics
-                    .reloads
-                    .get_or_create(&ResultLabels { result: "failed" })
-                    .inc();
-                metrics.error("reload");
-                log::warn!(
-                    "reload failed, still serving sha256 {}: {e:#}",
-                    &slot.get().sha256[..12]
-                );
-            }
-        }
-        let _ = sd_notify::notify(&[NotifyState::Ready]);
-    }
 }
 
 /// Pings systemd's watchdog (`WatchdogSec=`) at half its period while the async runtime

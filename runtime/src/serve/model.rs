@@ -64,10 +64,12 @@ pub fn load_and_probe(
     let sha256 = crate::fsutil::sha256_hex(&bytes);
     if let Some(child) = child {
         child
-            .run(&sha256)
+            .run(path, &sha256)
             .with_context(|| format!("checking {}", path.display()))?;
     }
-    load_bytes(loader, path, bytes, sha256, probe)
+    load_bytes(loader, bytes, sha256, probe)
+        .map(|loaded| loaded.at(path))
+        .with_context(|| path.display().to_string())
 }
 
 /// The bytes of the model file, if it is no larger than `max_bytes` (checked before it is
@@ -95,15 +97,15 @@ fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Builds the classifier from a model file's bytes and checks it on the probe image.
+/// Builds the classifier from a model file's bytes and checks it on the probe image (the
+/// caller says which file the errors are about).
 fn load_bytes(
     loader: &Loader,
-    path: &Path,
     bytes: Vec<u8>,
     sha256: String,
     probe: Option<&Path>,
 ) -> Result<Loaded> {
-    let classifier = loader(&bytes).with_context(|| format!("loading model {}", path.display()))?;
+    let classifier = loader(&bytes).context("loading the model")?;
     let image = match probe {
         Some(p) => {
             let b =
@@ -115,34 +117,204 @@ fn load_bytes(
     };
     let (probs, _) = classifier
         .classify(&image)
-        .with_context(|| format!("{}: the probe image failed", path.display()))?;
+        .context("the probe image failed")?;
     ensure!(
         probs.len() == classifier.labels.len(),
-        "{}: the model gives {} outputs for {} labels",
-        path.display(),
+        "the model gives {} outputs for {} labels",
         probs.len(),
         classifier.labels.len()
     );
     ensure!(
         probs.iter().all(|p| p.is_finite()),
-        "{}: the model gives non-finite outputs (NaN or infinity) on the probe image",
-        path.display()
+        "the model gives non-finite outputs (NaN or infinity) on the probe image"
     );
     let sum: f32 = probs.iter().sum();
     ensure!(
         (sum - 1.0).abs() < 1e-2,
-        "{}: the probabilities on the probe image sum to {sum}, expected 1",
-        path.display()
+        "the probabilities on the probe image sum to {sum}, expected 1"
     );
     Ok(Loaded {
         classifier,
-        path: path.to_path_buf(),
+        path: PathBuf::new(),
         sha256,
         size_bytes: bytes.len() as u64,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     })
+}
+
+impl Loaded {
+    /// The model, served from `path`.
+    fn at(self, path: &Path) -> Loaded {
+        Loaded {
+            path: path.to_path_buf(),
+            ..self
+        }
+    }
+}
+
+/// The served model file and how a new version of it is checked: for reloads, pushes
+/// over the API and rollbacks.
+pub struct ModelSource {
+    pub loader: Loader,
+    pub path: PathBuf,
+    /// An image the model must classify before it is served (default: a built-in
+    /// pattern).
+    pub probe: Option<PathBuf>,
+    /// Model files larger than this are refused, at start, on reload and pushed.
+    pub max_bytes: u64,
+    /// A new model is loaded and probed in a child process first (`None`: in-process
+    /// only).
+    pub child: Option<ChildCheck>,
+}
+
+/// Why a pushed model, or the rollback to the previous one, was not installed. Nothing
+/// changed: the model served before is still served, and its file is still in place.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The model itself: it does not load, fails the probe or kills the check process.
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
+    /// There is no previous model to go back to.
+    #[error("no previous model is kept as {} (one is kept when a model is pushed)", .0.display())]
+    NoPrevious(PathBuf),
+    /// The file could not be written or read.
+    #[error("{0:#}")]
+    Storage(anyhow::Error),
+}
+
+impl ModelSource {
+    /// Loads and probes the file, in this process only (at start, when nothing is
+    /// served yet that a failure could take down).
+    pub fn load(&self) -> Result<Loaded> {
+        load_and_probe(
+            &self.loader,
+            &self.path,
+            self.probe.as_deref(),
+            self.max_bytes,
+            None,
+        )
+    }
+
+    /// Loads and probes the file as it is now, in the check process first (a reload).
+    pub fn reload(&self) -> Result<Loaded> {
+        load_and_probe(
+            &self.loader,
+            &self.path,
+            self.probe.as_deref(),
+            self.max_bytes,
+            self.child.as_ref(),
+        )
+    }
+
+    /// Where the model served before the last push or rollback is kept: beside the
+    /// served file, `NAME.previous.onnx` for `NAME.onnx`.
+    pub fn previous_path(&self) -> PathBuf {
+        let stem = self.path.file_stem().unwrap_or_default().to_string_lossy();
+        let name = match self.path.extension() {
+            Some(ext) => format!("{stem}.previous.{}", ext.to_string_lossy()),
+            None => format!("{stem}.previous"),
+        };
+        self.path.with_file_name(name)
+    }
+
+    /// The sha256 and size of the kept previous model, if there is one.
+    pub fn previous(&self) -> Option<Previous> {
+        let bytes = read_model(&self.previous_path(), self.max_bytes).ok()?;
+        Some(Previous {
+            sha256: crate::fsutil::sha256_hex(&bytes),
+            size_bytes: bytes.len() as u64,
+        })
+    }
+
+    /// Installs `bytes` as the served model file: written beside it, checked (in the
+    /// child process, then here) and only then renamed over it, the file of the model
+    /// served until now (`served_sha256`) kept as [`previous_path`](Self::previous_path).
+    pub fn install(&self, bytes: Vec<u8>, served_sha256: &str) -> Result<Loaded, InstallError> {
+        use InstallError::{Refused, Storage};
+        let sha256 = crate::fsutil::sha256_hex(&bytes);
+        let staged = crate::fsutil::stage(&self.path, &bytes)
+            .context("writing the new model beside the served one")
+            .map_err(Storage)?;
+        if let Some(child) = &self.child {
+            child.run(staged.path(), &sha256).map_err(Refused)?;
+        }
+        let loaded = load_bytes(&self.loader, bytes, sha256, self.probe.as_deref())
+            .map_err(Refused)?
+            .at(&self.path);
+        self.keep_previous(served_sha256).map_err(Storage)?;
+        crate::fsutil::commit(staged, &self.path)
+            .context("installing the new model")
+            .map_err(Storage)?;
+        Ok(loaded)
+    }
+
+    /// Installs the kept previous model again; the one served until now becomes the
+    /// previous one (a second rollback undoes the first).
+    pub fn rollback(&self, served_sha256: &str) -> Result<Loaded, InstallError> {
+        let previous = self.previous_path();
+        if !previous.exists() {
+            return Err(InstallError::NoPrevious(previous));
+        }
+        let bytes = read_model(&previous, self.max_bytes).map_err(InstallError::Storage)?;
+        self.install(bytes, served_sha256)
+    }
+
+    /// Copies the served file to the previous model's place, if it still holds the
+    /// model being served (a broken file a reload refused is not worth keeping).
+    fn keep_previous(&self, served_sha256: &str) -> Result<()> {
+        let current = match read_model(&self.path, self.max_bytes) {
+            Ok(bytes) => bytes,
+            Err(e) if !self.path.exists() => {
+                log::debug!("no model file to keep as the previous one: {e:#}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if crate::fsutil::sha256_hex(&current) != served_sha256 {
+            log::warn!(
+                "{} is not the model being served (a reload refused it): not kept as the previous model",
+                self.path.display()
+            );
+            return Ok(());
+        }
+        let previous = self.previous_path();
+        crate::fsutil::atomic_write(&previous, &current)
+            .with_context(|| format!("keeping the served model as {}", previous.display()))
+    }
+}
+
+/// A change of model asked for over the API.
+pub enum Change {
+    /// `PUT /v1/model`: these bytes, checked, become the served model.
+    Push(Vec<u8>),
+    /// `POST /v1/model/rollback`: the previous model comes back.
+    Rollback,
+}
+
+impl Change {
+    /// How the change is named in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::Push(_) => "push",
+            Change::Rollback => "rollback",
+        }
+    }
+}
+
+/// A [`Change`] and where its outcome is sent: the model now served, or why nothing
+/// changed.
+pub struct ChangeRequest {
+    pub change: Change,
+    pub reply: tokio::sync::oneshot::Sender<Result<Arc<Loaded>, InstallError>>,
+}
+
+/// The model kept for a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Previous {
+    pub sha256: String,
+    pub size_bytes: u64,
 }
 
 /// A deterministic, non-trivial test picture: colour gradients with a bright square.
@@ -158,16 +330,31 @@ pub fn probe_pattern() -> RgbImage {
 }
 
 /// The current model, swapped atomically: a request takes an `Arc` to the model it
-/// started with and finishes on it even if a reload happens meanwhile.
+/// started with and finishes on it even if a reload happens meanwhile. Also what is
+/// known of the previous model, kept for a rollback.
 pub struct ModelSlot {
     current: RwLock<Arc<Loaded>>,
+    previous: RwLock<Option<Previous>>,
 }
 
 impl ModelSlot {
-    pub fn new(loaded: Loaded) -> Self {
+    pub fn new(loaded: Loaded, previous: Option<Previous>) -> Self {
         ModelSlot {
             current: RwLock::new(Arc::new(loaded)),
+            previous: RwLock::new(previous),
         }
+    }
+
+    /// The model kept for a rollback, if any.
+    pub fn previous(&self) -> Option<Previous> {
+        self.previous
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_previous(&self, previous: Option<Previous>) {
+        *self.previous.write().unwrap_or_else(|e| e.into_inner()) = previous;
     }
 
     pub fn get(&self) -> Arc<Loaded> {

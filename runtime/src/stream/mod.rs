@@ -3,9 +3,11 @@
 //! frames come from), `fifo` (a named pipe that outlives its writers), `ffmpeg` (network
 //! cameras and video files through a supervised ffmpeg), `open` (a source from
 //! its description), `live` (the capture/classify loop
-//! with the newest-frame policy and reconnection), `debounce` (state-change events), and
+//! with the newest-frame policy and reconnection), `debounce` (state-change events),
+//! `collect` (the frames worth labelling, and their queue), and
 //! `v4l2` (the camera ioctl layer, behind the `camera` feature).
 
+pub mod collect;
 pub mod debounce;
 pub mod ffmpeg;
 pub mod fifo;
@@ -16,6 +18,7 @@ pub mod source;
 #[cfg(feature = "camera")]
 pub mod v4l2;
 
+pub use collect::{CollectConfig, Collector};
 pub use debounce::{DebounceConfig, Debouncer, Event};
 pub use ffmpeg::FfmpegRequest;
 pub use frame::{Frame, PixelFormat};
