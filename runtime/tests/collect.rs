@@ -341,3 +341,145 @@ fn serve_collects_from_a_fifo_and_frames_are_filed_through_the_api() {
         format!("tabby, tabby cat/{first}.jpg")
     );
 }
+
+/// Eight different views of a scene, each scaled back to 320x240: windows of 60% of it
+/// at its four corners, and of 75% at the same corners, mirrored.
+fn views(scene: &RgbImage) -> Vec<RgbImage> {
+    let (w, h) = scene.dimensions();
+    let mut out = Vec::new();
+    for (scale, mirrored) in [(0.6, false), (0.75, true)] {
+        let (cw, ch) = ((w as f32 * scale) as u32, (h as f32 * scale) as u32);
+        for (x, y) in [(0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)] {
+            let window = image::imageops::crop_imm(scene, x, y, cw, ch).to_image();
+            let window = if mirrored {
+                image::imageops::flip_horizontal(&window)
+            } else {
+                window
+            };
+            let filter = image::imageops::FilterType::Triangle;
+            out.push(image::imageops::resize(&window, 320, 240, filter));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_whole_loop_collect_label_train_push_and_the_camera_runs_the_new_model() {
+    const TOKEN: &str = "loop-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = glimpse_e2e::mkfifo(&dir.path().join("frames.rgb"));
+    let out = dir.path().join("collected");
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(shipped_model(), &model).unwrap();
+    let server = Server::start(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--raw",
+            fifo.to_str().unwrap(),
+            "--size",
+            "320x240",
+            "--format",
+            "rgb24",
+            "--collect",
+            out.to_str().unwrap(),
+            // Everything that is not a near-duplicate: this test labels by scene.
+            "--collect-below",
+            "1",
+            "--collect-max-per-minute",
+            "1000",
+        ],
+        &[("GLIMPSE_TOKEN", TOKEN)],
+    );
+    // 1. The camera sees eight views of the cat, then eight of the coffee.
+    let scenes = scenes();
+    let mut play = views(&scenes["cat"]);
+    play.extend(views(&scenes["coffee"]));
+    let writer = play_into(fifo, play, Duration::from_millis(300));
+    let get_t = |path: &str| get(&agent(), &server.url(path), Some(TOKEN));
+    let t0 = Instant::now();
+    while get_t("/v1/cameras").json()["cameras"][0]["frames"]["captured"] != 16 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "frames not captured"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 2. A person files each collected frame under what it shows (frames 0-7: the cat).
+    let waiting = get_t("/v1/collected").json()["frames"].clone();
+    let mut filed = BTreeMap::<&str, usize>::new();
+    for f in waiting.as_array().unwrap() {
+        let label = if f["frame"].as_u64().unwrap() < 8 {
+            "cat"
+        } else {
+            "cup"
+        };
+        let url = server.url(&format!(
+            "/v1/collected/{}/label",
+            f["id"].as_str().unwrap()
+        ));
+        let body = format!(r#"{{"label": "{label}"}}"#);
+        let r = post(
+            &agent(),
+            &url,
+            Some(TOKEN),
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        *filed.entry(label).or_default() += 1;
+    }
+    assert!(filed.values().all(|&n| n >= 5), "{filed:?}");
+
+    // 3. A head on the labelled frames, on the host.
+    let new_model = dir.path().join("cat-or-cup.onnx");
+    let trained = glimpse_e2e::glimpse_train(&[
+        "train",
+        "--data",
+        out.join("labelled").to_str().unwrap(),
+        "--backbone",
+        "efficientnet-lite0",
+        "--out",
+        new_model.to_str().unwrap(),
+        "--feature-cache",
+        dir.path().join("features").to_str().unwrap(),
+        "--min-per-class",
+        "3",
+        "--epochs",
+        "15",
+    ]);
+    assert!(
+        trained.status.success(),
+        "{}{}",
+        stdout(&trained),
+        stderr(&trained)
+    );
+
+    // 4. Pushed to the board: the camera's next frames run on it.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let pushed = Command::new(bin("glimpse"))
+        .args(["push", new_model.to_str().unwrap(), "--to", &server.url("")])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let sha = glimpse_runtime::fsutil::sha256_hex(&std::fs::read(&new_model).unwrap());
+    writer.join().unwrap();
+    let fifo = dir.path().join("frames.rgb");
+    let writer = play_into(fifo, views(&scenes["cat"]), Duration::from_millis(300));
+    writer.join().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let latest = get_t("/v1/cameras/default/latest").json();
+        if latest["model_sha256"] == sha.as_str() {
+            assert_eq!(latest["label"], "cat", "{latest}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "still {latest}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get_t("/v1/model").json()["classes"], 2);
+}
