@@ -273,3 +273,115 @@ fn transfer_refuses_bad_inputs_clearly() {
         stderr(&o)
     );
 }
+
+#[test]
+fn base_trains_a_model_again_on_its_data_plus_new_photos_and_classes() {
+    if fashion_mnist().is_none() {
+        skip(
+            "base_trains_a_model_again_on_its_data_plus_new_photos_and_classes",
+            "Debian package dataset-fashion-mnist is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old, more) = (dir.path().join("clothes"), dir.path().join("collected"));
+    write_folder_dataset(&old, 0, 12);
+    // What a board collected and a person labelled: more of one class, and a new one.
+    let shirts = write_folder_dataset(&dir.path().join("extra"), 3000, 6)
+        .into_iter()
+        .filter(|(_, label)| *label == 0);
+    std::fs::create_dir_all(more.join(&class_names()[0])).unwrap();
+    for (path, _) in shirts {
+        let to = more.join(&class_names()[0]).join(path.file_name().unwrap());
+        std::fs::copy(&path, to).unwrap();
+    }
+    std::fs::create_dir_all(more.join("photo")).unwrap();
+    for (i, name) in ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
+        .iter()
+        .enumerate()
+    {
+        let img = image::open(glimpse_e2e::sample(name)).unwrap();
+        for (j, view) in [img.clone(), img.fliph()].iter().enumerate() {
+            view.save(more.join("photo").join(format!("{i}-{j}.png")))
+                .unwrap();
+        }
+    }
+    let cache = dir.path().join("cache");
+    let backbone = shipped_model();
+    let train_on = |data: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--backbone",
+            backbone.to_str().unwrap(),
+            "--feature-cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "5",
+            "--min-per-class",
+            "3",
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    let first = dir.path().join("first.onnx");
+    let o = train_on(&old, &first, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (computed, _) = extraction(&stdout(&o));
+
+    // Again with --base: the old data and the new, the old features from the cache.
+    let second = dir.path().join("second.onnx");
+    let o = train_on(&more, &second, &["--base", first.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (computed2, cached2) = extraction(&stdout(&o));
+    assert_eq!(cached2, computed, "{}", stdout(&o));
+    assert!(computed2 > 0 && computed2 <= 14, "{}", stdout(&o));
+    let labels = Classifier::load(&second, &Overrides::default())
+        .unwrap()
+        .labels;
+    let mut expected = class_names();
+    expected.push("photo".into());
+    expected.sort();
+    assert_eq!(labels, expected);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(second.with_extension("config.json")).unwrap())
+            .unwrap();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    assert_eq!(
+        cfg["data"],
+        serde_json::json!([canonical(&old), canonical(&more)])
+    );
+    let rec = classify_json(&second, &glimpse_e2e::sample("coffee.png"));
+    assert_eq!(rec["label"], "photo", "{rec}");
+
+    // A model without its configuration, or from another backbone's run, is refused.
+    let o = train_on(
+        &more,
+        &dir.path().join("x.onnx"),
+        &["--base", backbone.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("reading its training configuration"),
+        "{}",
+        stderr(&o)
+    );
+    let cfg_path = second.with_extension("config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let sha = cfg["backbone_sha256"].as_str().unwrap();
+    std::fs::write(&cfg_path, text.replace(sha, &"0".repeat(64))).unwrap();
+    let o = train_on(
+        &more,
+        &dir.path().join("x.onnx"),
+        &["--base", second.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("give the same --backbone"),
+        "{}",
+        stderr(&o)
+    );
+}

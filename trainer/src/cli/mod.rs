@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a classifier on a dataset and export it as a checked ONNX bundle.
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Evaluate an ONNX bundle on a dataset through the runtime and write a report.
     Eval(eval::Args),
     /// Import a pretrained network from another framework's checkpoint.
@@ -38,7 +38,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Import(args) => import::run(args),
         Command::Quantize(args) => quantize::run(args),

@@ -1,7 +1,7 @@
 //! `glimpse-train train`: a dataset in; a checked ONNX bundle, its evaluation report,
 //! plots and training configuration out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +12,10 @@ use glimpse_trainer::data::{self, Dataset, LoadOptions};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 use glimpse_trainer::export;
 use glimpse_trainer::model::Arch;
-use glimpse_trainer::pipeline::{self, Run, Scratch, Trained, Transfer};
+use glimpse_trainer::pipeline::{self, BaseModel, Run, Scratch, Trained, Transfer};
 use glimpse_trainer::plot::{self, Series};
 use glimpse_trainer::training::{self, EpochStats, OptimConfig, Optimizer, Schedule};
+use glimpse_trainer::transfer::HeadTrainingConfig;
 
 use super::data_args::DataArgs;
 use super::quantize::QuantArgs;
@@ -36,6 +37,12 @@ pub struct Args {
     /// runtime finds its default model) or a path to an ONNX classifier ending in a Gemm.
     #[arg(long, value_name = "NAME|MODEL.onnx", conflicts_with_all = ["arch", "input_size", "channels", "width", "resume"])]
     backbone: Option<String>,
+    /// Transfer learning: train PREVIOUS.onnx (a model `--backbone` made, with its
+    /// PREVIOUS.config.json beside it) again on the data it was trained on plus --data:
+    /// the classes of both, the old images' features from the cache. New photos of a
+    /// board's camera, collected and labelled, join what the model knew.
+    #[arg(long, value_name = "PREVIOUS.onnx", requires = "backbone")]
+    base: Option<PathBuf>,
     /// Transfer learning: hidden layer width of the head (0: a linear head).
     #[arg(long, default_value_t = 0, requires = "backbone")]
     hidden: usize,
@@ -148,7 +155,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .num_threads(n)
             .build_global();
     }
-    let ds = load(&args)?;
+    let base = args.base.as_deref().map(base_config).transpose()?;
+    let mut datasets = base.as_ref().map_or_else(Vec::new, |b| b.data.clone());
+    let data = std::fs::canonicalize(&args.data)
+        .with_context(|| format!("--data {}", args.data.display()))?;
+    if !datasets.contains(&data) {
+        datasets.push(data);
+    }
+    let ds = load(&args, &datasets)?;
     let name = args
         .out
         .file_stem()
@@ -158,6 +172,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let run = Run {
         ds: &ds,
         data: &args.data,
+        datasets,
         out: &args.out,
         config_path: paths.json.with_file_name(format!("{name}.config.json")),
         name,
@@ -168,7 +183,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         epochs: args.epochs,
     };
     let trained = match &args.backbone {
-        Some(spec) => pipeline::transfer(&run, &transfer_options(&args, spec))?,
+        Some(spec) => pipeline::transfer(&run, &transfer_options(&args, spec, base))?,
         None => pipeline::scratch(&run, &scratch_options(&args))?,
     };
     println!(
@@ -214,14 +229,64 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads the dataset, refuses classes below --min-per-class, and says what it holds.
-fn load(args: &Args) -> Result<Dataset> {
+/// What `--base` takes from the previous model's configuration.
+struct Base {
+    model: BaseModel,
+    /// The datasets it was trained on.
+    data: Vec<PathBuf>,
+}
+
+/// The training configuration saved beside `--base PREVIOUS.onnx`.
+fn base_config(base: &Path) -> Result<Base> {
+    let stem = base.file_stem().unwrap_or_default().to_string_lossy();
+    let path = base.with_file_name(format!("{stem}.config.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "--base {}: reading its training configuration {} (a model `glimpse-train train --backbone` made has one beside it)",
+            base.display(),
+            path.display()
+        )
+    })?;
+    let cfg: HeadTrainingConfig = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "--base {}: {} is not the configuration of a --backbone run",
+            base.display(),
+            path.display()
+        )
+    })?;
+    if cfg.data.is_empty() {
+        bail!(
+            "--base {}: {} does not say which data it was trained on (glimpse-train records it since this version): train it once more without --base",
+            base.display(),
+            path.display()
+        );
+    }
+    Ok(Base {
+        model: BaseModel {
+            path: base.to_path_buf(),
+            backbone_sha256: cfg.backbone_sha256,
+            preprocess: cfg.preprocess,
+        },
+        data: cfg.data.iter().map(PathBuf::from).collect(),
+    })
+}
+
+/// Loads the datasets as one, refuses classes below --min-per-class, and says what it
+/// holds.
+fn load(args: &Args, datasets: &[PathBuf]) -> Result<Dataset> {
     let opts = LoadOptions {
         limit_per_class: args.limit_per_class,
         ..args.data_args.load_options(None)?
     };
-    let ds = data::load(&args.data, &opts)
-        .with_context(|| format!("loading {}", args.data.display()))?;
+    let mut sets = Vec::new();
+    for path in datasets {
+        let ds = data::load(path, &opts).with_context(|| format!("loading {}", path.display()))?;
+        sets.push(ds);
+    }
+    let ds = match sets.len() {
+        1 => sets.remove(0),
+        _ => data::merge(sets, &opts)?,
+    };
     let too_few: Vec<String> = ds
         .report
         .class_counts
@@ -261,12 +326,13 @@ fn scratch_options(args: &Args) -> Scratch {
     }
 }
 
-fn transfer_options(args: &Args, spec: &str) -> Transfer {
+fn transfer_options(args: &Args, spec: &str, base: Option<Base>) -> Transfer {
     Transfer {
         backbone: spec.to_string(),
         hidden: args.hidden,
         feature_views: args.feature_views,
         feature_cache: args.feature_cache.clone(),
+        base: base.map(|b| b.model),
     }
 }
 

@@ -117,6 +117,43 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
     check(ds, opts)
 }
 
+/// Several datasets as one: the classes of all (sorted; a class in several is one class)
+/// and each split the union of theirs, checked again as one dataset.
+pub fn merge(sets: Vec<Dataset>, opts: &LoadOptions) -> Result<Dataset> {
+    let mut classes: Vec<String> = sets.iter().flat_map(|d| d.classes.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    let mut out = Dataset {
+        format: sets.first().map_or(Format::Folder, |d| d.format),
+        classes,
+        train: Vec::new(),
+        val: Vec::new(),
+        test: Vec::new(),
+        report: LoadReport::default(),
+    };
+    let mut splits = Vec::new();
+    for d in sets {
+        let remap: Vec<usize> = d
+            .classes
+            .iter()
+            .map(|c| out.classes.binary_search(c).expect("a class of the union"))
+            .collect();
+        let moved = |v: Vec<Example>| {
+            v.into_iter().map(|e| Example {
+                label: remap[e.label],
+                ..e
+            })
+        };
+        out.train.extend(moved(d.train));
+        out.val.extend(moved(d.val));
+        out.test.extend(moved(d.test));
+        out.report.skipped.extend(d.report.skipped);
+        splits.push(d.report.split);
+    }
+    out.report.split = splits.join("; ");
+    check(out, opts)
+}
+
 fn check(mut ds: Dataset, opts: &LoadOptions) -> Result<Dataset> {
     ensure!(
         !ds.classes.is_empty() && !ds.train.is_empty(),

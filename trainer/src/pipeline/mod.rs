@@ -16,13 +16,16 @@ use crate::training::{EpochStats, OptimConfig};
 use crate::transfer::features::Extraction;
 
 pub use scratch::{scratch, Scratch};
-pub use transfer::{transfer, Transfer};
+pub use transfer::{transfer, BaseModel, Transfer};
 
 /// What every run is given.
 pub struct Run<'a> {
     pub ds: &'a Dataset,
     /// The dataset's path, for the bundle's provenance line.
     pub data: &'a Path,
+    /// Every dataset the examples come from (with `--base`, the previous model's and
+    /// `data`), as absolute paths.
+    pub datasets: Vec<PathBuf>,
     /// Where the bundle will be written (its checkpoint folder is next to it).
     pub out: &'a Path,
     /// The bundle's name (`glimpse.name`).

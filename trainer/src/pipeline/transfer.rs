@@ -24,13 +24,35 @@ pub struct Transfer {
     pub feature_views: usize,
     /// Where features are cached (default: `cache::default_dir`).
     pub feature_cache: Option<PathBuf>,
+    /// `--base`: the model trained again.
+    pub base: Option<BaseModel>,
+}
+
+/// The model `--base` names, as its configuration describes it.
+pub struct BaseModel {
+    pub path: PathBuf,
+    /// This run's backbone must be the same file.
+    pub backbone_sha256: String,
+    /// This run keeps it, so that the model sees what it saw before and the old images'
+    /// features come from the cache.
+    pub preprocess: Preprocess,
 }
 
 /// Transfer learning: features from the frozen backbone (cached), a head trained on them,
 /// the head grafted onto the backbone as one bundle.
 pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
     let ds = run.ds;
-    let backbone = load_backbone(&opts.backbone, run.uniform_small)?;
+    let backbone = load_backbone(&opts.backbone, run.uniform_small, opts.base.as_ref())?;
+    if let Some(base) = &opts.base {
+        anyhow::ensure!(
+            base.backbone_sha256 == backbone.sha256,
+            "--base {}: it was trained on a backbone with sha256 {}, expected this run's {} ({}): give the same --backbone",
+            base.path.display(),
+            base.backbone_sha256,
+            backbone.sha256,
+            opts.backbone
+        );
+    }
     let pp = backbone.preprocess.clone();
     let cfg = HeadTrainingConfig {
         head: HeadConfig {
@@ -45,6 +67,11 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
         feature_views: opts.feature_views,
         augment: run.augment(),
         optim: run.optim(30),
+        data: run
+            .datasets
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect(),
     };
     let config = save_config(&cfg, &run.config_path)?;
     // 1. Features, from the cache where it has them; 2. the head.
@@ -53,10 +80,13 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
 
     // 3. One bundle, proven against backbone + head on real images.
     let source = format!(
-        "glimpse-train {} train --data {} --backbone {} --epochs {} --seed {} (head {}, best epoch {} of {}); backbone: {}; config in {}",
+        "glimpse-train {} train --data {} --backbone {}{} --epochs {} --seed {} (head {}, best epoch {} of {}); backbone: {}; config in {}",
         env!("CARGO_PKG_VERSION"),
         run.data.display(),
         opts.backbone,
+        opts.base
+            .as_ref()
+            .map_or_else(String::new, |b| format!(" --base {}", b.path.display())),
         cfg.optim.epochs,
         cfg.optim.seed,
         cfg.head.hidden.map_or_else(|| "linear".to_string(), |h| format!("hidden {h}")),
@@ -92,10 +122,13 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
 
 /// The backbone named by `spec`. Small uniform images (28x28 clothes, say) are stretched
 /// whole to its input: its centre crop would cut away the object's edges for nothing.
-fn load_backbone(spec: &str, uniform_small: bool) -> Result<Backbone> {
+/// A `--base` model's preprocessing is kept as it was.
+fn load_backbone(spec: &str, uniform_small: bool, base: Option<&BaseModel>) -> Result<Backbone> {
     let path = backbone::resolve(spec)?;
     let backbone = Backbone::load(&path, |pp| {
-        if uniform_small {
+        if let Some(base) = base {
+            base.preprocess.clone()
+        } else if uniform_small {
             Preprocess {
                 resize: Resize::Stretch,
                 ..pp

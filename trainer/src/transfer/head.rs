@@ -91,6 +91,10 @@ pub struct HeadTrainingConfig {
     pub feature_views: usize,
     pub augment: Augment,
     pub optim: OptimConfig,
+    /// The datasets the head was trained on (absolute paths): what `--base` trains on
+    /// again.
+    #[config(default = "Vec::new()")]
+    pub data: Vec<String>,
 }
 
 /// What head training produced.
