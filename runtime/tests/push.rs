@@ -119,7 +119,7 @@ fn pushed_models_are_checked_served_kept_and_rolled_back() {
         &push(&server, &[], truncated),
         422,
         "bad_model",
-        "not an ONNX model",
+        "the pushed model: loading the model: not an ONNX model",
     );
     let int_input = glimpse_e2e::corpus::recipes()
         .into_iter()
@@ -158,6 +158,17 @@ fn pushed_models_are_checked_served_kept_and_rolled_back() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // A file that cannot be written (here a folder where the previous model goes): 500,
+    // and nothing changes either.
+    std::fs::rename(&kept, dir.path().join("kept.onnx")).unwrap();
+    std::fs::create_dir(&kept).unwrap();
+    let r = push(&server, &[], &fashion);
+    assert_refused(&r, 500, "storage", "keeping the served model as");
+    assert_eq!(coffee(&server), ("espresso".into(), sha.clone()));
+    assert_eq!(sha256_hex(&std::fs::read(&model).unwrap()), sha);
+    std::fs::remove_dir(&kept).unwrap();
+    std::fs::rename(dir.path().join("kept.onnx"), &kept).unwrap();
+
     // Rollback: the fashion model again, and the pushed one kept in its place.
     let r = rollback(&server, Some(TOKEN));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -177,6 +188,10 @@ fn pushed_models_are_checked_served_kept_and_rolled_back() {
     assert_eq!(
         series(r#"glimpse_model_changes_total{via="push",result="refused"}"#),
         Some(2.0)
+    );
+    assert_eq!(
+        series(r#"glimpse_model_changes_total{via="push",result="failed"}"#),
+        Some(1.0)
     );
     assert_eq!(
         series(r#"glimpse_model_changes_total{via="rollback",result="ok"}"#),

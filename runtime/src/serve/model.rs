@@ -238,7 +238,15 @@ impl ModelSource {
             .context("writing the new model beside the served one")
             .map_err(Storage)?;
         if let Some(child) = &self.child {
-            child.run(staged.path(), &sha256).map_err(Refused)?;
+            // The check process names the file it read: a temporary name means nothing
+            // to the client.
+            child.run(staged.path(), &sha256).map_err(|e| {
+                let staged = staged.path().display().to_string();
+                Refused(anyhow::anyhow!(
+                    "{}",
+                    format!("{e:#}").replace(&staged, "the pushed model")
+                ))
+            })?;
         }
         let loaded = load_bytes(&self.loader, bytes, sha256, self.probe.as_deref())
             .map_err(Refused)?
