@@ -108,6 +108,8 @@ impl ServeOptions {
 pub fn run(opts: ServeOptions) -> Result<()> {
     let started = Instant::now();
     memory::limit_allocator_arenas();
+    // Taken before the first load: a file replaced while it loads is loaded again.
+    let stamp = model::FileStamp::of(&opts.model.path);
     let first = opts.model.load()?;
     for camera in &opts.cameras {
         camera
@@ -131,7 +133,12 @@ pub fn run(opts: ServeOptions) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let previous = opts.model.previous();
-    runtime.block_on(serve(opts, first, previous, started))
+    let loaded = Start {
+        first,
+        previous,
+        stamp,
+    };
+    runtime.block_on(serve(opts, loaded, started))
 }
 
 /// The request budget of a `--memory-budget` of `total` bytes, measured against what the
@@ -160,12 +167,21 @@ fn request_memory(total: u64, workers: usize, slot: &ModelSlot) -> Result<Option
     Ok(Some(budget))
 }
 
-async fn serve(
-    mut opts: ServeOptions,
+/// The model as the daemon starts with it.
+struct Start {
     first: model::Loaded,
+    /// The model kept for a rollback, if any.
     previous: Option<model::Previous>,
-    started: Instant,
-) -> Result<()> {
+    /// The file as it was before `first` was loaded from it.
+    stamp: Option<model::FileStamp>,
+}
+
+async fn serve(mut opts: ServeOptions, start: Start, started: Instant) -> Result<()> {
+    let Start {
+        first,
+        previous,
+        stamp,
+    } = start;
     let metrics = Arc::new(Metrics::new());
     metrics.set_model(&first.path.display().to_string(), &first.sha256);
     let model_name = first
@@ -258,6 +274,7 @@ async fn serve(
     });
     reload::spawn(
         opts.model.clone(),
+        stamp,
         opts.watch_model,
         changes_rx,
         &slot,

@@ -12,9 +12,12 @@ use tokio::sync::{mpsc, watch};
 use super::metrics::{ChangeLabels, Metrics, ResultLabels};
 use super::model::{Change, ChangeRequest, FileStamp, InstallError, ModelSlot, ModelSource};
 
-/// Starts the task; changes asked for over the API go to `changes`.
+/// Starts the task; changes asked for over the API go to `changes`. `stamp` is the
+/// model file as it was when the served model was read from it: the watcher compares
+/// with it from the start, so a file replaced before the task first runs is not missed.
 pub fn spawn(
     source: Arc<ModelSource>,
+    stamp: Option<FileStamp>,
     watch_every: Option<Duration>,
     changes: mpsc::Receiver<ChangeRequest>,
     slot: &Arc<ModelSlot>,
@@ -28,7 +31,7 @@ pub fn spawn(
         slot: slot.clone(),
         metrics: metrics.clone(),
     };
-    tokio::spawn(task.run(hup, watch_every, changes, shutdown.clone()));
+    tokio::spawn(task.run(hup, stamp, watch_every, changes, shutdown.clone()));
     Ok(())
 }
 
@@ -42,6 +45,7 @@ impl Task {
     async fn run(
         self,
         mut hup: Signal,
+        mut stamp: Option<FileStamp>,
         watch_every: Option<Duration>,
         mut changes: mpsc::Receiver<ChangeRequest>,
         mut shutdown: watch::Receiver<bool>,
@@ -49,7 +53,6 @@ impl Task {
         let path = self.source.path.clone();
         let mut tick = tokio::time::interval(watch_every.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stamp = FileStamp::of(&path);
         loop {
             let why = tokio::select! {
                 _ = hup.recv() => "SIGHUP",
