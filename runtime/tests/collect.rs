@@ -272,24 +272,16 @@ fn serve_collects_from_a_fifo_and_frames_are_filed_through_the_api() {
         .join(format!("{first}.jpg"));
     assert!(filed.is_file() && filed.with_extension("json").is_file());
     assert!(!out.join("unlabelled").join(format!("{first}.jpg")).exists());
-    let r = post(
-        &agent(),
-        &server.url(&format!("/v1/collected/{last}/discard")),
-        None,
-        "application/json",
-        b"",
-    );
+    let discard = |id: &str| {
+        let url = server.url(&format!("/v1/collected/{id}/discard"));
+        post(&agent(), &url, None, "application/json", b"")
+    };
+    let r = discard(&last);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!out.join("unlabelled").join(format!("{last}.jpg")).exists());
     let list = get(&agent(), &server.url("/v1/collected"), None).json();
     assert_eq!(list["labels"], serde_json::json!(["tabby, tabby cat"]));
-    let again = post(
-        &agent(),
-        &server.url(&format!("/v1/collected/{last}/discard")),
-        None,
-        "application/json",
-        b"",
-    );
+    let again = discard(&last);
     assert_eq!(again.status, 404, "{}", again.body);
 
     // Paths are refused, however they are spelled.

@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// Environment variable read for the token when --token-file is not given (the daemon's
-/// own).
-const TOKEN_ENV: &str = "GLIMPSE_TOKEN";
+use super::serve::{read_secret_file, TOKEN_ENV};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -79,14 +77,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The token from --token-file or the environment.
+/// The token from --token-file or, as the daemon reads it, the environment.
 fn token(args: &Args) -> Result<String> {
     let token = match &args.token_file {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the token from {}", file.display()))?;
-            text.lines().next().unwrap_or("").trim().to_string()
-        }
+        Some(file) => read_secret_file(file, "API token")?,
         None => std::env::var(TOKEN_ENV).unwrap_or_default(),
     };
     if token.is_empty() {

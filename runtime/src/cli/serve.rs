@@ -21,7 +21,7 @@ use super::ModelArgs;
 
 /// Environment variable read for the API token when neither --token nor --token-file is
 /// given (keeps the secret out of `ps` and shell history).
-const TOKEN_ENV: &str = "GLIMPSE_TOKEN";
+pub(super) const TOKEN_ENV: &str = "GLIMPSE_TOKEN";
 const MQTT_PASSWORD_ENV: &str = "GLIMPSE_MQTT_PASSWORD";
 const WEBHOOK_SECRET_ENV: &str = "GLIMPSE_WEBHOOK_SECRET";
 
@@ -543,7 +543,7 @@ fn with_config(args: Args) -> Result<Args> {
 
 /// The first line of a secret file; a file that group or others may read is used, with a
 /// warning.
-fn read_secret_file(path: &Path, what: &str) -> Result<String> {
+pub(super) fn read_secret_file(path: &Path, what: &str) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the {what} from {}", path.display()))?;
     warn_if_shared(path, what);
@@ -646,13 +646,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         child: reload_check(&args),
     });
     if let Some(file) = &args.check_model {
-        let loaded = serve::model::load_and_probe(
-            &model.loader,
-            file,
-            model.probe.as_deref(),
-            model.max_bytes,
-            None,
-        )?;
+        let loaded = model.check(file)?;
         super::print(&format!(
             "{}{}\n",
             serve::child_check::OK_PREFIX,

@@ -49,29 +49,6 @@ impl FileStamp {
     }
 }
 
-/// Loads the model at `path` (refused beyond `max_bytes`) and checks it on a probe image:
-/// the output must have one finite probability per label, summing to 1. With `child`, a
-/// child process loads and probes the file first, under its memory limit, and the same
-/// bytes are loaded here only if it succeeded.
-pub fn load_and_probe(
-    loader: &Loader,
-    path: &Path,
-    probe: Option<&Path>,
-    max_bytes: u64,
-    child: Option<&ChildCheck>,
-) -> Result<Loaded> {
-    let bytes = read_model(path, max_bytes)?;
-    let sha256 = crate::fsutil::sha256_hex(&bytes);
-    if let Some(child) = child {
-        child
-            .run(path, &sha256)
-            .with_context(|| format!("checking {}", path.display()))?;
-    }
-    load_bytes(loader, bytes, sha256, probe)
-        .map(|loaded| loaded.at(path))
-        .with_context(|| path.display().to_string())
-}
-
 /// The bytes of the model file, if it is no larger than `max_bytes` (checked before it is
 /// read, and while: the file may grow meanwhile).
 fn read_model(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
@@ -188,24 +165,35 @@ impl ModelSource {
     /// Loads and probes the file, in this process only (at start, when nothing is
     /// served yet that a failure could take down).
     pub fn load(&self) -> Result<Loaded> {
-        load_and_probe(
-            &self.loader,
-            &self.path,
-            self.probe.as_deref(),
-            self.max_bytes,
-            None,
-        )
+        self.load_file(&self.path, None)
     }
 
     /// Loads and probes the file as it is now, in the check process first (a reload).
     pub fn reload(&self) -> Result<Loaded> {
-        load_and_probe(
-            &self.loader,
-            &self.path,
-            self.probe.as_deref(),
-            self.max_bytes,
-            self.child.as_ref(),
-        )
+        self.load_file(&self.path, self.child.as_ref())
+    }
+
+    /// Loads and probes `file` with the served model's settings, in this process (what
+    /// the check process does).
+    pub fn check(&self, file: &Path) -> Result<Loaded> {
+        self.load_file(file, None)
+    }
+
+    /// Loads `path` (refused beyond `max_bytes`) and checks it on the probe image: the
+    /// output must have one finite probability per label, summing to 1. With `child`, a
+    /// child process loads and probes the file first, under its memory limit, and the
+    /// same bytes are loaded here only if it succeeded.
+    fn load_file(&self, path: &Path, child: Option<&ChildCheck>) -> Result<Loaded> {
+        let bytes = read_model(path, self.max_bytes)?;
+        let sha256 = crate::fsutil::sha256_hex(&bytes);
+        if let Some(child) = child {
+            child
+                .run(path, &sha256)
+                .with_context(|| format!("checking {}", path.display()))?;
+        }
+        load_bytes(&self.loader, bytes, sha256, self.probe.as_deref())
+            .map(|loaded| loaded.at(path))
+            .with_context(|| path.display().to_string())
     }
 
     /// Where the model served before the last push or rollback is kept: beside the
@@ -231,7 +219,13 @@ impl ModelSource {
     /// Installs `bytes` as the served model file: written beside it, checked (in the
     /// child process, then here) and only then renamed over it, the file of the model
     /// served until now (`served_sha256`) kept as [`previous_path`](Self::previous_path).
-    pub fn install(&self, bytes: Vec<u8>, served_sha256: &str) -> Result<Loaded, InstallError> {
+    /// Returns the new model, and the previous one if it was kept (`None`: the kept
+    /// one, if any, is unchanged).
+    pub fn install(
+        &self,
+        bytes: Vec<u8>,
+        served_sha256: &str,
+    ) -> Result<(Loaded, Option<Previous>), InstallError> {
         use InstallError::{Refused, Storage};
         let sha256 = crate::fsutil::sha256_hex(&bytes);
         let staged = crate::fsutil::stage(&self.path, &bytes)
@@ -251,16 +245,19 @@ impl ModelSource {
         let loaded = load_bytes(&self.loader, bytes, sha256, self.probe.as_deref())
             .map_err(Refused)?
             .at(&self.path);
-        self.keep_previous(served_sha256).map_err(Storage)?;
+        let kept = self.keep_previous(served_sha256).map_err(Storage)?;
         crate::fsutil::commit(staged, &self.path)
             .context("installing the new model")
             .map_err(Storage)?;
-        Ok(loaded)
+        Ok((loaded, kept))
     }
 
     /// Installs the kept previous model again; the one served until now becomes the
     /// previous one (a second rollback undoes the first).
-    pub fn rollback(&self, served_sha256: &str) -> Result<Loaded, InstallError> {
+    pub fn rollback(
+        &self,
+        served_sha256: &str,
+    ) -> Result<(Loaded, Option<Previous>), InstallError> {
         let previous = self.previous_path();
         if !previous.exists() {
             return Err(InstallError::NoPrevious(previous));
@@ -270,13 +267,14 @@ impl ModelSource {
     }
 
     /// Copies the served file to the previous model's place, if it still holds the
-    /// model being served (a broken file a reload refused is not worth keeping).
-    fn keep_previous(&self, served_sha256: &str) -> Result<()> {
+    /// model being served (a broken file a reload refused is not worth keeping); returns
+    /// what was kept.
+    fn keep_previous(&self, served_sha256: &str) -> Result<Option<Previous>> {
         let current = match read_model(&self.path, self.max_bytes) {
             Ok(bytes) => bytes,
             Err(e) if !self.path.exists() => {
                 log::debug!("no model file to keep as the previous one: {e:#}");
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
@@ -285,11 +283,15 @@ impl ModelSource {
                 "{} is not the model being served (a reload refused it): not kept as the previous model",
                 self.path.display()
             );
-            return Ok(());
+            return Ok(None);
         }
         let previous = self.previous_path();
         crate::fsutil::atomic_write(&previous, &current)
-            .with_context(|| format!("keeping the served model as {}", previous.display()))
+            .with_context(|| format!("keeping the served model as {}", previous.display()))?;
+        Ok(Some(Previous {
+            sha256: served_sha256.to_string(),
+            size_bytes: current.len() as u64,
+        }))
     }
 }
 

@@ -120,12 +120,9 @@ impl Task {
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
         let served = self.slot.get().sha256.clone();
         let job = self.source.clone();
-        let outcome = tokio::task::spawn_blocking(move || -> Result<_, InstallError> {
-            let loaded = match change {
-                Change::Push(bytes) => job.install(bytes, &served)?,
-                Change::Rollback => job.rollback(&served)?,
-            };
-            Ok((loaded, job.previous()))
+        let outcome = tokio::task::spawn_blocking(move || match change {
+            Change::Push(bytes) => job.install(bytes, &served),
+            Change::Rollback => job.rollback(&served),
         })
         .await
         .unwrap_or_else(|e| {
@@ -133,9 +130,11 @@ impl Task {
             Err(InstallError::Refused(panicked))
         });
         let (result, answer) = match outcome {
-            Ok((loaded, previous)) => {
+            Ok((loaded, kept)) => {
                 let (old, new) = self.swap(loaded);
-                self.slot.set_previous(previous);
+                if kept.is_some() {
+                    self.slot.set_previous(kept);
+                }
                 log::info!(
                     "{via}: now serving sha256 {} ({} classes), was {}",
                     &new.sha256[..12],
