@@ -48,7 +48,7 @@ for arch in "${which[@]}"; do
   install -D -m 0644 cross/packaging/token-credential.conf "$root/usr/share/doc/glimpse/token-credential.conf"
   install -D -m 0644 cross/packaging/mqtt-credential.conf "$root/usr/share/doc/glimpse/mqtt-credential.conf"
   install -D -m 0644 cross/packaging/webhook-credential.conf "$root/usr/share/doc/glimpse/webhook-credential.conf"
-  printf 'glimpse is licensed under the Apache License 2.0 (/usr/share/common-licenses/Apache-2.0).\nThe EfficientNet-Lite0 weights: see MODELS.md.\n' \
+  printf 'glimpse is licensed under the Apache License 2.0 (/usr/share/common-licenses/Apache-2.0).\nThe EfficientNet-Lite0 weights: see MODELS.md.\nThis software is based in part on the work of the Independent JPEG Group (the jpeg-encoder crate, under the IJG license).\n' \
     > "$root/usr/share/doc/glimpse/copyright"
 
   # Tarball: the same tree, for systems without dpkg.

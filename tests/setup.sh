@@ -35,6 +35,10 @@ libclang_usable || need_apt+=(libclang-dev)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 promtool --version >/dev/null 2>&1 || need_apt+=(prometheus)
 ffmpeg -hide_banner -version >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# The web page's browser test: Debian's chromium, its WebDriver and selenium (the script
+# checks all three, running the browser and the driver).
+/usr/bin/python3 "$(dirname "$0")/web-browser.py" --check >/dev/null 2>&1 ||
+  need_apt+=(chromium chromium-driver python3-selenium)
 # The RTSP camera script checks its own imports and GStreamer elements.
 /usr/bin/python3 "$(dirname "$0")/rtsp-server.py" --check >/dev/null 2>&1 ||
   need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)

@@ -15,6 +15,7 @@ use glimpse_runtime::serve::http::{router, AppState};
 use glimpse_runtime::serve::metrics::Metrics;
 use glimpse_runtime::serve::model::{Loaded, ModelSlot};
 use glimpse_runtime::serve::origin::HostPolicy;
+use glimpse_runtime::serve::session::Sessions;
 use glimpse_runtime::serve::Token;
 use glimpse_runtime::stream::collect::Queue;
 use glimpse_runtime::stream::frame::Frame;
@@ -254,6 +255,10 @@ fn http_state(token: Option<&str>) -> Arc<AppState> {
         // written there): ids and labels in paths are fuzzed too.
         queues: vec![Queue::new("/nonexistent/glimpse-fuzz-collect".into())],
         events: tokio::sync::broadcast::channel(1).0,
+        sessions: Sessions::default(),
+        viewers: Arc::new(tokio::sync::Semaphore::new(1)),
+        max_viewers: 1,
+        view_interval: Duration::from_millis(200),
         ready: true.into(),
         shutdown,
         started: Instant::now(),

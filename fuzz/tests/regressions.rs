@@ -117,6 +117,13 @@ fn http() {
         let two = answer("keep-alive-two.http");
         assert_eq!(two.matches("HTTP/1.1 200").count(), 2, "{two}");
     }
+    // The web page's login gives a session cookie (there is nothing to log in to
+    // without a token).
+    let login = text(glimpse_fuzz::http_answer(&seed("login.http"), true));
+    assert!(login.starts_with("HTTP/1.1 204"), "{login}");
+    assert!(login.contains("glimpse_session="), "{login}");
+    let open = text(glimpse_fuzz::http_answer(&seed("login.http"), false));
+    assert!(open.starts_with("HTTP/1.1 409"), "{open}");
     // And they refuse what they should: no token, a foreign host.
     let without_token = String::from_utf8(seed("model.http")).unwrap().replace(
         &format!("Authorization: Bearer {}\r\n", glimpse_fuzz::FUZZ_TOKEN),

@@ -22,21 +22,13 @@ const CONVERSIONS: [(PixelFormat, &str, Convert); 6] = [
     (PixelFormat::I420, "simd", frame::i420_to_rgb),
 ];
 
+#[path = "support/photo.rs"]
+mod photo;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let frames: u32 = args.first().map_or(Ok(200), |a| a.parse())?;
-    let (w, h) = match args.get(1) {
-        Some(size) => {
-            let (w, h) = size.split_once('x').ok_or("expected WxH")?;
-            (w.parse()?, h.parse()?)
-        }
-        None => (640, 480),
-    };
-    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/chelsea.png");
-    let rgb = image::open(photo)?
-        .resize_exact(w, h, image::imageops::FilterType::Triangle)
-        .to_rgb8();
-    let only = args.get(2..4);
+    let photo::Run { frames, rgb, rest } = photo::from_args(200)?;
+    let (w, h) = rgb.dimensions();
+    let only = rest.get(0..2);
     for (format, implementation, convert) in CONVERSIONS {
         if only.is_some_and(|o| o[0] != format.to_string() || o[1] != implementation) {
             continue;

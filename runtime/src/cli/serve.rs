@@ -107,6 +107,14 @@ pub struct Args {
     /// Event streams (`GET /v1/events`) open at once; further ones get 503.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), help_heading = "HTTP")]
     pub max_event_streams: u64,
+    /// Live views (`GET /v1/cameras/<name>/stream.mjpeg`, the web page's video) open at
+    /// once; further ones get 503.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64), help_heading = "HTTP")]
+    pub max_viewers: u64,
+    /// Frames per second a live view sends at most. Frames are JPEG-encoded only while
+    /// someone watches, once per frame for all viewers.
+    #[arg(long, value_name = "FPS", default_value_t = 5.0, value_parser = parse_view_fps, help_heading = "HTTP")]
+    pub view_fps: f64,
     /// Bytes per second a request body must arrive at on average, after its first 5 s
     /// (408 below; 0 for no minimum).
     #[arg(
@@ -668,6 +676,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         max_connections: args.max_connections as usize,
         max_connections_per_peer: args.max_connections_per_peer as usize,
         max_event_streams: args.max_event_streams as usize,
+        max_viewers: args.max_viewers as usize,
+        view_fps: args.view_fps,
         min_upload_rate: args.min_upload_rate,
         tcp_keepalive: (args.tcp_keepalive > 0).then(|| Duration::from_secs(args.tcp_keepalive)),
         request_timeout: Duration::from_secs_f64(args.request_timeout),
@@ -903,6 +913,20 @@ fn mqtt_tls(args: &Args) -> Result<Arc<rustls::ClientConfig>> {
             .zip(args.mqtt_client_key.clone()),
     };
     Ok(serve::tls::client_config(&files)?)
+}
+
+/// `--view-fps`: more than 0, at most 30.
+fn parse_view_fps(s: &str) -> Result<f64, String> {
+    let fps: f64 = s
+        .parse()
+        .map_err(|_| format!("expected frames per second, got {s:?}"))?;
+    if fps > 0.0 && fps <= 30.0 {
+        Ok(fps)
+    } else {
+        Err(format!(
+            "expected more than 0 and at most 30 frames per second, got {fps}"
+        ))
+    }
 }
 
 /// Whether `host` is this machine: `localhost` (or a name under it) or a loopback address.

@@ -195,7 +195,7 @@ impl Worker {
     /// The frame as JPEG: written atomically to `path` (then the retention applied), and
     /// handed to MQTT.
     fn snapshot(&self, path: Option<&Path>, frame: &Frame) -> Result<()> {
-        let jpeg = Arc::new(jpeg(frame, &self.limits)?);
+        let jpeg = Arc::new(frame.to_jpeg(&self.limits)?);
         if let Some(image) = &self.image {
             image.send_replace(Some(jpeg.clone()));
         }
@@ -210,16 +210,6 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-/// A frame as JPEG (quality 85), as snapshots and `/v1/cameras/<name>/latest.jpg` show it.
-pub fn jpeg(frame: &Frame, limits: &Limits) -> Result<Vec<u8>> {
-    let rgb = frame.to_rgb(limits)?;
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .encode_image(&rgb)
-        .context("encoding the JPEG")?;
-    Ok(jpeg)
 }
 
 /// Runs `command` with `sh -c`, the event on stdin and the state in `GLIMPSE_STATE`;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use axum::body::Bytes;
 use image::RgbImage;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 use serde::Serialize;
@@ -98,6 +99,9 @@ pub struct CameraShared {
     pub crop: Option<String>,
     /// The frame `latest` describes, for `/v1/cameras/<name>/latest.jpg`.
     pub frame: Mutex<Option<Frame>>,
+    /// That frame as JPEG once a viewer asked for it, by frame number: viewers of the
+    /// same camera share one encoding per frame.
+    view: Mutex<Option<(u64, Bytes)>>,
     /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
     pub image: Option<ImageSender>,
     pub describe: String,
@@ -129,6 +133,25 @@ impl CameraShared {
             "fps": latest.as_ref().map(|l| l.fps),
             "frames": stats,
         })
+    }
+
+    /// The latest frame as JPEG and its number (`None` before the first frame), encoded
+    /// at most once per frame. Blocking: run it off the async threads.
+    pub fn jpeg(&self, limits: &Limits) -> Result<Option<(u64, Bytes)>> {
+        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = {
+            let frame = self.frame.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(frame) = &*frame else {
+                return Ok(None);
+            };
+            match &*view {
+                Some((seq, jpeg)) if *seq == frame.seq => return Ok(Some((*seq, jpeg.clone()))),
+                _ => frame.clone(),
+            }
+        };
+        let jpeg = Bytes::from(frame.to_jpeg(limits)?);
+        *view = Some((frame.seq, jpeg.clone()));
+        Ok(Some((frame.seq, jpeg)))
     }
 
     /// Adds what the loop counted since the last call to the metrics: at each frame, and
@@ -183,6 +206,7 @@ impl Camera {
             crop: setup.crop.map(|c| c.to_string()),
             latest: Mutex::new(None),
             frame: Mutex::new(None),
+            view: Mutex::new(None),
             image: ctx.mqtt.then(|| watch::channel(None).0),
             describe: setup.describe.clone(),
             metrics: CameraMetrics::new(&ctx.metrics, &setup.name),

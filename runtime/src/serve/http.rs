@@ -25,6 +25,8 @@ use super::memory::{Budget, Charge, Shortfall};
 use super::metrics::{self, Metrics, RequestLabels, RouteLabels, SourceLabels};
 use super::model::{Change, ChangeRequest, InstallError, Loaded, ModelSlot, Previous};
 use super::origin::{Foreign, HostPolicy};
+use super::session::{self, Sessions};
+use super::{view, web};
 use crate::classifier::{accepted, TimingsMs};
 use crate::decode;
 use crate::stream::collect::Queue;
@@ -62,6 +64,12 @@ pub struct AppState {
     pub queues: Vec<Queue>,
     /// Every camera's state changes.
     pub events: broadcast::Sender<StateEvent>,
+    /// The web page's logins (with a token).
+    pub sessions: Sessions,
+    /// Live views open at once, and at most; the time between their frames.
+    pub viewers: Arc<Semaphore>,
+    pub max_viewers: usize,
+    pub view_interval: Duration,
     /// False until the model is loaded, and again while draining for shutdown.
     pub ready: AtomicBool,
     pub shutdown: watch::Receiver<bool>,
@@ -85,6 +93,16 @@ impl ApiError {
             kind,
             message: message.into(),
             retry_after: None,
+        }
+    }
+}
+
+impl ApiError {
+    /// 503 `busy` with a `Retry-After`: a capped kind of stream is at its cap.
+    pub(super) fn busy(message: String) -> Self {
+        ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
         }
     }
 }
@@ -124,6 +142,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/cameras", get(cameras))
         .route("/v1/cameras/{name}/latest", get(camera_latest))
         .route("/v1/cameras/{name}/latest.jpg", get(camera_jpeg))
+        .route("/v1/cameras/{name}/stream.mjpeg", get(view::stream_mjpeg))
         .route("/v1/events", get(events))
         .route("/v1/collected", get(collected))
         .route(
@@ -133,9 +152,14 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/dataset.tar", get(dataset_tar))
         .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let page = web::asset_paths().fold(Router::new(), |r, path| r.route(path, get(web::asset)));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/session", get(web::session_info))
+        .route("/login", post(web::login))
+        .route("/logout", post(web::logout))
+        .merge(page)
         .merge(api)
         .fallback(|req: Request| async {
             linger(req).await;
@@ -154,6 +178,7 @@ pub fn router(state: Shared) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn_with_state(state.clone(), check_origin))
+        .layer(middleware::from_fn(web::security_headers))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -163,6 +188,12 @@ pub fn router(state: Shared) -> Router {
 fn route_name(path: &str) -> &'static str {
     if path.starts_with("/v1/collected/") {
         return "/v1/collected/*";
+    }
+    if path.starts_with("/v1/cameras/") && path.ends_with("/stream.mjpeg") {
+        return "/v1/cameras/*/stream.mjpeg";
+    }
+    if web::asset_paths().any(|p| p == path) {
+        return "page";
     }
     match path {
         "/v1/classify" => "/v1/classify",
@@ -175,6 +206,9 @@ fn route_name(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
+        "/session" => "/session",
+        "/login" => "/login",
+        "/logout" => "/logout",
         _ => "other",
     }
 }
@@ -191,7 +225,7 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
             status: resp.status().as_u16().to_string(),
         })
         .inc();
-    if route != "/v1/events" {
+    if route != "/v1/events" && route != "/v1/cameras/*/stream.mjpeg" {
         st.metrics
             .request_seconds
             .get_or_create(&RouteLabels { route })
@@ -248,19 +282,31 @@ async fn check_origin(State(st): State<Shared>, req: Request, next: Next) -> Res
     ApiError::new(status, kind, foreign.message()).into_response()
 }
 
+/// With a token, a request needs it as a bearer token, or the web page's session cookie
+/// (and then, to change anything, this server's own `Origin`: the CSRF check).
 async fn authorize(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if let Err(refusal) = token.check(header) {
-            linger(req).await;
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal.message())
-                .into_response();
+    let Some(token) = &st.token else {
+        return next.run(req).await;
+    };
+    let headers = req.headers();
+    let bearer = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let refusal = match token.check(bearer) {
+        Ok(()) => return next.run(req).await,
+        Err(refusal) => refusal,
+    };
+    let error = if bearer.is_none() && st.sessions.check(headers) {
+        match session::changes_state(req.method())
+            .then(|| session::same_origin(headers))
+            .transpose()
+        {
+            Ok(_) => return next.run(req).await,
+            Err(why) => ApiError::new(StatusCode::FORBIDDEN, "foreign_origin", why),
         }
-    }
-    next.run(req).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal.message())
+    };
+    linger(req).await;
+    error.into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -318,7 +364,14 @@ async fn model_info(State(st): State<Shared>) -> Json<serde_json::Value> {
 fn model_document(m: &Loaded, previous: Option<Previous>) -> serde_json::Value {
     let c = &m.classifier;
     let input = c.file.inputs.first().map(|i| i.to_string());
+    let meta = &c.file.meta;
     json!({
+        "name": meta.name,
+        "version": meta.version,
+        "license": meta.license,
+        "source": meta.source,
+        // The bundle's other `glimpse.*` entries: the trainer's accuracy figures.
+        "metrics": meta.extra,
         "path": m.path.display().to_string(),
         "sha256": m.sha256,
         "size_bytes": m.size_bytes,
@@ -541,7 +594,7 @@ async fn camera_jpeg(
     let limits = st.limits;
     let jpeg = tokio::task::spawn_blocking(move || {
         let _permits = (admitted, held, worker);
-        super::actions::jpeg(&frame, &limits)
+        frame.to_jpeg(&limits)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -554,8 +607,11 @@ async fn camera_jpeg(
 }
 
 /// The attached camera called `name`, or a 404 that names it.
-fn camera_named<'a>(st: &'a AppState, name: &str) -> Result<&'a CameraShared, ApiError> {
-    let cam = st.cameras.iter().find(|c| c.name == name).map(|c| &**c);
+pub(super) fn camera_named<'a>(
+    st: &'a AppState,
+    name: &str,
+) -> Result<&'a Arc<CameraShared>, ApiError> {
+    let cam = st.cameras.iter().find(|c| c.name == name);
     cam.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -602,21 +658,12 @@ async fn events(
     }
     // Held by the stream: the slot comes back when the client goes (or is cut off by
     // the TCP user timeout, `conn::keepalive`).
-    let slot = st
-        .event_streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError {
-            retry_after: Some(5),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!(
-                    "{} event streams are open, the most this server keeps (--max-event-streams)",
-                    st.max_event_streams
-                ),
-            )
-        })?;
+    let slot = st.event_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::busy(format!(
+            "{} event streams are open, the most this server keeps (--max-event-streams)",
+            st.max_event_streams
+        ))
+    })?;
     let rx = st.events.subscribe();
     let wanted = move |camera: &str| only.as_deref().is_none_or(|o| o == camera);
     let current: Vec<_> = st
@@ -999,7 +1046,7 @@ const LINGER_TIME: Duration = Duration::from_secs(10);
 /// instead of the 413, 401 or 400. A client that sent `Expect: 100-continue` is waiting
 /// for permission and will not send the body, and a body declared beyond
 /// [`LINGER_BYTES`] is not worth receiving: nothing is read for either.
-async fn linger(req: Request) {
+pub(super) async fn linger(req: Request) {
     let expects_continue = req
         .headers()
         .get(header::EXPECT)

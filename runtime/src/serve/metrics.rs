@@ -133,6 +133,8 @@ pub struct Metrics {
     pub collected: Family<CollectLabels, Counter>,
     pub mqtt_published: Counter,
     pub mqtt_connected: Gauge,
+    pub viewers: Gauge,
+    pub view_frames: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -164,6 +166,8 @@ impl Metrics {
             collected: Family::default(),
             mqtt_published: Counter::default(),
             mqtt_connected: Gauge::default(),
+            viewers: Gauge::default(),
+            view_frames: Counter::default(),
         };
         let mut r = m.registry;
         r.register(
@@ -265,6 +269,16 @@ impl Metrics {
             "glimpse_mqtt_connected",
             "1 while connected to the MQTT broker",
             m.mqtt_connected.clone(),
+        );
+        r.register(
+            "glimpse_viewers",
+            "Live views open (GET /v1/cameras/<name>/stream.mjpeg)",
+            m.viewers.clone(),
+        );
+        r.register(
+            "glimpse_view_frames",
+            "Frames sent to live views (each frame is encoded once, however many watch)",
+            m.view_frames.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -18,7 +18,10 @@ pub mod model;
 pub mod mqtt;
 pub mod origin;
 mod reload;
+pub mod session;
 pub mod tls;
+mod view;
+mod web;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -67,6 +70,9 @@ pub struct ServeOptions {
     pub max_connections_per_peer: usize,
     /// Server-sent event streams open at once (`GET /v1/events`).
     pub max_event_streams: usize,
+    /// Live views (`stream.mjpeg`) open at once, and their frames per second at most.
+    pub max_viewers: usize,
+    pub view_fps: f64,
     /// A request body must arrive at this many bytes per second at least, after a grace
     /// period (0: no minimum).
     pub min_upload_rate: u64,
@@ -247,6 +253,10 @@ async fn serve(mut opts: ServeOptions, start: Start, started: Instant) -> Result
         cameras: cameras.iter().map(|c| c.shared.clone()).collect(),
         queues,
         events,
+        sessions: session::Sessions::default(),
+        viewers: Arc::new(Semaphore::new(opts.max_viewers)),
+        max_viewers: opts.max_viewers,
+        view_interval: view::interval(opts.view_fps),
         ready: AtomicBool::new(false),
         shutdown: shutdown_rx.clone(),
         started,
