@@ -99,8 +99,8 @@ pub struct CameraShared {
     pub crop: Option<String>,
     /// The frame `latest` describes, for `/v1/cameras/<name>/latest.jpg`.
     pub frame: Mutex<Option<Frame>>,
-    /// That frame as JPEG once a viewer asked for it, by frame number: viewers of the
-    /// same camera share one encoding per frame.
+    /// That frame as JPEG once a viewer or `latest.jpg` asked for it, by frame number:
+    /// they share one encoding per frame.
     view: Mutex<Option<(u64, Bytes)>>,
     /// The newest state's snapshot, for MQTT to publish (with --mqtt-host).
     pub image: Option<ImageSender>,

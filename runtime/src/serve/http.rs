@@ -586,19 +586,23 @@ async fn camera_jpeg(
         return Err(overloaded());
     };
     let deadline = tokio::time::Instant::now() + st.request_timeout;
-    let frame = cam.frame.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let frame = frame.ok_or_else(no_frame)?;
-    let rgb = frame.width as u64 * frame.height as u64 * 3;
-    let held = charge(&st, frame.data.len() as u64 + rgb, deadline, "frame").await?;
+    let cost = {
+        let frame = cam.frame.lock().unwrap_or_else(|e| e.into_inner());
+        let frame = frame.as_ref().ok_or_else(no_frame)?;
+        frame.data.len() as u64 + frame.width as u64 * frame.height as u64 * 3
+    };
+    let held = charge(&st, cost, deadline, "frame").await?;
     let worker = acquire_worker(&st, deadline).await?;
-    let limits = st.limits;
-    let jpeg = tokio::task::spawn_blocking(move || {
+    let (cam, limits) = (cam.clone(), st.limits);
+    // The live view's encoding of the same frame, if a viewer asked for it first.
+    let encoded = tokio::task::spawn_blocking(move || {
         let _permits = (admitted, held, worker);
-        frame.to_jpeg(&limits)
+        cam.jpeg(&limits)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "frame", format!("{e:#}")))?;
+    let (_, jpeg) = encoded.ok_or_else(no_frame)?;
     let headers = [
         (header::CONTENT_TYPE, "image/jpeg"),
         (header::CACHE_CONTROL, "no-store"),
