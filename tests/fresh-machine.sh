@@ -6,6 +6,8 @@
 #
 #   default    tests/setup.sh, the prerequisite check tests/run.sh makes before building,
 #              ffmpeg and the RTSP server script's own check (tests/rtsp-server.py),
+#              chromium rendering a page and the browser test's own check
+#              (tests/web-browser.py),
 #              then a debug build of glimpse with the V4L2 camera code (bindgen + libclang:
 #              what failed on a fresh machine before setup.sh looked for the library
 #              bindgen loads; ~10 min) and one classification with it
@@ -66,6 +68,9 @@ case "$mode" in
     run '. tests/prereqs.sh && libclang_usable && echo "libclang for bindgen: $(libclang_lib)"'
     # What the network-camera tests use: ffmpeg, and GStreamer's RTSP server from Python.
     run 'ffmpeg -hide_banner -version | head -1 && /usr/bin/python3 tests/rtsp-server.py --check && echo "RTSP server: ok"'
+    # What the web page's test uses: chromium, chromedriver and selenium, and the browser
+    # really rendering a page headless in this root.
+    run '/usr/bin/python3 tests/web-browser.py --check && chromium --headless=new --no-sandbox --disable-gpu --dump-dom "data:text/html,<p id=x>rendered</p>" 2>/dev/null | grep -q "<p id=\"x\">rendered</p>" && echo "chromium, chromedriver, selenium: ok"'
     # A debug build: the quickest build of the same code, bindgen and libclang included.
     run 'cargo build -p glimpse-runtime --features camera -j2 && target/debug/glimpse classify samples/coffee.png -k 1'
     say "passed: setup.sh installed what the camera build needs; glimpse built with the camera code and classified" ;;
