@@ -36,10 +36,8 @@ fn photos(test: &str) -> Option<Vec<(String, RgbImage)>> {
         files
             .iter()
             .map(|p| {
-                let img = image::open(p).unwrap().to_rgb8();
-                let small =
-                    image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle);
-                (p.file_name().unwrap().to_string_lossy().into_owned(), small)
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, glimpse_e2e::frame_of(p))
             })
             .collect(),
     )

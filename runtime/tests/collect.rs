@@ -8,18 +8,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use glimpse_e2e::serve::{agent, get, metric, post, send_then_read, Server};
-use glimpse_e2e::{bin, sample, shipped_model, stderr, stdout};
+use glimpse_e2e::{bin, frame_of, sample, shipped_model, stderr, stdout};
 use glimpse_runtime::stream::collect::{Reason, Sidecar};
 use image::RgbImage;
 use serde_json::Value;
 
 /// The scenes the tests play: photos, a 50/50 blend and a crop (each at 320x240).
 fn scenes() -> BTreeMap<&'static str, RgbImage> {
-    let load = |name: &str| {
-        let img = image::open(sample(name)).unwrap().to_rgb8();
-        image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle)
-    };
-    let (coffee, cat) = (load("coffee.png"), load("chelsea.png"));
+    let (coffee, cat) = (
+        frame_of(&sample("coffee.png")),
+        frame_of(&sample("chelsea.png")),
+    );
     let blend = RgbImage::from_fn(320, 240, |x, y| {
         let (a, b) = (coffee.get_pixel(x, y).0, cat.get_pixel(x, y).0);
         image::Rgb([0, 1, 2].map(|i| ((a[i] as u16 + b[i] as u16) / 2) as u8))

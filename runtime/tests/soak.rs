@@ -60,11 +60,7 @@ fn serve_stays_flat_under_mixed_load_and_a_frame_stream() {
     let frames: Vec<Vec<u8>> = ["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
         .iter()
         .map(|n| {
-            let img = image::open(root().join("samples").join(n))
-                .unwrap()
-                .to_rgb8();
-            let img =
-                image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle);
+            let img = glimpse_e2e::frame_of(&root().join("samples").join(n));
             glimpse_runtime::stream::frame::rgb_to_yuyv(&img)
         })
         .collect();

@@ -10,21 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glimpse_e2e::serve::{agent, get, metric, Server};
-use glimpse_e2e::{root, sample, skip};
-use image::RgbImage;
+use glimpse_e2e::{frame_of, root, sample, skip};
 use serde_json::Value;
 
 const TOKEN: &str = "a-token-for-the-web-page-test";
 
-fn scene(name: &str) -> RgbImage {
-    let img = image::open(sample(name)).unwrap().to_rgb8();
-    image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle)
-}
-
 /// Plays the coffee photo into the FIFO, 4 frames a second, until `switch` is set, then
 /// the cat, until `stop`.
 fn play(fifo: PathBuf, switch: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
-    let (coffee, cat) = (scene("coffee.png"), scene("chelsea.png"));
+    let (coffee, cat) = (
+        frame_of(&sample("coffee.png")),
+        frame_of(&sample("chelsea.png")),
+    );
     std::thread::spawn(move || {
         let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
         while !stop.load(Ordering::Relaxed) {

@@ -46,6 +46,14 @@ pub fn sample(name: &str) -> PathBuf {
     root().join("samples").join(name)
 }
 
+/// A photo as the 320x240 frame the FIFO-camera tests play.
+pub fn frame_of(photo: &Path) -> image::RgbImage {
+    let img = image::open(photo)
+        .unwrap_or_else(|e| panic!("{}: {e}", photo.display()))
+        .to_rgb8();
+    image::imageops::resize(&img, 320, 240, image::imageops::FilterType::Triangle)
+}
+
 /// Bytes (a process's output) as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -95,9 +95,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-}
 
-impl ApiError {
     /// 503 `busy` with a `Retry-After`: a capped kind of stream is at its cap.
     pub(super) fn busy(message: String) -> Self {
         ApiError {

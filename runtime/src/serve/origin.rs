@@ -57,14 +57,7 @@ impl HostPolicy {
         let Some(origin) = origin.map(str::trim) else {
             return Ok(());
         };
-        // `scheme://authority`; "null" (sandboxed frames, file: pages) has no authority.
-        let authority = origin
-            .split_once("://")
-            .map(|(_, rest)| rest.trim_end_matches('/'))
-            .unwrap_or("");
-        if !authority.is_empty()
-            && (authority.eq_ignore_ascii_case(host) || self.is_named(&host_name(authority)))
-        {
+        if same_origin(origin, host) || self.is_named(&host_name(authority(origin))) {
             Ok(())
         } else {
             Err(Foreign::Origin(origin.to_string()))
@@ -74,6 +67,20 @@ impl HostPolicy {
     fn is_named(&self, name: &str) -> bool {
         name.ends_with(".localhost") || self.names.iter().any(|n| n == name)
     }
+}
+
+/// The `host[:port]` of an `Origin` (`scheme://authority`); empty for "null" (sandboxed
+/// frames, file: pages), which has none.
+fn authority(origin: &str) -> &str {
+    origin
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.trim_end_matches('/'))
+}
+
+/// Whether `origin` is the server the request addressed as `host`.
+pub fn same_origin(origin: &str, host: &str) -> bool {
+    let authority = authority(origin);
+    !authority.is_empty() && authority.eq_ignore_ascii_case(host)
 }
 
 /// The host part of `host[:port]` or `[v6]:port`, lower-case, without a trailing dot.

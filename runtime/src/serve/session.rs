@@ -120,8 +120,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
         return Err("a request authorized by the session cookie must carry an Origin".into());
     };
     let host = text(header::HOST).unwrap_or("");
-    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-    if !host.is_empty() && authority.eq_ignore_ascii_case(host) {
+    if super::origin::same_origin(origin, host) {
         Ok(())
     } else {
         Err(format!(
