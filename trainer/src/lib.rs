@@ -1,7 +1,7 @@
 //! glimpse-trainer: build image classifiers and write them as self-describing ONNX bundles
 //! that `glimpse-runtime` runs unchanged.
 //!
-//! Stages live one per module, in pipeline order: `data` (datasets and splits), `augment`,
+//! Stages live one per module, in pipeline order: `data` (datasets and splits), `augment`, `balance` (imbalanced classes),
 //! `model` (architectures), `training` (the loop, checkpoints), `export` (ONNX bundle and
 //! parity check), `eval` (metrics and reports, through the runtime), with `import` for
 //! pretrained networks, `transfer` for heads trained on a frozen pretrained backbone and
@@ -9,6 +9,7 @@
 //! graphs. `pipeline` runs a whole training (from scratch or transfer) end to end.
 
 pub mod augment;
+pub mod balance;
 pub mod bench;
 pub mod data;
 pub mod eval;

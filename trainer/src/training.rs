@@ -19,7 +19,6 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use fast_image_resize::Resizer;
 use glimpse_runtime::Preprocess;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -79,6 +78,11 @@ pub struct OptimConfig {
     /// Seeds initialization, data order, augmentation and dropout.
     #[config(default = 42)]
     pub seed: u64,
+    /// The training loss's weight of each class (`--class-weights`); `None`: all 1.
+    pub class_weights: Option<Vec<f32>>,
+    /// Draw every class equally often in an epoch (`--balanced-sampling`).
+    #[config(default = false)]
+    pub balanced_sampling: bool,
 }
 
 impl OptimConfig {
@@ -161,6 +165,7 @@ impl Optimization {
     ) -> Self {
         let loss_fn = CrossEntropyLossConfig::new()
             .with_smoothing(cfg.label_smoothing)
+            .with_weights(cfg.class_weights.clone())
             .init(device);
         Optimization {
             optim,
@@ -700,12 +705,9 @@ fn train_epoch(
     // Dropout draws from the backend's global generator: reseed it per epoch so a resumed
     // run draws what the uninterrupted run would have.
     device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
-        cfg.optim.seed,
-        epoch,
-        0,
-    )));
+    let labels: Vec<usize> = train.iter().map(|e| e.label).collect();
+    let order =
+        crate::balance::epoch_order(&labels, cfg.optim.balanced_sampling, cfg.optim.seed, epoch);
     let steps = train.len().div_ceil(cfg.optim.batch_size);
     let bar = crate::progress::bar(
         steps as u64,

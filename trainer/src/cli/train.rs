@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use glimpse_runtime::preprocess::parse_size;
 use glimpse_runtime::Channels;
 use glimpse_trainer::augment::Augment;
+use glimpse_trainer::balance::{self, WeightsSpec};
 use glimpse_trainer::data::{self, Dataset, LoadOptions};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 use glimpse_trainer::export;
@@ -92,6 +93,15 @@ pub struct Args {
     /// Stop after this many epochs without a better validation loss.
     #[arg(long)]
     patience: Option<usize>,
+    /// Weigh each class's loss: `auto` (inverse class frequency, for imbalanced data) or
+    /// a JSON file of class name to weight, like {"cat": 2.0} (classes it does not name
+    /// weigh 1).
+    #[arg(long, value_name = "auto|FILE")]
+    class_weights: Option<WeightsSpec>,
+    /// Draw every class equally often in each epoch (images of small classes repeat),
+    /// for imbalanced data.
+    #[arg(long)]
+    balanced_sampling: bool,
     /// Augmentations: any of crop[:MIN_AREA], flip, rotate[:DEGREES], color[:AMOUNT], or
     /// none (default: crop, flip, rotate, color for photos; crop:0.8 for small images).
     #[arg(long, value_delimiter = ',')]
@@ -179,7 +189,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         uniform_small: pipeline::uniform_small(&ds),
         augment: args.augment.as_deref().map(augment_from).transpose()?,
         dropout: args.dropout,
-        optim: optim_config(&args),
+        optim: optim_config(&args, &ds)?,
         epochs: args.epochs,
     };
     let trained = match &args.backbone {
@@ -214,6 +224,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         trained.history.len(),
         trained.seconds
     );
+    println!("lowest recall: {}", lowest_recall(&m.per_class, 3));
     if args.quantize {
         super::quantize::after_training(&args.out, &ds, args.data_args.seed, &args.quant)?;
     }
@@ -337,9 +348,15 @@ fn transfer_options(args: &Args, spec: &str, base: Option<Base>) -> Transfer {
 }
 
 /// The optimization settings of the command line (epochs are the pipeline's default
-/// when not given).
-fn optim_config(args: &Args) -> OptimConfig {
-    OptimConfig {
+/// when not given), with `--class-weights` resolved against the training split.
+fn optim_config(args: &Args, ds: &Dataset) -> Result<OptimConfig> {
+    let counts = balance::class_counts(ds.train.iter().map(|e| e.label), ds.classes.len());
+    let class_weights = args
+        .class_weights
+        .as_ref()
+        .map(|spec| balance::resolve(spec, &ds.classes, &counts))
+        .transpose()?;
+    Ok(OptimConfig {
         optimizer: args.optimizer,
         schedule: args.schedule,
         epochs: 0,
@@ -351,7 +368,9 @@ fn optim_config(args: &Args) -> OptimConfig {
         label_smoothing: (args.label_smoothing > 0.0).then_some(args.label_smoothing),
         patience: args.patience,
         seed: args.data_args.seed,
-    }
+        class_weights,
+        balanced_sampling: args.balanced_sampling,
+    })
 }
 
 /// The evaluation of the bundle on the test split (val when there is none), with the
@@ -391,6 +410,19 @@ fn report(args: &Args, ds: &Dataset, trained: &Trained) -> Result<Report> {
         small_classes: ds.report.small_classes.clone(),
         training: Some(training),
     })
+}
+
+/// The `n` classes with the lowest recall, as `Shirt 0.782, Coat 0.801`: where an
+/// imbalanced dataset shows first.
+fn lowest_recall(per_class: &[eval::ClassMetrics], n: usize) -> String {
+    let mut by_recall: Vec<&eval::ClassMetrics> = per_class.iter().collect();
+    by_recall.sort_by(|a, b| a.recall.total_cmp(&b.recall));
+    by_recall
+        .iter()
+        .take(n)
+        .map(|c| format!("{} {:.3}", c.class, c.recall))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loss and accuracy per epoch, train and val, as a PNG.

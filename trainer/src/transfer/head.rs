@@ -10,9 +10,6 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use glimpse_runtime::Preprocess;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::augment::Augment;
 use crate::training::{count_correct, image_seed, EpochStats, OptimConfig, Optimization};
@@ -181,12 +178,8 @@ pub fn train(
         }
         let t0 = Instant::now();
         device.seed(image_seed(cfg.optim.seed, epoch, usize::MAX));
-        let mut order: Vec<usize> = (0..xs.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(image_seed(
-            cfg.optim.seed,
-            epoch,
-            0,
-        )));
+        let order =
+            crate::balance::epoch_order(ys, cfg.optim.balanced_sampling, cfg.optim.seed, epoch);
         let (mut loss_sum, mut correct, mut lr) = (0f64, 0usize, cfg.optim.lr);
         for (b, idx) in order.chunks(cfg.optim.batch_size).enumerate() {
             let logits = model.forward(batch(xs, idx, &device));
