@@ -84,9 +84,9 @@ pub fn model(data: &[u8]) {
     let Ok(classifier) = Classifier::new(file, &Overrides::default()) else {
         return;
     };
-    if let Ok((probs, _)) = classifier.classify(&picture()) {
+    if let Ok((scores, _)) = classifier.classify(&picture()) {
         assert_eq!(
-            probs.len(),
+            scores.probs.len(),
             classifier.labels.len(),
             "one probability per label"
         );

@@ -13,8 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = args.next().map_or_else(default_model, Ok)?;
     let classifier = Classifier::load(&model, &Overrides::default())?;
     let bytes = std::fs::read(&photo).map_err(|e| format!("{}: {e}", photo.display()))?;
-    let (probabilities, _timings) = classifier.classify_bytes(&bytes, &Limits::default())?;
-    for ranked in classifier.top_k(&probabilities, 5) {
+    let (scores, _timings) = classifier.classify_bytes(&bytes, &Limits::default())?;
+    for ranked in classifier.top_k(&scores.probs, 5) {
         println!("{:.4}  {}", ranked.probability, ranked.label);
     }
     Ok(())

@@ -31,6 +31,7 @@ pub mod keys {
     pub const VERSION: &str = "glimpse.version";
     pub const SOURCE: &str = "glimpse.source";
     pub const LICENSE: &str = "glimpse.license";
+    pub const REJECT: &str = "glimpse.reject";
 
     /// Every key above.
     pub const ALL: &[&str] = &[
@@ -51,7 +52,51 @@ pub mod keys {
         VERSION,
         SOURCE,
         LICENSE,
+        REJECT,
     ];
+}
+
+/// "None of the above" (`glimpse.reject`, JSON): a score the model computes beside its
+/// class scores, and the threshold below which an image belongs to none of its classes.
+/// `glimpse-train` calibrates it on validation images.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// How the score is computed (`cosine_to_class_prototypes`: the cosine similarity of
+    /// the image's features to the nearest of a few prototypes of each class).
+    pub score: String,
+    /// The model output that carries it, one value per image.
+    pub output: String,
+    /// Images scoring below it are rejected.
+    pub threshold: f32,
+    /// The share of images of the known classes the threshold is calibrated to accept
+    /// (at least, by split conformal calibration on validation images).
+    pub target_accept: f64,
+}
+
+impl Reject {
+    fn parse(text: &str) -> Result<Self, String> {
+        let r: Reject = serde_json::from_str(text).map_err(|e| {
+            format!("expected {{\"score\", \"output\", \"threshold\", \"target_accept\"}}: {e}")
+        })?;
+        if !r.threshold.is_finite() {
+            return Err(format!("expected a finite threshold, got {}", r.threshold));
+        }
+        Ok(r)
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} below {} (output {:?}; calibrated to accept {:.0}% of known images)",
+            self.score,
+            self.threshold,
+            self.output,
+            self.target_accept * 100.0
+        )
+    }
 }
 
 /// What the model's output tensor holds.
@@ -219,6 +264,7 @@ pub struct BundleMeta {
     /// How the model was produced (command, training data, provenance).
     pub source: Option<String>,
     pub license: Option<String>,
+    pub reject: Option<Reject>,
     /// Every other `glimpse.*` key, kept so tools can round-trip them (metrics, etc.).
     pub extra: BTreeMap<String, String>,
 }
@@ -266,6 +312,7 @@ impl BundleMeta {
             version: p.text(keys::VERSION),
             source: p.text(keys::SOURCE),
             license: p.text(keys::LICENSE),
+            reject: p.field(keys::REJECT, Reject::parse)?,
             extra: p
                 .0
                 .iter()
@@ -332,6 +379,12 @@ impl BundleMeta {
         if let Some(l) = &self.license {
             put(keys::LICENSE, l.clone());
         }
+        if let Some(r) = &self.reject {
+            put(
+                keys::REJECT,
+                serde_json::to_string(r).expect("a Reject always serializes"),
+            );
+        }
         for (k, v) in &self.extra {
             put(k, v.clone());
         }
@@ -385,6 +438,12 @@ mod tests {
             OutputKind::Logits,
         );
         meta.name = Some("m".into());
+        meta.reject = Some(Reject {
+            score: "cosine_to_class_prototypes".into(),
+            output: "glimpse_reject_score".into(),
+            threshold: 0.625,
+            target_accept: 0.95,
+        });
         meta.extra
             .insert("glimpse.metrics.accuracy".into(), "0.93".into());
         let props = meta.to_props();
@@ -425,6 +484,14 @@ mod tests {
             ("glimpse.input_size", "224by224"),
             ("glimpse.mean", "a,b,c"),
             ("glimpse.format", "99"),
+            (
+                "glimpse.reject",
+                r#"{"score": "cosine_to_class_prototypes"}"#,
+            ),
+            (
+                "glimpse.reject",
+                r#"{"score": "x", "output": "y", "threshold": null, "target_accept": 0.9}"#,
+            ),
         ];
         for (k, v) in cases {
             let err = BundleMeta::from_props([(k, v)]).unwrap_err();

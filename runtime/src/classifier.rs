@@ -67,11 +67,27 @@ impl Ranked<'_> {
 }
 
 /// The label of the best of `top` (best first), unless its probability is below
-/// `threshold`: then no label is accepted.
-pub fn accepted<'a>(top: &'a [Ranked], threshold: f32) -> Option<&'a str> {
+/// `threshold` or the model rejected the image ([`Scores::rejected`]): then no label is
+/// accepted.
+pub fn accepted<'a>(top: &'a [Ranked], threshold: f32, rejected: bool) -> Option<&'a str> {
+    if rejected {
+        return None;
+    }
     top.first()
         .filter(|r| r.probability >= threshold)
         .map(|r| r.label.as_ref())
+}
+
+/// What the model says of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// One probability per class.
+    pub probs: Vec<f32>,
+    /// The bundle's "none of the above" score (`glimpse.reject`), when it has one.
+    pub reject_score: Option<f32>,
+    /// The score is below the bundle's threshold: the image belongs to none of the
+    /// classes, whatever their probabilities say.
+    pub rejected: bool,
 }
 
 /// Where the time of one classification went.
@@ -135,10 +151,32 @@ pub struct Classifier {
     /// What the model does not say and was assumed ("layout NCHW", "labels"): for a
     /// warning that says how to set it.
     pub assumed: Vec<String>,
+    /// `glimpse.reject`: which plan output carries the score, and its threshold.
+    reject: Option<(usize, f32)>,
 }
 
 /// What `Classifier::build` makes of a file.
 type Built = (Plan, Preprocess, Vec<String>, Vec<String>);
+
+/// The plan output `glimpse.reject` names, with its threshold; the class scores must stay
+/// the first output.
+fn reject_output(file: &OnnxFile) -> Result<Option<(usize, f32)>> {
+    let Some(reject) = &file.meta.reject else {
+        return Ok(None);
+    };
+    match file.outputs.iter().position(|o| o.name == reject.output) {
+        Some(i) if i > 0 => Ok(Some((i, reject.threshold))),
+        _ => Err(model_error!(
+            "glimpse.reject names output {:?}: expected one of the outputs after the class scores, got {}",
+            reject.output,
+            file.outputs
+                .iter()
+                .map(|o| format!("{:?}", o.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
 
 impl Classifier {
     /// Reads, checks and optimizes the model at `path`; every error names the file.
@@ -158,6 +196,10 @@ impl Classifier {
         mut file: OnnxFile,
         overrides: &Overrides,
     ) -> std::result::Result<Self, (Error, Box<OnnxFile>)> {
+        let reject = match reject_output(&file) {
+            Ok(r) => r,
+            Err(e) => return Err((e, Box::new(file))),
+        };
         match Self::build(&mut file, overrides) {
             Ok((plan, preprocess, labels, assumed)) => {
                 release_freed_memory();
@@ -168,6 +210,7 @@ impl Classifier {
                     preprocess,
                     labels,
                     assumed,
+                    reject,
                 })
             }
             Err(e) => Err((e, Box::new(file))),
@@ -209,7 +252,7 @@ impl Classifier {
     }
 
     /// Decodes, preprocesses and classifies encoded image bytes.
-    pub fn classify_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<(Vec<f32>, Timings)> {
+    pub fn classify_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<(Scores, Timings)> {
         let t0 = Instant::now();
         // Turned upright after the downscale: no full-size rotated copy.
         let (img, orientation) = decode::decode_unoriented(bytes, limits)?;
@@ -219,13 +262,13 @@ impl Classifier {
             .to_tensor_oriented(&[(&img, orientation)], &mut Resizer::new());
         drop(img);
         let t2 = Instant::now();
-        let probs = self.run(input)?;
+        let scores = self.run(input)?;
         let timings = Timings {
             decode: t1 - t0,
             preprocess: t2 - t1,
             inference: t2.elapsed(),
         };
-        Ok((probs, timings))
+        Ok((scores, timings))
     }
 
     /// Classifies the `crop` region of an encoded image (in its upright frame, as it is
@@ -235,13 +278,13 @@ impl Classifier {
         bytes: &[u8],
         limits: &Limits,
         crop: Crop,
-    ) -> Result<(Vec<f32>, Timings)> {
+    ) -> Result<(Scores, Timings)> {
         let t0 = Instant::now();
         let img = crop.apply(&decode::decode(bytes, limits)?)?;
         let decoded = t0.elapsed();
-        let (probs, timings) = self.classify(&img)?;
+        let (scores, timings) = self.classify(&img)?;
         Ok((
-            probs,
+            scores,
             Timings {
                 decode: decoded,
                 ..timings
@@ -249,18 +292,18 @@ impl Classifier {
         ))
     }
 
-    /// Classifies decoded pixels; returns one probability per class.
-    pub fn classify(&self, img: &RgbImage) -> Result<(Vec<f32>, Timings)> {
+    /// Classifies decoded pixels.
+    pub fn classify(&self, img: &RgbImage) -> Result<(Scores, Timings)> {
         let t0 = Instant::now();
         let input = self.tensor(img);
         let t1 = Instant::now();
-        let probs = self.run(input)?;
+        let scores = self.run(input)?;
         let timings = Timings {
             decode: Duration::ZERO,
             preprocess: t1 - t0,
             inference: t1.elapsed(),
         };
-        Ok((probs, timings))
+        Ok((scores, timings))
     }
 
     /// The model input for one image, preprocessed as the bundle says.
@@ -268,25 +311,32 @@ impl Classifier {
         self.preprocess.to_tensor(&[img], &mut Resizer::new())
     }
 
-    /// Runs the model on an already preprocessed input tensor of one image; returns one
-    /// probability per class.
-    pub fn run(&self, input: Tensor) -> Result<Vec<f32>> {
-        let raw = self.run_raw(input)?;
+    /// Runs the model on an already preprocessed input tensor of one image: one
+    /// probability per class, and the rejection when the bundle calibrated one.
+    pub fn run(&self, input: Tensor) -> Result<Scores> {
+        let outputs = self.plan.run(input)?;
+        let raw = output_values(&outputs, 0)?;
         if !raw.iter().all(|v| v.is_finite()) {
             return Err(Error::Inference(
                 "the model gave non-finite outputs (NaN or infinity) for this image".into(),
             ));
         }
-        Ok(self.to_probabilities(raw))
+        let reject_score = match self.reject {
+            Some((at, _)) => Some(single_value(&outputs, at)?),
+            None => None,
+        };
+        Ok(Scores {
+            probs: self.to_probabilities(raw),
+            // A NaN score is not evidence of a class: only a score at or above the
+            // threshold is accepted.
+            rejected: matches!((reject_score, self.reject), (Some(v), Some((_, t))) if v.is_nan() || v < t),
+            reject_score,
+        })
     }
 
-    /// The model's raw output (logits or probabilities, as the model gives them).
+    /// The model's raw class scores (logits or probabilities, as the model gives them).
     pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
-        let outputs = self.plan.run(input)?;
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| Error::Inference(format!("reading the model output: {e:#}")))?;
-        Ok(view.iter().copied().collect())
+        output_values(&self.plan.run(input)?, 0)
     }
 
     fn to_probabilities(&self, raw: Vec<f32>) -> Vec<f32> {
@@ -392,6 +442,25 @@ fn check_input_shape(input: &crate::onnx_file::Io, preprocess: &Preprocess) -> R
 }
 
 /// The number of classes: the size of the (fixed) first output for a batch of 1.
+/// The values of plan output `at`.
+fn output_values(outputs: &[TValue], at: usize) -> Result<Vec<f32>> {
+    let view = outputs[at]
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::Inference(format!("reading model output {at}: {e:#}")))?;
+    Ok(view.iter().copied().collect())
+}
+
+/// The one value of plan output `at` (the reject score of the one image).
+fn single_value(outputs: &[TValue], at: usize) -> Result<f32> {
+    match output_values(outputs, at)?[..] {
+        [v] => Ok(v),
+        ref other => Err(Error::Inference(format!(
+            "expected 1 value in the reject score output, got {}",
+            other.len()
+        ))),
+    }
+}
+
 fn classes(plan: &Plan) -> Result<usize> {
     let shape = plan.output_shapes()[0]
         .as_deref()

@@ -25,7 +25,7 @@ pub mod serve;
 #[cfg(feature = "stream")]
 pub mod stream;
 
-pub use bundle::{BundleMeta, OutputKind};
+pub use bundle::{BundleMeta, OutputKind, Reject};
 pub use classifier::{Classifier, Overrides, Ranked, Timings};
 pub use crop::{Crop, CropError};
 pub use decode::{decode, DecodeError, Limits};

@@ -134,6 +134,7 @@ async function loadModel() {
   row('input', m.input, true);
   row('license', m.license);
   row('source', m.source);
+  row('none of the above', m.reject);
   for (const [key, value] of Object.entries(m.metrics || {})) row(key.replace(/^glimpse\./, ''), value);
   if (m.loaded_at) row('loaded', new Date(m.loaded_at * 1000).toLocaleString());
 }
@@ -172,7 +173,8 @@ async function pollCameras() {
     const card = document.querySelector('.camera[data-camera="' + CSS.escape(c.name) + '"]');
     if (!card) continue;
     card.querySelector('.overlay').textContent =
-      c.label ? c.label + ' ' + pct(c.probability) : 'waiting for a frame';
+      c.rejected ? 'unknown (none of the classes)'
+        : c.label ? c.label + ' ' + pct(c.probability) : 'waiting for a frame';
     const f = c.frames || {};
     const stat = (name, value, cls) => el('span', cls, name + ': ', el('b', null, String(value)));
     const state = stat('state', c.state || '—');
@@ -218,12 +220,15 @@ async function classify(file) {
       headers: { 'Content-Type': file.type || 'application/octet-stream' },
       body: file,
     });
-    $('bars').replaceChildren(...r.top.map((t) => {
+    const bars = r.top.map((t) => {
       const fill = el('span');
       fill.style.width = pct(t.probability);
       return el('li', null, el('span', 'label', t.label), ' ', el('span', 'muted', pct(t.probability)),
         el('div', 'bar', fill));
-    }));
+    });
+    // The model's "none of the above" refused it: say so above its guesses.
+    if (r.rejected) bars.unshift(el('li', 'rejected', 'unknown: none of the model\'s classes'));
+    $('bars').replaceChildren(...bars);
   } catch (e) {
     $('bars').replaceChildren();
     $('classify-error').textContent = file.name + ': ' + e.message;

@@ -506,6 +506,13 @@ fn set_prop(m: &mut pb::ModelProto, key: &str, value: &str) {
     p.value = value.into();
 }
 
+fn add_prop(m: &mut pb::ModelProto, key: &str, value: &str) {
+    m.metadata_props.push(pb::StringStringEntryProto {
+        key: key.into(),
+        value: value.into(),
+    });
+}
+
 fn graph(m: &mut pb::ModelProto) -> &mut pb::GraphProto {
     m.graph.as_mut().expect("graph")
 }
@@ -562,6 +569,16 @@ fn model_cases() -> Vec<Case> {
             "models/unknown-op.onnx",
             Expect::Err("unsupported ONNX op"),
             tiny_model(|m| graph(m).node[1].op_type = "Frobnicate".into()),
+        ),
+        model(
+            "models/reject-unknown-output.onnx",
+            Expect::Err("glimpse.reject names output \"glimpse_reject_score\": expected one of the outputs after the class scores"),
+            tiny_model(|m| add_prop(m, keys::REJECT, r#"{"score":"cosine_to_class_prototypes","output":"glimpse_reject_score","threshold":0.9,"target_accept":0.95}"#)),
+        ),
+        model(
+            "models/reject-no-threshold.onnx",
+            Expect::Err("bad metadata glimpse.reject"),
+            tiny_model(|m| add_prop(m, keys::REJECT, r#"{"score":"cosine_to_class_prototypes","output":"glimpse_reject_score"}"#)),
         ),
         model(
             "models/bad-mean.onnx",

@@ -277,6 +277,15 @@ pub fn fashion_mnist_classes() -> PathBuf {
 /// Runs `model` on ONNX Runtime (the wheel's `libonnxruntime.so`) for one input tensor and
 /// returns its first output; `None` when ONNX Runtime is not installed.
 pub fn onnxruntime_run(model: &Path, shape: &[usize], input: Vec<f32>) -> Option<Vec<f32>> {
+    onnxruntime_outputs(model, shape, input).map(|mut o| o.swap_remove(0))
+}
+
+/// Every output of `model` on `input` (shape `shape`) through ONNX Runtime, in order.
+pub fn onnxruntime_outputs(
+    model: &Path,
+    shape: &[usize],
+    input: Vec<f32>,
+) -> Option<Vec<Vec<f32>>> {
     let dylib = onnxruntime_dylib()?;
     static INIT: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
     let env = INIT.get_or_init(|| {
@@ -293,8 +302,10 @@ pub fn onnxruntime_run(model: &Path, shape: &[usize], input: Vec<f32>) -> Option
     let outputs = session
         .run(ort::inputs![tensor])
         .expect("ONNX Runtime runs the model");
-    let (_, out) = outputs[0].try_extract_tensor::<f32>().unwrap();
-    Some(out.to_vec())
+    let values = (0..outputs.len())
+        .map(|i| outputs[i].try_extract_tensor::<f32>().unwrap().1.to_vec())
+        .collect();
+    Some(values)
 }
 
 /// The probabilities tract (through `classifier`) and ONNX Runtime give for the photo at
@@ -317,7 +328,7 @@ pub fn tract_and_onnxruntime(
         .copied()
         .collect();
     let logits = onnxruntime_run(model, &shape, data)?;
-    let ours = classifier.run(input).expect("tract runs the model");
+    let ours = classifier.run(input).expect("tract runs the model").probs;
     Some((ours, glimpse_runtime::classifier::softmax(&logits)))
 }
 
@@ -342,4 +353,67 @@ pub fn mkfifo(path: &Path) -> PathBuf {
         path.display()
     );
     path.to_path_buf()
+}
+
+/// Images of none of Fashion-MNIST's classes, from the packages, written under `dir` as
+/// three sets: `faces` (scikit-image's 200 25x25 grey LFW faces), `glyphs` (every third of
+/// darknet's rendered label glyphs) and `photos` (darknet's and scikit-image's photos).
+/// `None` when a package is missing.
+pub fn unseen_images(dir: &Path) -> Option<Vec<(&'static str, PathBuf)>> {
+    let (darknet, skimage) = (darknet_photos()?, skimage_photos()?);
+    let sets = [
+        ("faces", dir.join("faces")),
+        ("glyphs", dir.join("glyphs")),
+        ("photos", dir.join("photos")),
+    ];
+    for (_, d) in &sets {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let npy = std::fs::read(skimage.join("lfw_subset.npy")).ok()?;
+    for (i, face) in npy_f64(&npy, &[200, 25, 25]).chunks(625).enumerate() {
+        let px = face
+            .iter()
+            .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let img = image::GrayImage::from_raw(25, 25, px).unwrap();
+        img.save(sets[0].1.join(format!("{i}.png"))).unwrap();
+    }
+    let mut glyphs: Vec<PathBuf> = std::fs::read_dir(darknet.join("labels"))
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .collect();
+    glyphs.sort();
+    for g in glyphs.iter().step_by(3) {
+        std::fs::copy(g, sets[1].1.join(g.file_name().unwrap())).unwrap();
+    }
+    for folder in [&darknet, &skimage] {
+        for e in std::fs::read_dir(folder).unwrap() {
+            let p = e.unwrap().path();
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("jpg" | "png")) {
+                std::fs::copy(&p, sets[2].1.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    Some(sets.to_vec())
+}
+
+/// The values of a little-endian float64 `.npy` file (format 1.0) of `shape`, C order.
+fn npy_f64(bytes: &[u8], shape: &[usize]) -> Vec<f64> {
+    assert!(
+        bytes.starts_with(b"\x93NUMPY") && bytes[6] == 1,
+        "expected a .npy file, format 1.0"
+    );
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + header_len]);
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    assert!(
+        header.contains("'<f8'")
+            && header.contains("False")
+            && header.contains(&format!("({})", dims.join(", "))),
+        "expected float64 {shape:?} in C order, got {header}"
+    );
+    bytes[10 + header_len..]
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }

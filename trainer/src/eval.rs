@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use glimpse_runtime::classifier::{argmax, ranking};
+use glimpse_runtime::classifier::{argmax, ranking, Scores};
 use glimpse_runtime::Classifier;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -127,19 +127,32 @@ pub fn score_predictions(
 
 /// Each example's probabilities, from the classifier (in parallel), in order.
 pub fn predict(classifier: &Classifier, examples: &[Example]) -> Result<Vec<Vec<f32>>> {
-    let bar = crate::progress::bar(examples.len() as u64, "evaluating");
-    let probs = examples
+    Ok(predict_scores(classifier, examples, "evaluating")?
+        .into_iter()
+        .map(|s| s.probs)
+        .collect())
+}
+
+/// Each example's probabilities and rejection, from the classifier (in parallel), in
+/// order; `what` labels the progress bar.
+pub fn predict_scores(
+    classifier: &Classifier,
+    examples: &[Example],
+    what: &str,
+) -> Result<Vec<Scores>> {
+    let bar = crate::progress::bar(examples.len() as u64, what);
+    let scores = examples
         .par_iter()
         .map(|e| {
-            let (probs, _) = classifier
+            let (scores, _) = classifier
                 .classify(&e.image)
                 .with_context(|| e.name.to_string())?;
             bar.inc(1);
-            Ok(probs)
+            Ok(scores)
         })
         .collect::<Result<_>>();
     bar.finish_and_clear();
-    probs
+    scores
 }
 
 /// One image's prediction, as `eval --predictions` writes it (a JSON line).
@@ -212,6 +225,9 @@ pub struct Report {
     pub small_classes: Vec<(String, usize)>,
     /// Training summary, when the report was written at the end of training.
     pub training: Option<serde_json::Value>,
+    /// How the bundle's "none of the above" does (`glimpse.reject`), when it has one.
+    #[serde(default)]
+    pub reject: Option<crate::reject::Evaluation>,
 }
 
 /// Writes the JSON, Markdown and confusion-matrix PNG of a report (atomically).
@@ -229,6 +245,29 @@ pub fn write_report(report: &Report, paths: &ReportPaths) -> Result<()> {
         .context("drawing the confusion matrix")?;
     glimpse_runtime::fsutil::atomic_write(&paths.confusion_png, &png)?;
     Ok(())
+}
+
+/// The rejection's section of the report.
+fn reject_markdown(ev: &crate::reject::Evaluation) -> String {
+    let mut s = format!(
+        "\n## None of the above\n\nThe model rejects images scoring below {} on `{}` (calibrated to accept {:.0}% of the validation images); `glimpse` reports them as `unknown`.\n\n| | value |\n|---|---|\n| test images accepted | {:.2}% |\n| accuracy on accepted test images | {:.2}% |\n| accuracy on all test images | {:.2}% |\n",
+        ev.reject.threshold,
+        ev.reject.score,
+        ev.reject.target_accept * 100.0,
+        ev.test_accepted * 100.0,
+        ev.accuracy_accepted * 100.0,
+        ev.accuracy_all * 100.0
+    );
+    if let Some(n) = &ev.negatives {
+        s += &format!(
+            "| negatives (images of no class) | {} |\n| negatives accepted (false accepts) | {:.2}% |\n| AUROC, known vs negatives | {:.3} |\n| AUROC of the max probability instead | {:.3} |\n",
+            n.images,
+            n.false_accept_rate * 100.0,
+            n.auroc,
+            n.auroc_max_probability
+        );
+    }
+    s
 }
 
 /// A human summary: headline numbers, the per-class table, the confusion matrix as text.
@@ -259,6 +298,9 @@ pub fn markdown(r: &Report) -> String {
             .collect::<Vec<_>>(),
     );
     s += "```\n";
+    if let Some(ev) = &r.reject {
+        s += &reject_markdown(ev);
+    }
     if !r.small_classes.is_empty() {
         s += "\n## Classes with few training images\n\n";
         for (c, n) in &r.small_classes {

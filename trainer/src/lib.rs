@@ -5,7 +5,7 @@
 //! `model` (architectures), `training` (the loop, checkpoints), `export` (ONNX bundle and
 //! parity check), `eval` (metrics and reports, through the runtime), with `import` for
 //! pretrained networks, `transfer` for heads trained on a frozen pretrained backbone and
-//! grafted onto it, `quantize` for int8 bundles, and `onnx` for writing standard ONNX
+//! grafted onto it, `quantize` for int8 bundles, `reject` for the calibrated "none of the above", and `onnx` for writing standard ONNX
 //! graphs. `pipeline` runs a whole training (from scratch or transfer) end to end.
 
 pub mod augment;
@@ -21,5 +21,6 @@ pub mod pipeline;
 pub mod plot;
 pub mod progress;
 pub mod quantize;
+pub mod reject;
 pub mod training;
 pub mod transfer;

@@ -53,6 +53,9 @@ pub struct TrainingConfig {
     pub preprocess: Preprocess,
     pub augment: Augment,
     pub optim: OptimConfig,
+    /// The "none of the above" calibrated after training; `None`: off.
+    #[config(default = "None")]
+    pub reject: Option<crate::reject::RejectConfig>,
 }
 
 /// How weights are optimized: shared by training from scratch and head training.

@@ -364,8 +364,16 @@ fn shipped_int8_models_meet_their_cards() {
             continue;
         }
         let bytes = std::fs::read(&p).unwrap();
-        let a = float.classify_bytes(&bytes, &Default::default()).unwrap().0;
-        let b = int8.classify_bytes(&bytes, &Default::default()).unwrap().0;
+        let a = float
+            .classify_bytes(&bytes, &Default::default())
+            .unwrap()
+            .0
+            .probs;
+        let b = int8
+            .classify_bytes(&bytes, &Default::default())
+            .unwrap()
+            .0
+            .probs;
         let (ta, tb) = (float.top_k(&a, 2), int8.top_k(&b, 2));
         let margin = ta[0].probability - ta[1].probability;
         println!(

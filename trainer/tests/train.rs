@@ -734,3 +734,250 @@ fn class_weights_and_balanced_sampling_lift_a_minority_class() {
     );
     assert!(!out.exists());
 }
+
+/// The reject score and whether the model rejected each image file in `dir`.
+fn reject_scores(c: &Classifier, dir: &Path) -> Vec<(PathBuf, f32, bool)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let (s, _) = c.classify_bytes(&bytes, &Default::default()).unwrap();
+            (p, s.reject_score.unwrap(), s.rejected)
+        })
+        .collect()
+}
+
+#[test]
+fn none_of_the_above_rejects_unseen_kinds_of_images() {
+    let Some(fm) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let unseen = tmp.path().join("unseen");
+    let Some(sets) = glimpse_e2e::unseen_images(&unseen) else {
+        skip(
+            module_path!(),
+            "darknet or scikit-image data missing (run tests/setup.sh)",
+        );
+        return;
+    };
+    let out = tmp.path().join("fm.onnx");
+    let classes = fashion_mnist_classes();
+    let mut args = fashion_args(&fm, &classes, &out);
+    args.extend_from_slice(&[
+        "--limit-per-class",
+        "300",
+        "--epochs",
+        "4",
+        "--width",
+        "0.5",
+    ]);
+    args.extend_from_slice(&["--negatives", unseen.to_str().unwrap()]);
+    let o = train(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    println!("{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("rejection: cosine_to_class_prototypes below"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The report: 95% of validation images accepted, about as many test images, accuracy
+    // on the accepted ones no lower, and the negatives told apart.
+    let r = &report(&out)["reject"];
+    let share = |k: &str| r[k].as_f64().unwrap();
+    assert!((0.92..0.98).contains(&share("test_accepted")), "{r}");
+    assert!(share("accuracy_accepted") >= share("accuracy_all"), "{r}");
+    let (auroc, auroc_p) = (
+        r["negatives"]["auroc"].as_f64().unwrap(),
+        r["negatives"]["auroc_max_probability"].as_f64().unwrap(),
+    );
+    assert!(auroc >= 0.90 && auroc > auroc_p, "{r}");
+    let md = std::fs::read_to_string(tmp.path().join("fm.report.md")).unwrap();
+    assert!(
+        md.contains("## None of the above") && md.contains("AUROC"),
+        "{md}"
+    );
+
+    // Each kind of unseen image on its own, through the runtime (issue 25's goal: 0.90).
+    let c = Classifier::load(&out, &Overrides::default()).unwrap();
+    let (images, _) = fashion_test_set();
+    let known: Vec<f32> = images[..2000]
+        .iter()
+        .map(|g| {
+            let rgb = image::DynamicImage::ImageLuma8(g.clone()).to_rgb8();
+            c.classify(&rgb).unwrap().0.reject_score.unwrap()
+        })
+        .collect();
+    for (name, dir) in &sets {
+        let scores: Vec<f32> = reject_scores(&c, dir).iter().map(|s| s.1).collect();
+        let a = glimpse_trainer::reject::auroc(&known, &scores);
+        println!("AUROC against {name} ({} images): {a:.4}", scores.len());
+        assert!(a >= 0.90, "AUROC against {name}: {a}");
+    }
+
+    let photos = reject_scores(&c, &sets[2].1);
+    onnxruntime_gives_the_same_score(&c, &out, &photos[..4]);
+    let rejected: Vec<&PathBuf> = photos.iter().filter(|p| p.2).map(|p| &p.0).collect();
+    assert!(rejected.len() * 2 > photos.len(), "{photos:?}");
+    the_board_says_unknown(&out, rejected[0], tmp.path());
+    let frames = clothes_then_photos(&c, &rejected, tmp.path());
+    // The same source for `glimpse camera` and `glimpse serve`.
+    let source = [
+        "--model",
+        out.to_str().unwrap(),
+        "--images",
+        frames.to_str().unwrap(),
+        "--fps",
+        "20",
+        "--hold-frames",
+        "2",
+    ];
+    a_camera_goes_to_none_on_rejected_frames(&source);
+    the_daemon_answers_rejected(&source, rejected[0]);
+}
+
+/// ONNX Runtime computes the same score as tract from the same input: it is plain ONNX.
+fn onnxruntime_gives_the_same_score(c: &Classifier, model: &Path, photos: &[(PathBuf, f32, bool)]) {
+    for (photo, score, _) in photos {
+        let rgb =
+            glimpse_runtime::decode(&std::fs::read(photo).unwrap(), &Default::default()).unwrap();
+        let input = c.tensor(&rgb);
+        let shape = input.shape().to_vec();
+        let values: Vec<f32> = input
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let Some(ort) = glimpse_e2e::onnxruntime_outputs(model, &shape, values) else {
+            skip(module_path!(), "libonnxruntime.so is not unpacked");
+            return;
+        };
+        assert!(
+            (ort[1][0] - score).abs() < 1e-5,
+            "{}: ONNX Runtime {} vs {score}",
+            photo.display(),
+            ort[1][0]
+        );
+    }
+}
+
+/// `glimpse classify` calls the rejected photo `unknown` (label null, rejected) in JSON
+/// and in the table, names a test image as before, and `glimpse info` says how the model
+/// rejects.
+fn the_board_says_unknown(model: &Path, rejected: &Path, tmp: &Path) {
+    let j = classify_json(model, rejected);
+    assert_eq!(
+        (j["label"].clone(), j["rejected"].clone()),
+        (Value::Null, Value::Bool(true)),
+        "{j}"
+    );
+    let (png, _) = fashion_png(tmp, 1);
+    let j = classify_json(model, &png);
+    assert!(j["label"].is_string() && j.get("rejected").is_none(), "{j}");
+    let m = model.to_str().unwrap();
+    let o = glimpse_e2e::glimpse(&["classify", "--model", m, rejected.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("unknown (none of the model's classes)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = glimpse_e2e::glimpse(&["info", "--model", m]);
+    assert!(
+        stdout(&o).contains("reject      cosine_to_class_prototypes below"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// A folder of frames: 4 of one confidently accepted test image, then 4 rejected photos.
+fn clothes_then_photos(c: &Classifier, rejected: &[&PathBuf], tmp: &Path) -> PathBuf {
+    let frames = tmp.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let accepted_png = (0..100)
+        .map(|i| fashion_png(tmp, i).0)
+        .find(|p| {
+            let (s, _) = c
+                .classify_bytes(&std::fs::read(p).unwrap(), &Default::default())
+                .unwrap();
+            !s.rejected && s.probs.iter().any(|&p| p > 0.9)
+        })
+        .expect("a confidently accepted test image");
+    for k in 0..4 {
+        std::fs::copy(&accepted_png, frames.join(format!("a{k}.png"))).unwrap();
+        let photo = rejected[k % rejected.len()];
+        let ext = photo.extension().unwrap().to_str().unwrap();
+        std::fs::copy(photo, frames.join(format!("b{k}.{ext}"))).unwrap();
+    }
+    frames
+}
+
+/// `glimpse camera` on clothes then photos: the state goes from the clothes' class to
+/// `none` (rejected frames count as nothing), each photo frame `label: null, rejected`.
+fn a_camera_goes_to_none_on_rejected_frames(source: &[&str]) {
+    let o = glimpse_e2e::glimpse(&[&["camera"], source, &["--output", "json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "event")
+        .map(|l| &l["state"])
+        .collect();
+    assert_eq!(states.len(), 2, "{}", stdout(&o));
+    assert!(
+        states[0].is_string() && states[0] != "none" && states[1] == "none",
+        "{states:?}"
+    );
+    let rejected_frames = lines
+        .iter()
+        .filter(|l| l["type"] == "frame" && l["rejected"] == true && l["label"].is_null())
+        .count();
+    assert_eq!(rejected_frames, 4, "{}", stdout(&o));
+}
+
+/// `glimpse serve`: `POST /v1/classify` answers the photo with `label: null, rejected`,
+/// and its camera's state ends at `none` on the photos, the latest frame rejected.
+fn the_daemon_answers_rejected(source: &[&str], photo: &Path) {
+    use glimpse_e2e::serve::{agent, get, post, Server};
+    let server = Server::start(source, &[]);
+    let a = agent();
+    let body = std::fs::read(photo).unwrap();
+    let reply = post(
+        &a,
+        &server.url("/v1/classify"),
+        None,
+        "application/octet-stream",
+        &body,
+    );
+    let j: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        (reply.status, j["label"].clone(), j["rejected"].clone()),
+        (200, Value::Null, Value::Bool(true)),
+        "{j}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let latest = loop {
+        let j: Value = serde_json::from_str(&get(&a, &server.url("/v1/latest"), None).body)
+            .unwrap_or_default();
+        if j["frame"] == 7 || Instant::now() > deadline {
+            break j;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (
+            latest["label"].clone(),
+            latest["rejected"].clone(),
+            latest["state"].clone()
+        ),
+        (Value::Null, Value::Bool(true), Value::from("none")),
+        "{latest}"
+    );
+}

@@ -172,9 +172,14 @@ fn transfer_learns_grafts_and_reuses_cached_features() {
     let mut correct = 0;
     for (photo, truth) in &unseen {
         let rec = classify_json(&out, photo);
-        let label = rec["label"].as_str().unwrap();
-        assert!(names.iter().any(|n| n == label), "{rec}");
-        correct += usize::from(label == class_names()[*truth]);
+        // The bundle's "none of the above" may refuse a few (5% of validation images).
+        match rec["label"].as_str() {
+            Some(label) => {
+                assert!(names.iter().any(|n| n == label), "{rec}");
+                correct += usize::from(label == class_names()[*truth]);
+            }
+            None => assert_eq!(rec["rejected"], true, "{rec}"),
+        }
         match tract_and_onnxruntime(&classifier, &out, photo) {
             Some((ours, theirs)) => {
                 let (diff, same_top1) = compare(&ours, &theirs);

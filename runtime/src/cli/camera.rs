@@ -61,8 +61,14 @@ enum FrameFormat {
 }
 
 /// The top-1 of one frame.
+/// What a rejected frame is called in the table and in --save file names.
+const UNKNOWN: &str = "unknown";
+
 struct Prediction {
+    /// The best class (even when the image is rejected: what the model guessed).
     label: String,
+    /// The model's "none of the above" (`glimpse.reject`) refused the frame.
+    rejected: bool,
     index: usize,
     probability: f32,
     infer: Duration,
@@ -200,15 +206,16 @@ fn predict(
     crop: Option<Crop>,
 ) -> Result<(Prediction, RgbImage)> {
     let img = frame.to_rgb_within(limits, crop)?;
-    let (probs, t) = classifier.classify(&img)?;
+    let (scores, t) = classifier.classify(&img)?;
     let top: Vec<Ranked<'static>> = classifier
-        .top_k(&probs, 5)
+        .top_k(&scores.probs, 5)
         .into_iter()
         .map(Ranked::into_owned)
         .collect();
     let best = top.first().context("the model gives no classes")?;
     let prediction = Prediction {
         label: best.label.to_string(),
+        rejected: scores.rejected,
         index: best.index,
         probability: best.probability,
         infer: t.preprocess + t.inference,
@@ -261,9 +268,11 @@ impl<'a> Printer<'a> {
             text.push_str(&self.frame_line(&c, p));
             text.push('\n');
         }
-        let event = self
-            .debouncer
-            .update(&p.label, p.probability, Instant::now());
+        let now = Instant::now();
+        let event = match p.rejected {
+            true => self.debouncer.update_rejected(now),
+            false => self.debouncer.update(&p.label, p.probability, now),
+        };
         if let Some(collect) = &mut self.collector {
             collect.offer(c.frame.seq, p, img, event.is_some());
         }
@@ -285,7 +294,8 @@ impl<'a> Printer<'a> {
             self.write_error.get_or_insert(e);
         }
         if let Some(dir) = &self.args.save {
-            self.save(dir, c.frame.seq, &p.label, img);
+            let label = if p.rejected { UNKNOWN } else { &p.label };
+            self.save(dir, c.frame.seq, label, img);
         }
     }
 
@@ -294,7 +304,7 @@ impl<'a> Printer<'a> {
             FrameFormat::Table => format!(
                 "frame {:>6}  {:<30} {:>6.2}%  latency {:>5.1} ms  {:>5.1} fps  dropped {}",
                 c.frame.seq,
-                p.label,
+                if p.rejected { UNKNOWN } else { &p.label },
                 p.probability * 100.0,
                 c.latency.as_secs_f64() * 1e3,
                 c.fps,
@@ -303,7 +313,8 @@ impl<'a> Printer<'a> {
             FrameFormat::Json => json!({
                 "type": "frame",
                 "frame": c.frame.seq,
-                "label": p.label,
+                "label": (!p.rejected).then_some(&p.label),
+                "rejected": p.rejected,
                 "index": p.index,
                 "probability": p.probability,
                 "latency_ms": millis(c.latency),
@@ -337,6 +348,7 @@ impl CollectTo {
             image: img,
             top: &p.top,
             state_change,
+            rejected: p.rejected,
             frame: seq,
             model_sha256: &self.model_sha256,
             crop: self.crop.clone(),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 
+use glimpse_runtime::classifier::Scores;
 use glimpse_runtime::decode::{image_files, DecodeError, EXTENSIONS};
 use glimpse_runtime::{Crop, Limits, Timings};
 
@@ -82,18 +83,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => classifier.classify_bytes(&bytes, &limits)?,
         })
     };
-    let mut emit = |input: &Input, result: Result<(Vec<f32>, Timings)>| -> Result<()> {
+    let mut emit = |input: &Input, result: Result<(Scores, Timings)>| -> Result<()> {
         let name = match input {
             Input::Stdin => "-".to_string(),
             Input::File(p) => p.display().to_string(),
         };
         match result {
-            Ok((probs, timings)) => {
-                let top = classifier.top_k(&probs, args.top_k as usize);
+            Ok((scores, timings)) => {
+                let top = classifier.top_k(&scores.probs, args.top_k as usize);
                 let record = Record {
                     path: &name,
                     top: &top,
                     threshold: args.threshold,
+                    rejected: scores.rejected,
                     timings,
                 };
                 out.write(&record).context("writing output")?;

@@ -86,6 +86,7 @@ fn json_doc(m: &Model, error: Option<&anyhow::Error>) -> serde_json::Value {
         "inputs": file.inputs.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         "outputs": file.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
         "output_kind": m.classifier.and_then(|c| c.output).map(|o| o.to_string()),
+        "reject": meta.reject,
         "preprocess": preprocess,
         "labels": m.classifier.map(|c| &c.labels),
         "ops": file.op_counts(),
@@ -134,6 +135,9 @@ fn text_doc(m: &Model) -> String {
     }
     if let Some(l) = &meta.license {
         row("license", l.clone());
+    }
+    if let Some(r) = &meta.reject {
+        row("reject", r.to_string());
     }
     if let Some(c) = m.classifier {
         row("preprocess", c.preprocess.to_string());

@@ -21,13 +21,16 @@ pub struct Record<'a> {
     pub path: &'a str,
     pub top: &'a [Ranked<'a>],
     pub threshold: f32,
+    /// The model's "none of the above" (`glimpse.reject`) refused the image.
+    pub rejected: bool,
     pub timings: Timings,
 }
 
 impl Record<'_> {
-    /// The accepted label: the best one, unless it is below the threshold.
+    /// The accepted label: the best one, unless it is below the threshold or the model
+    /// rejected the image.
     fn label(&self) -> Option<&str> {
-        accepted(self.top, self.threshold)
+        accepted(self.top, self.threshold, self.rejected)
     }
 }
 
@@ -41,8 +44,11 @@ pub enum Writer<W: Write> {
 #[derive(Serialize)]
 struct JsonRecord<'a> {
     path: &'a str,
-    /// `null` when the best probability is below the threshold.
+    /// `null` when the best probability is below the threshold or the image is rejected.
     label: Option<&'a str>,
+    /// Present (`true`) when the model's "none of the above" refused the image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rejected: bool,
     top: &'a [Ranked<'a>],
     #[serde(flatten)]
     timings: TimingsMs,
@@ -74,6 +80,7 @@ impl<W: Write> Writer<W> {
             Writer::Table(out) => {
                 let verdict = match r.label() {
                     Some(_) => String::new(),
+                    None if r.rejected => "  unknown (none of the model's classes)".into(),
                     None => format!("  unknown (best below {:.0}%)", r.threshold * 100.0),
                 };
                 writeln!(
@@ -91,6 +98,7 @@ impl<W: Write> Writer<W> {
                 let rec = JsonRecord {
                     path: r.path,
                     label: r.label(),
+                    rejected: r.rejected,
                     top: r.top,
                     timings: r.timings.millis(r.timings.total()),
                 };

@@ -49,7 +49,11 @@ pub struct CameraSetup {
 pub struct Latest {
     pub camera: String,
     pub frame: u64,
-    pub label: String,
+    /// The best class; `None` when the model rejected the frame (`glimpse.reject`).
+    pub label: Option<String>,
+    /// Present (`true`) when the model's "none of the above" refused the frame.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
     pub index: usize,
     pub probability: f32,
     pub top: Vec<Ranked<'static>>,
@@ -128,7 +132,8 @@ impl CameraShared {
             "source": self.describe,
             "crop": self.crop,
             "state": latest.as_ref().and_then(|l| l.state.clone()),
-            "label": latest.as_ref().map(|l| &l.label),
+            "label": latest.as_ref().and_then(|l| l.label.as_ref()),
+            "rejected": latest.as_ref().is_some_and(|l| l.rejected),
             "probability": latest.as_ref().map(|l| l.probability),
             "fps": latest.as_ref().map(|l| l.fps),
             "frames": stats,
@@ -293,6 +298,7 @@ fn collect(
         image,
         top: &latest.top,
         state_change,
+        rejected: latest.rejected,
         frame: latest.frame,
         model_sha256: &latest.model_sha256,
         crop: latest.crop.clone(),
@@ -402,10 +408,10 @@ fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits, crop: Option<Crop
     let c = &loaded.classifier;
     let t0 = Instant::now();
     let img = frame.to_rgb_within(limits, crop)?;
-    let (probs, _) = c.classify(&img)?;
+    let (scores, _) = c.classify(&img)?;
     let took = t0.elapsed();
     let top: Vec<Ranked<'static>> = c
-        .top_k(&probs, 5)
+        .top_k(&scores.probs, 5)
         .into_iter()
         .map(Ranked::into_owned)
         .collect();
@@ -414,7 +420,8 @@ fn classify(model: &ModelSlot, frame: &Frame, limits: &Limits, crop: Option<Crop
         latest: Latest {
             camera: String::new(),
             frame: frame.seq,
-            label: best.label.into_owned(),
+            label: (!scores.rejected).then(|| best.label.into_owned()),
+            rejected: scores.rejected,
             index: best.index,
             probability: best.probability,
             top,
@@ -494,11 +501,17 @@ fn run(
         } = c.result;
         metrics.inference.observe(took.as_secs_f64());
         let now = unix_now();
-        let change = debouncer.update(&latest.label, latest.probability, Instant::now());
+        let change = match &latest.label {
+            Some(label) => debouncer.update(label, latest.probability, Instant::now()),
+            None => debouncer.update_rejected(Instant::now()),
+        };
         if let Some(collector) = &mut collector {
             collect(collector, &latest, &image, change.is_some(), shared);
         }
-        if change.is_none() && debouncer.state() == Some(latest.label.as_str()) {
+        if change.is_none()
+            && latest.label.is_some()
+            && debouncer.state() == latest.label.as_deref()
+        {
             metrics.confidence.set(latest.probability as f64);
         }
         latest.time = now;

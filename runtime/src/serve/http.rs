@@ -368,6 +368,8 @@ fn model_document(m: &Loaded, previous: Option<Previous>) -> serde_json::Value {
         "version": meta.version,
         "license": meta.license,
         "source": meta.source,
+        // "None of the above" (`glimpse.reject`), as `glimpse info` describes it.
+        "reject": meta.reject.as_ref().map(|r| r.to_string()),
         // The bundle's other `glimpse.*` entries: the trainer's accuracy figures.
         "metrics": meta.extra,
         "path": m.path.display().to_string(),
@@ -824,7 +826,7 @@ async fn classify(
         let result = loaded.classifier.classify_bytes(&image, &limits);
         (loaded, result)
     });
-    let (loaded, (probs, timings)) = match job.await {
+    let (loaded, (scores, timings)) = match job.await {
         Ok((loaded, Ok(r))) => (loaded, r),
         Ok((_, Err(e))) => return Err(classify_error(e)),
         Err(e) => {
@@ -840,9 +842,10 @@ async fn classify(
         .inference_seconds
         .get_or_create(&SourceLabels::http())
         .observe(timings.total().as_secs_f64());
-    let top = loaded.classifier.top_k(&probs, top_k);
+    let top = loaded.classifier.top_k(&scores.probs, top_k);
     Ok(Json(Classified {
-        label: accepted(&top, threshold),
+        label: accepted(&top, threshold, scores.rejected),
+        rejected: scores.rejected,
         top: &top,
         timings: timings.millis(t0.elapsed()),
         model_sha256: &loaded.sha256,
@@ -853,8 +856,11 @@ async fn classify(
 /// The answer to `POST /v1/classify`.
 #[derive(Serialize)]
 struct Classified<'a> {
-    /// `null` when the best probability is below the threshold.
+    /// `null` when the best probability is below the threshold or the image is rejected.
     label: Option<&'a str>,
+    /// Present (`true`) when the model's "none of the above" refused the image.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rejected: bool,
     top: &'a [Ranked<'a>],
     #[serde(flatten)]
     timings: TimingsMs,

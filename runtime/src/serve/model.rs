@@ -92,9 +92,11 @@ fn load_bytes(
         }
         None => probe_pattern(),
     };
-    let (probs, _) = classifier
+    let probs = classifier
         .classify(&image)
-        .context("the probe image failed")?;
+        .context("the probe image failed")?
+        .0
+        .probs;
     ensure!(
         probs.len() == classifier.labels.len(),
         "the model gives {} outputs for {} labels",

@@ -61,6 +61,8 @@ impl CollectConfig {
 pub enum Reason {
     /// The first frame of a new debounced state.
     StateChange,
+    /// The model's "none of the above" refused it: something it has no class for.
+    Rejected,
     /// Top-1 below `below`.
     LowConfidence,
     /// Top-1 and top-2 closer than `margin`.
@@ -105,6 +107,8 @@ pub struct Offer<'a> {
     pub top: &'a [Ranked<'a>],
     /// The first frame of a new debounced state.
     pub state_change: bool,
+    /// The model rejected it (`glimpse.reject`).
+    pub rejected: bool,
     pub frame: u64,
     pub model_sha256: &'a str,
     pub crop: Option<String>,
@@ -194,6 +198,8 @@ impl Collector {
         let p = |i: usize| offer.top.get(i).map_or(0.0, |r| r.probability);
         if offer.state_change {
             Some(Reason::StateChange)
+        } else if offer.rejected {
+            Some(Reason::Rejected)
         } else if p(0) < self.cfg.below {
             Some(Reason::LowConfidence)
         } else if self.cfg.margin.is_some_and(|m| p(0) - p(1) < m) {
@@ -476,6 +482,7 @@ mod tests {
             image: img,
             top,
             state_change: change,
+            rejected: false,
             frame: 1,
             model_sha256: "abc",
             crop: None,

@@ -109,6 +109,18 @@ impl Debouncer {
         } else {
             (NONE, 1.0 - probability.min(1.0))
         };
+        self.observe(observed, p, now)
+    }
+
+    /// Feeds one frame the model rejected (`glimpse.reject`: none of its classes): it
+    /// counts as `none`, with full confidence.
+    pub fn update_rejected(&mut self, now: Instant) -> Option<Event> {
+        self.observe(NONE, 1.0, now)
+    }
+
+    /// Counts one frame towards `observed` (with confidence `p`); the event when that
+    /// confirms a new state.
+    fn observe(&mut self, observed: &str, p: f32, now: Instant) -> Option<Event> {
         if self.state.as_deref() == Some(observed) {
             self.candidate = None;
             return None;
@@ -168,6 +180,23 @@ mod tests {
             hold: None,
             watch: None,
         }
+    }
+
+    #[test]
+    fn rejected_frames_count_as_none() {
+        let mut d = Debouncer::new(cfg(2));
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_millis(100 * i);
+        assert!(d.update("cat", 0.99, at(0)).is_none());
+        assert_eq!(d.update("cat", 0.99, at(1)).unwrap().label, "cat");
+        // A confident "cat" the model's rejection refuses is not a cat.
+        assert!(d.update_rejected(at(2)).is_none());
+        let e = d.update_rejected(at(3)).unwrap();
+        assert_eq!(
+            (e.label.as_str(), e.previous.as_deref()),
+            (NONE, Some("cat"))
+        );
+        assert_eq!(e.confidence, 1.0);
     }
 
     #[test]

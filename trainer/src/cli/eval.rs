@@ -98,10 +98,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     // A report written at the end of training keeps its training section.
     let paths = ReportPaths::next_to(&args.model);
-    let training = std::fs::read(&paths.json)
+    // What the training run recorded stays: its summary and the rejection's evaluation.
+    let previous = std::fs::read(&paths.json)
         .ok()
-        .and_then(|b| serde_json::from_slice::<Report>(&b).ok())
-        .and_then(|r| r.training);
+        .and_then(|b| serde_json::from_slice::<Report>(&b).ok());
+    let (training, reject) = previous.map_or((None, None), |r| (r.training, r.reject));
     let report = Report {
         model: args.model.display().to_string(),
         data: args.data.display().to_string(),
@@ -110,6 +111,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         skipped: ds.report.skipped.clone(),
         small_classes: Vec::new(),
         training,
+        reject,
     };
     eval::write_report(&report, &paths)?;
     print!("{}", eval::markdown(&report));

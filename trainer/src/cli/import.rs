@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let probe = image::RgbImage::from_fn(320, 240, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
     });
-    let (probs, _) = classifier.classify(&probe)?;
+    let probs = classifier.classify(&probe)?.0.probs;
     let sum: f32 = probs.iter().sum();
     ensure!(
         probs.iter().all(|p| p.is_finite()) && (sum - 1.0).abs() < 1e-3,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use glimpse_runtime::classifier::Scores;
 use glimpse_runtime::preprocess::parse_size;
 use glimpse_runtime::Channels;
 use glimpse_trainer::augment::Augment;
@@ -15,6 +16,7 @@ use glimpse_trainer::export;
 use glimpse_trainer::model::Arch;
 use glimpse_trainer::pipeline::{self, BaseModel, Run, Scratch, Trained, Transfer};
 use glimpse_trainer::plot::{self, Series};
+use glimpse_trainer::reject::{self, RejectConfig};
 use glimpse_trainer::training::{self, EpochStats, OptimConfig, Optimizer, Schedule};
 use glimpse_trainer::transfer::HeadTrainingConfig;
 
@@ -102,6 +104,15 @@ pub struct Args {
     /// for imbalanced data.
     #[arg(long)]
     balanced_sampling: bool,
+    /// "None of the above": after training, calibrate a rejection stored in the bundle
+    /// (`glimpse.reject`) that accepts this share of the validation images; `glimpse`
+    /// then answers `unknown` for images far from every class. 0: no rejection.
+    #[arg(long, default_value_t = 0.95, value_name = "SHARE")]
+    reject_target: f64,
+    /// Photos of things that belong to none of the classes (any folder of images): the
+    /// report measures the rejection on them (false accepts, AUROC).
+    #[arg(long, value_name = "DIR")]
+    negatives: Option<PathBuf>,
     /// Augmentations: any of crop[:MIN_AREA], flip, rotate[:DEGREES], color[:AMOUNT], or
     /// none (default: crop, flip, rotate, color for photos; crop:0.8 for small images).
     #[arg(long, value_delimiter = ',')]
@@ -173,6 +184,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         datasets.push(data);
     }
     let ds = load(&args, &datasets)?;
+    if !(0.0..1.0).contains(&args.reject_target) {
+        bail!(
+            "--reject-target: expected a share of images from 0 (no rejection) to below 1, got {}",
+            args.reject_target
+        );
+    }
+    // Read before training: a bad folder is refused before any work is done.
+    let negatives = match &args.negatives {
+        Some(dir) => reject::load_negatives(dir)?,
+        None => Vec::new(),
+    };
     let name = args
         .out
         .file_stem()
@@ -191,6 +213,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         dropout: args.dropout,
         optim: optim_config(&args, &ds)?,
         epochs: args.epochs,
+        reject: (args.reject_target > 0.0)
+            .then(|| RejectConfig::new().with_target(args.reject_target)),
     };
     let trained = match &args.backbone {
         Some(spec) => pipeline::transfer(&run, &transfer_options(&args, spec, base))?,
@@ -202,7 +226,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         trained.parity.images,
         export::PARITY_TOLERANCE
     );
-    let report = report(&args, &ds, &trained)?;
+    let trained = match &run.reject {
+        Some(cfg) => with_rejection(trained, &ds, cfg)?,
+        None => trained,
+    };
+    let report = report(&args, &ds, &trained, &negatives)?;
     let curves = curves_png(&trained.history)?;
 
     // The model last: when it exists, everything describing it exists too.
@@ -238,6 +266,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
         run.config_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The trained bundle with its calibrated rejection.
+fn with_rejection(trained: Trained, ds: &Dataset, cfg: &RejectConfig) -> Result<Trained> {
+    let classes = ds.classes.len();
+    let cal = reject::calibrate(&trained.bytes, classes, &ds.train, &ds.val, cfg.target)?;
+    Ok(Trained {
+        bytes: cal.bytes,
+        classifier: cal.classifier,
+        ..trained
+    })
+}
+
+/// How the bundle's rejection does on the test split (`known`, its scores) and on the
+/// negatives, printed.
+fn rejection_report(
+    trained: &Trained,
+    test: (&[data::Example], &[Scores]),
+    negatives: &[data::Example],
+) -> Result<Option<reject::Evaluation>> {
+    let Some(r) = &trained.classifier.file.meta.reject else {
+        return Ok(None);
+    };
+    let ev = reject::evaluate(&trained.classifier, r, test, negatives)?;
+    let against = ev.negatives.as_ref().map_or(String::new(), |n| {
+        format!(
+            "; {} negatives: {:.1}% accepted, AUROC {:.3} (max probability: {:.3})",
+            n.images,
+            n.false_accept_rate * 100.0,
+            n.auroc,
+            n.auroc_max_probability
+        )
+    });
+    println!(
+        "rejection: {r}: accepts {:.1}% of test images (accuracy {:.2}% on them, {:.2}% on all){against}",
+        ev.test_accepted * 100.0,
+        ev.accuracy_accepted * 100.0,
+        ev.accuracy_all * 100.0
+    );
+    Ok(Some(ev))
 }
 
 /// What `--base` takes from the previous model's configuration.
@@ -374,14 +442,22 @@ fn optim_config(args: &Args, ds: &Dataset) -> Result<OptimConfig> {
 }
 
 /// The evaluation of the bundle on the test split (val when there is none), with the
-/// training section.
-fn report(args: &Args, ds: &Dataset, trained: &Trained) -> Result<Report> {
+/// training section and the rejection's (each test image classified once for both).
+fn report(
+    args: &Args,
+    ds: &Dataset,
+    trained: &Trained,
+    negatives: &[data::Example],
+) -> Result<Report> {
     let test = if ds.test.is_empty() {
         &ds.val
     } else {
         &ds.test
     };
-    let metrics = eval::evaluate(&trained.classifier, test, &ds.classes)?;
+    let scores = eval::predict_scores(&trained.classifier, test, "evaluating")?;
+    let probs = scores.iter().map(|s| s.probs.clone()).collect();
+    let metrics = eval::score_predictions(test, probs, &ds.classes);
+    let reject = rejection_report(trained, (test, &scores), negatives)?;
     let last = trained.history.last().cloned();
     let mut training = serde_json::json!({
         "config": trained.config,
@@ -409,6 +485,7 @@ fn report(args: &Args, ds: &Dataset, trained: &Trained) -> Result<Report> {
         skipped: ds.report.skipped.clone(),
         small_classes: ds.report.small_classes.clone(),
         training: Some(training),
+        reject,
     })
 }
 

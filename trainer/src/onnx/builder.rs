@@ -79,6 +79,13 @@ impl GraphBuilder {
         name.to_string()
     }
 
+    /// Adds an initializer of any type (`crate::onnx::i64_tensor`, ...); returns its name.
+    pub fn initializer(&mut self, t: pb::TensorProto) -> String {
+        let name = t.name.clone();
+        self.initializers.push(t);
+        name
+    }
+
     /// Adds a node and returns the name of its (single) output.
     pub fn node(
         &mut self,

@@ -4,7 +4,7 @@ mod builder;
 mod tensor;
 
 pub use builder::{attr_int, attr_ints, same_padding, value_info, ConvOpts, GraphBuilder, Weights};
-pub use tensor::{f32_tensor, floats, i32_tensor, i8_tensor, u8_tensor};
+pub use tensor::{f32_tensor, floats, i32_tensor, i64_tensor, i8_tensor, u8_tensor};
 
 use glimpse_runtime::BundleMeta;
 use tract_onnx::pb;

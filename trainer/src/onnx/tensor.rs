@@ -1,4 +1,4 @@
-//! Initializers of any element type glimpse writes (f32, int8, uint8, int32), and reading
+//! Initializers of any element type glimpse writes (f32, int8, uint8, int32, int64), and reading
 //! float initializers back from files other tools wrote.
 
 use anyhow::{bail, Result};
@@ -35,6 +35,11 @@ pub fn u8_tensor(name: &str, dims: &[usize], data: &[u8]) -> pb::TensorProto {
 pub fn i32_tensor(name: &str, dims: &[usize], data: &[i32]) -> pb::TensorProto {
     let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     tensor(name, dims, DataType::Int32, raw)
+}
+
+pub fn i64_tensor(name: &str, dims: &[usize], data: &[i64]) -> pb::TensorProto {
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor(name, dims, DataType::Int64, raw)
 }
 
 /// The values of a float initializer, from `raw_data` or `float_data`.

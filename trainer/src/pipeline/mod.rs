@@ -43,6 +43,8 @@ pub struct Run<'a> {
     pub optim: OptimConfig,
     /// `None`: 10 from scratch, 30 for a head on cached features.
     pub epochs: Option<usize>,
+    /// The rejection to calibrate after training (recorded in the configuration).
+    pub reject: Option<crate::reject::RejectConfig>,
 }
 
 impl Run<'_> {

@@ -70,6 +70,7 @@ pub fn scratch(run: &Run, opts: &Scratch) -> Result<Trained> {
         preprocess: pp.clone(),
         augment: run.augment(),
         optim: run.optim(10),
+        reject: run.reject.clone(),
     };
     println!("preprocess: {pp}");
     let config = save_config(&cfg, &run.config_path)?;

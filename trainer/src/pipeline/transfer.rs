@@ -72,6 +72,7 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
             .iter()
             .map(|d| d.display().to_string())
             .collect(),
+        reject: run.reject.clone(),
     };
     let config = save_config(&cfg, &run.config_path)?;
     // 1. Features, from the cache where it has them; 2. the head.

@@ -66,8 +66,8 @@ pub fn compare(float: &Classifier, int8: &Classifier, probes: &[Probe]) -> Resul
     let results: Vec<(Vec<f32>, Vec<f32>)> = probes
         .par_iter()
         .map(|p| {
-            let a = float.classify(&p.image)?.0;
-            let b = int8.classify(&p.image)?.0;
+            let a = float.classify(&p.image)?.0.probs;
+            let b = int8.classify(&p.image)?.0.probs;
             bar.inc(1);
             Ok((a, b))
         })

@@ -100,7 +100,8 @@ pub fn weight_only(
     let mut new_inits = Vec::new();
     let mut done = HashSet::new();
     for n in &graph.node {
-        if !ops.contains(&n.op_type.as_str()) {
+        // The rejection's score stays float (see `crate::reject::NODE_PREFIX`).
+        if !ops.contains(&n.op_type.as_str()) || n.name.starts_with(crate::reject::NODE_PREFIX) {
             continue;
         }
         let Some((slot, axis)) = weight_of(n) else {

@@ -67,8 +67,9 @@ fn attr_i(node: &pb::NodeProto, name: &str) -> Option<i64> {
 }
 
 /// Removes the classifier's last layer: the `Gemm` producing the output (after an optional
-/// trailing `Softmax`), and the weights only it used.
+/// trailing `Softmax`), and the weights only it used (and a rejection glimpse-train added).
 pub fn cut(graph: &pb::GraphProto) -> Result<Cut> {
+    let graph = &crate::reject::without_score(graph);
     ensure!(
         graph.output.len() == 1,
         "expected a classifier with 1 output, got {}",
@@ -184,30 +185,41 @@ impl Backbone {
     /// preprocessing as `adjust` changes it (the resize mode, for small images).
     pub fn load(path: &Path, adjust: impl FnOnce(Preprocess) -> Preprocess) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let file = OnnxFile::from_bytes(&bytes).with_context(|| path.display().to_string())?;
-        let sha256 = glimpse_runtime::fsutil::sha256_hex(&bytes);
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        Self::from_bytes(&bytes, &path.display().to_string(), stem, adjust)
+    }
+
+    /// `load` of a model already in memory; `what` names it in errors, `stem` is the name
+    /// used when its metadata has none.
+    pub fn from_bytes(
+        bytes: &[u8],
+        what: &str,
+        stem: Option<String>,
+        adjust: impl FnOnce(Preprocess) -> Preprocess,
+    ) -> Result<Self> {
+        let file = OnnxFile::from_bytes(bytes).with_context(|| what.to_string())?;
+        let sha256 = glimpse_runtime::fsutil::sha256_hex(bytes);
         ensure!(
             file.inputs.len() == 1,
-            "{}: expected a backbone with 1 input, got {}",
-            path.display(),
+            "{what}: expected a backbone with 1 input, got {}",
             file.inputs.len()
         );
         let preprocess = adjust(
             resolve_preprocess(&file.meta, &Overrides::default(), &file.inputs[0].dims)
-                .with_context(|| format!("{}: preprocessing", path.display()))?,
+                .with_context(|| format!("{what}: preprocessing"))?,
         );
-        let cut = cut(file.graph()).with_context(|| path.display().to_string())?;
+        let cut = cut(file.graph()).with_context(|| what.to_string())?;
         let proto = pb::ModelProto {
             graph: Some(cut.graph.clone()),
             ..file.proto.clone()
         };
         let plan = Plan::new(&proto, preprocess.shape(1))
-            .with_context(|| format!("{}: the backbone graph", path.display()))?;
+            .with_context(|| format!("{what}: the backbone graph"))?;
         let name = file
             .meta
             .name
             .clone()
-            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .or(stem)
             .unwrap_or_else(|| "backbone".into());
         Ok(Backbone {
             file,

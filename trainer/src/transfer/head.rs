@@ -92,6 +92,9 @@ pub struct HeadTrainingConfig {
     /// again.
     #[config(default = "Vec::new()")]
     pub data: Vec<String>,
+    /// The "none of the above" calibrated after training; `None`: off.
+    #[config(default = "None")]
+    pub reject: Option<crate::reject::RejectConfig>,
 }
 
 /// What head training produced.
