@@ -248,7 +248,7 @@ pub fn write_report(report: &Report, paths: &ReportPaths) -> Result<()> {
 }
 
 /// The rejection's section of the report.
-fn reject_markdown(ev: &crate::reject::Evaluation) -> String {
+pub fn reject_markdown(ev: &crate::reject::Evaluation) -> String {
     let mut s = format!(
         "\n## None of the above\n\nThe model rejects images scoring below {} on `{}` (calibrated to accept {:.0}% of the validation images); `glimpse` reports them as `unknown`.\n\n| | value |\n|---|---|\n| test images accepted | {:.2}% |\n| accuracy on accepted test images | {:.2}% |\n| accuracy on all test images | {:.2}% |\n",
         ev.reject.threshold,

@@ -981,3 +981,95 @@ fn the_daemon_answers_rejected(source: &[&str], photo: &Path) {
         "{latest}"
     );
 }
+
+#[test]
+fn reject_adds_a_rejection_to_an_existing_model() {
+    let Some(fm) = data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let unseen = tmp.path().join("unseen");
+    if glimpse_e2e::unseen_images(&unseen).is_none() {
+        skip(
+            module_path!(),
+            "darknet or scikit-image data missing (run tests/setup.sh)",
+        );
+        return;
+    }
+    // The shipped model was trained before glimpse-train added rejections.
+    let shipped = glimpse_e2e::root().join("models/fashion-mnist.onnx");
+    let model = tmp.path().join("fm.onnx");
+    std::fs::copy(&shipped, &model).unwrap();
+    let classes = fashion_mnist_classes();
+    let reject = |extra: &[&str]| {
+        let mut a = vec![
+            "reject",
+            model.to_str().unwrap(),
+            fm.to_str().unwrap(),
+            "--class-names",
+            classes.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    let o = reject(&["--negatives", unseen.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    println!("{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("## None of the above"),
+        "{}",
+        stdout(&o)
+    );
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("fm.reject.json")).unwrap()).unwrap();
+    let auroc = record["negatives"]["auroc"].as_f64().unwrap();
+    assert!(auroc >= 0.90, "{record}");
+    assert!(
+        record["accuracy_accepted"].as_f64() >= record["accuracy_all"].as_f64(),
+        "{record}"
+    );
+
+    // The class scores are the model's own: only the second output is new.
+    let (a, b) = (
+        Classifier::load(&shipped, &Overrides::default()).unwrap(),
+        Classifier::load(&model, &Overrides::default()).unwrap(),
+    );
+    let (png, _) = fashion_png(tmp.path(), 3);
+    let bytes = std::fs::read(&png).unwrap();
+    let (sa, sb) = (
+        a.classify_bytes(&bytes, &Default::default()).unwrap().0,
+        b.classify_bytes(&bytes, &Default::default()).unwrap().0,
+    );
+    assert_eq!(sa.probs, sb.probs);
+    assert!(sa.reject_score.is_none() && sb.reject_score.is_some());
+    let first = b.file.meta.reject.clone().unwrap();
+
+    // Again, stricter: the old rejection is replaced, not stacked.
+    let stricter = tmp.path().join("strict.onnx");
+    let o = reject(&[
+        "--reject-target",
+        "0.8",
+        "--out",
+        stricter.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = Classifier::load(&stricter, &Overrides::default()).unwrap();
+    assert_eq!(c.file.outputs.len(), 2, "{:?}", c.file.outputs);
+    assert!(c.file.meta.reject.unwrap().threshold > first.threshold);
+
+    // Bad input is refused before any work, naming the problem.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (extra, says) in [
+        (
+            vec!["--reject-target", "1.5"],
+            "--reject-target: expected a share of images above 0 and below 1, got 1.5",
+        ),
+        (
+            vec!["--negatives", empty.to_str().unwrap()],
+            "empty: no readable images in it",
+        ),
+    ] {
+        let o = reject(&extra);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+}

@@ -1,13 +1,13 @@
 //! `glimpse-train eval`: score an exported ONNX bundle on a dataset through the runtime, as
 //! the board will run it, and write the report next to the model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use glimpse_runtime::{Classifier, Overrides};
-use glimpse_trainer::data::{self, Example, LoadOptions};
+use glimpse_trainer::data::{self, Dataset, Example, LoadOptions};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 
 use super::data_args::DataArgs;
@@ -42,33 +42,7 @@ enum Split {
 pub fn run(args: Args) -> Result<ExitCode> {
     let classifier = Classifier::load(&args.model, &Overrides::default())
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    // Nothing is shrunk: every image is scored from the pixels the board would see.
-    let opts = LoadOptions {
-        flag_below: 0,
-        max_short_side: None,
-        ..args
-            .data_args
-            .load_options(Some(classifier.labels.clone()))?
-    };
-    let ds = data::load(&args.data, &opts)
-        .with_context(|| format!("loading {}", args.data.display()))?;
-    // The dataset's classes are matched to the model's labels by name.
-    let map: Vec<usize> = ds
-        .classes
-        .iter()
-        .map(|c| {
-            classifier
-                .labels
-                .iter()
-                .position(|l| l == c)
-                .with_context(|| {
-                    format!(
-                        "dataset class {c:?} is not one of the model's {} labels",
-                        classifier.labels.len()
-                    )
-                })
-        })
-        .collect::<Result<_>>()?;
+    let ds = dataset_for(&classifier.labels, &args.data, &args.data_args)?;
     let examples: Vec<Example> = match args.split {
         Split::Train => ds.train.clone(),
         Split::Val => ds.val.clone(),
@@ -82,13 +56,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             args.data.display()
         );
     }
-    let examples: Vec<Example> = examples
-        .into_iter()
-        .map(|e| Example {
-            label: map[e.label],
-            ..e
-        })
-        .collect();
     let probs = eval::predict(&classifier, &examples)?;
     if let Some(path) = &args.predictions {
         let lines = eval::predictions_jsonl(&examples, &probs, &classifier.labels);
@@ -122,4 +89,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
         paths.confusion_png.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dataset at `data`, split as `train` split it, each example's label an index into
+/// the model's `labels` (matched by name). Nothing is shrunk: images are scored from the
+/// pixels the board would see.
+pub(super) fn dataset_for(labels: &[String], data: &Path, data_args: &DataArgs) -> Result<Dataset> {
+    let opts = LoadOptions {
+        flag_below: 0,
+        max_short_side: None,
+        ..data_args.load_options(Some(labels.to_vec()))?
+    };
+    let mut ds = data::load(data, &opts).with_context(|| format!("loading {}", data.display()))?;
+    let map: Vec<usize> = ds
+        .classes
+        .iter()
+        .map(|c| {
+            labels.iter().position(|l| l == c).with_context(|| {
+                format!(
+                    "dataset class {c:?} is not one of the model's {} labels",
+                    labels.len()
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    for split in [&mut ds.train, &mut ds.val, &mut ds.test] {
+        for e in split.iter_mut() {
+            e.label = map[e.label];
+        }
+    }
+    ds.classes = labels.to_vec();
+    Ok(ds)
 }

@@ -5,6 +5,7 @@ mod data_args;
 mod eval;
 mod import;
 mod quantize;
+mod reject;
 mod train;
 
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ enum Command {
     /// Quantize an ONNX bundle to int8, calibrated on real images and gated on held-out
     /// ones.
     Quantize(quantize::Args),
+    /// Add (or recalibrate) a bundle's "none of the above", as `train` does at its end,
+    /// from the data it was trained on.
+    Reject(reject::Args),
     /// Time training steps of a network on a batch of real images (steps/s, for
     /// comparison with PyTorch).
     Bench(bench::Args),
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Import(args) => import::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Reject(args) => reject::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -184,11 +184,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         datasets.push(data);
     }
     let ds = load(&args, &datasets)?;
-    if !(0.0..1.0).contains(&args.reject_target) {
-        bail!(
-            "--reject-target: expected a share of images from 0 (no rejection) to below 1, got {}",
-            args.reject_target
-        );
+    if args.reject_target != 0.0 {
+        reject::check_target(args.reject_target)?;
     }
     // Read before training: a bad folder is refused before any work is done.
     let negatives = match &args.negatives {

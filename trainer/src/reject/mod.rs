@@ -89,10 +89,8 @@ pub fn calibrate(
     val: &[Example],
     target: f64,
 ) -> Result<Calibrated> {
-    ensure!(
-        (0.0..1.0).contains(&target) && target > 0.0,
-        "--reject-target: expected a share of images between 0 and 1, got {target}"
-    );
+    check_target(target)?;
+    let bytes = &without_rejection(bytes)?;
     let features = Backbone::from_bytes(bytes, "the trained model", None, |pp| pp)
         .context("reading the trained model's features for the rejection")?;
     let prototypes = class_prototypes(&features, train, classes)?;
@@ -122,6 +120,32 @@ pub fn calibrate(
         bytes,
         reject,
     })
+}
+
+/// Refuses a `--reject-target` that is not a share strictly between 0 and 1.
+pub fn check_target(target: f64) -> Result<()> {
+    ensure!(
+        target > 0.0 && target < 1.0,
+        "--reject-target: expected a share of images above 0 and below 1, got {target}"
+    );
+    Ok(())
+}
+
+/// The bundle in `bytes` without a rejection (as it was before one was added).
+fn without_rejection(bytes: &[u8]) -> Result<Vec<u8>> {
+    let file = OnnxFile::from_bytes(bytes).context("re-reading the trained model")?;
+    if file.meta.reject.is_none() {
+        return Ok(bytes.to_vec());
+    }
+    let graph = without_score(file.graph());
+    let mut proto = pb::ModelProto {
+        graph: Some(graph),
+        ..file.proto
+    };
+    proto
+        .metadata_props
+        .retain(|p| p.key != glimpse_runtime::bundle::keys::REJECT);
+    Ok(proto.encode_to_vec())
 }
 
 /// The threshold that accepts a new image of a known class with probability at least
@@ -233,14 +257,20 @@ fn add_score(
     with_meta(&proto.encode_to_vec(), meta)
 }
 
-/// `graph` without the score's nodes and output (its weights are left for the caller's
-/// pruning): a model trained here used as a `--backbone` is cut like any classifier.
+/// `graph` without the score's nodes, weights and output: a model trained here used as a
+/// `--backbone` is cut like any classifier, and a rejection is recalibrated from scratch.
 pub fn without_score(graph: &pb::GraphProto) -> pb::GraphProto {
     pb::GraphProto {
         node: graph
             .node
             .iter()
             .filter(|n| !n.name.starts_with(NODE_PREFIX))
+            .cloned()
+            .collect(),
+        initializer: graph
+            .initializer
+            .iter()
+            .filter(|t| !t.name.starts_with(NODE_PREFIX))
             .cloned()
             .collect(),
         output: graph
