@@ -76,6 +76,17 @@ struct Prediction {
     top: Vec<Ranked<'static>>,
 }
 
+impl Prediction {
+    /// The label the frame line and `--save` show: `unknown` when rejected.
+    fn shown(&self) -> &str {
+        if self.rejected {
+            UNKNOWN
+        } else {
+            &self.label
+        }
+    }
+}
+
 fn list_devices() -> Result<ExitCode> {
     #[cfg(feature = "camera")]
     {
@@ -294,8 +305,7 @@ impl<'a> Printer<'a> {
             self.write_error.get_or_insert(e);
         }
         if let Some(dir) = &self.args.save {
-            let label = if p.rejected { UNKNOWN } else { &p.label };
-            self.save(dir, c.frame.seq, label, img);
+            self.save(dir, c.frame.seq, p.shown(), img);
         }
     }
 
@@ -304,7 +314,7 @@ impl<'a> Printer<'a> {
             FrameFormat::Table => format!(
                 "frame {:>6}  {:<30} {:>6.2}%  latency {:>5.1} ms  {:>5.1} fps  dropped {}",
                 c.frame.seq,
-                if p.rejected { UNKNOWN } else { &p.label },
+                p.shown(),
                 p.probability * 100.0,
                 c.latency.as_secs_f64() * 1e3,
                 c.fps,

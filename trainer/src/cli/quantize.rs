@@ -166,20 +166,14 @@ fn probes(source: &Source) -> Vec<Probe> {
                 label: None,
             })
             .collect(),
-        Source::Labeled(ds, map) => {
-            let held_out = if ds.test.is_empty() {
-                &ds.val
-            } else {
-                &ds.test
-            };
-            held_out
-                .iter()
-                .map(|e| Probe {
-                    image: e.image.clone(),
-                    label: map.as_ref().map(|m| m[e.label]),
-                })
-                .collect()
-        }
+        Source::Labeled(ds, map) => ds
+            .held_out()
+            .iter()
+            .map(|e| Probe {
+                image: e.image.clone(),
+                label: map.as_ref().map(|m| m[e.label]),
+            })
+            .collect(),
     }
 }
 

@@ -57,11 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let cal = reject::calibrate(&bytes, labels.len(), &ds.train, &ds.val, args.reject_target)
         .with_context(|| args.model.display().to_string())?;
-    let test = if ds.test.is_empty() {
-        &ds.val
-    } else {
-        &ds.test
-    };
+    let test = ds.held_out();
     let scores = eval::predict_scores(&cal.classifier, test, "evaluating")?;
     let ev = reject::evaluate(&cal.classifier, &cal.reject, (test, &scores), &negatives)?;
     print!("{}", eval::reject_markdown(&ev));

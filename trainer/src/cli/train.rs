@@ -446,11 +446,7 @@ fn report(
     trained: &Trained,
     negatives: &[data::Example],
 ) -> Result<Report> {
-    let test = if ds.test.is_empty() {
-        &ds.val
-    } else {
-        &ds.test
-    };
+    let test = ds.held_out();
     let scores = eval::predict_scores(&trained.classifier, test, "evaluating")?;
     let probs = scores.iter().map(|s| s.probs.clone()).collect();
     let metrics = eval::score_predictions(test, probs, &ds.classes);

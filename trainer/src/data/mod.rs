@@ -57,6 +57,18 @@ pub struct Dataset {
     pub report: LoadReport,
 }
 
+impl Dataset {
+    /// The images a model is judged on: the test split, or the validation split when there
+    /// is no test split.
+    pub fn held_out(&self) -> &[Example] {
+        if self.test.is_empty() {
+            &self.val
+        } else {
+            &self.test
+        }
+    }
+}
+
 /// How to read and split a dataset.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {

@@ -17,7 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::config::Config;
 use fast_image_resize::Resizer;
 use glimpse_runtime::classifier::Scores;
-use glimpse_runtime::{Classifier, OnnxFile, Overrides, Reject};
+use glimpse_runtime::{BundleMeta, Classifier, OnnxFile, Overrides, Reject};
 use prost::Message;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -100,8 +100,9 @@ pub fn calibrate(
         threshold: f32::MIN,
         target_accept: target,
     };
-    let with_score = add_score(bytes, &features.cut.features, &prototypes, &unset)?;
-    let classifier = load(&with_score)?;
+    // The backbone read the whole bundle: its proto and metadata are what the score joins.
+    let with_score = add_score(&features.file, &features.cut.features, &prototypes)?;
+    let classifier = load(encode(with_score.clone(), &features.file.meta, &unset))?;
     let calibration = if val.is_empty() { train } else { val };
     let scores = score_all(&classifier, calibration)?;
     if scores.len() < 100 {
@@ -114,9 +115,9 @@ pub fn calibrate(
         threshold: conformal_threshold(scores, target),
         ..unset
     };
-    let bytes = with_meta(&with_score, &reject)?;
+    let bytes = encode(with_score, &features.file.meta, &reject);
     Ok(Calibrated {
-        classifier: load(&bytes)?,
+        classifier: load(bytes.clone())?,
         bytes,
         reject,
     })
@@ -207,15 +208,9 @@ fn unit(v: &[f64]) -> Option<Vec<f32>> {
     (norm > 0.0).then(|| v.iter().map(|x| (x / norm) as f32).collect())
 }
 
-/// The bundle with a second output: `max_p cos(features, prototypes[p])`, one value per
-/// image.
-fn add_score(
-    bytes: &[u8],
-    features: &str,
-    prototypes: &[Vec<f32>],
-    meta: &Reject,
-) -> Result<Vec<u8>> {
-    let file = OnnxFile::from_bytes(bytes).context("re-reading the trained model")?;
+/// The model of `file` with a second output: `max_p cos(features, prototypes[p])`, one
+/// value per image (its metadata is left to `encode`).
+fn add_score(file: &OnnxFile, features: &str, prototypes: &[Vec<f32>]) -> Result<pb::ModelProto> {
     let graph = file.graph();
     let opset = file
         .opsets()
@@ -245,7 +240,7 @@ fn add_score(
     let (node, initializer) = g.into_parts();
     let mut outputs = graph.output.clone();
     outputs.push(value_info(&output, &[None]));
-    let proto = pb::ModelProto {
+    Ok(pb::ModelProto {
         graph: Some(pb::GraphProto {
             node,
             initializer,
@@ -253,8 +248,7 @@ fn add_score(
             ..graph.clone()
         }),
         ..file.proto.clone()
-    };
-    with_meta(&proto.encode_to_vec(), meta)
+    })
 }
 
 /// `graph` without the score's nodes, weights and output: a model trained here used as a
@@ -294,34 +288,40 @@ fn reduce(g: &mut GraphBuilder, op: &str, name: &str, x: &str, opset: i64, keep:
     }
 }
 
-/// The bundle in `bytes` with `glimpse.reject` set to `reject`.
-fn with_meta(bytes: &[u8], reject: &Reject) -> Result<Vec<u8>> {
-    let file = OnnxFile::from_bytes(bytes).context("re-reading the trained model")?;
-    let mut meta = file.meta.clone();
-    meta.reject = Some(reject.clone());
-    let proto = pb::ModelProto {
+/// `proto` encoded with the metadata `meta` describes and `glimpse.reject` set to `reject`.
+fn encode(proto: pb::ModelProto, meta: &BundleMeta, reject: &Reject) -> Vec<u8> {
+    let meta = BundleMeta {
+        reject: Some(reject.clone()),
+        ..meta.clone()
+    };
+    pb::ModelProto {
         metadata_props: meta
             .to_props()
             .into_iter()
             .map(|(key, value)| pb::StringStringEntryProto { key, value })
             .collect(),
-        ..file.proto
-    };
-    Ok(proto.encode_to_vec())
+        ..proto
+    }
+    .encode_to_vec()
 }
 
-fn load(bytes: &[u8]) -> Result<Classifier> {
-    let file = OnnxFile::from_bytes(bytes).context("re-reading the model with its rejection")?;
+fn load(bytes: Vec<u8>) -> Result<Classifier> {
+    let file = OnnxFile::from_bytes(&bytes).context("re-reading the model with its rejection")?;
     Classifier::new(file, &Overrides::default())
         .context("the model with its rejection does not load in the runtime")
+}
+
+/// The reject score of one result (NaN when the model has none: it sorts lowest).
+fn score_of(s: &Scores) -> f32 {
+    s.reject_score.unwrap_or(f32::NAN)
 }
 
 /// Each example's reject score, in order.
 pub fn score_all(classifier: &Classifier, examples: &[Example]) -> Result<Vec<f32>> {
     Ok(
         crate::eval::predict_scores(classifier, examples, "rejection: calibrating")?
-            .into_iter()
-            .map(|s| s.reject_score.unwrap_or(f32::NAN))
+            .iter()
+            .map(score_of)
             .collect(),
     )
 }
@@ -376,7 +376,6 @@ pub fn evaluate(
         negatives => {
             let unknown =
                 crate::eval::predict_scores(classifier, negatives, "rejection: negatives")?;
-            let score = |s: &Scores| s.reject_score.unwrap_or(f32::NAN);
             let max_p = |s: &Scores| s.probs.iter().copied().fold(f32::MIN, f32::max);
             let pick = |f: &dyn Fn(&Scores) -> f32| {
                 (
@@ -384,7 +383,7 @@ pub fn evaluate(
                     unknown.iter().map(f).collect::<Vec<_>>(),
                 )
             };
-            let (ks, us) = pick(&score);
+            let (ks, us) = pick(&score_of);
             let (kp, up) = pick(&max_p);
             Some(Negatives {
                 images: unknown.len(),
