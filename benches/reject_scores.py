@@ -13,15 +13,18 @@ all from the first 6,000 training images. Deterministic (seeded crops and k-mean
 
 usage: reject_scores.py [MODEL.onnx]   (default models/fashion-mnist.onnx; needs numpy,
        Pillow, onnx, onnxruntime and scikit-learn: pip install them in a venv)
+       reject_scores.py --write-unseen DIR   (needs Pillow and numpy only)
+           writes the unseen images as glimpse's tests do (glimpse_e2e::unseen_images):
+           DIR/faces (the 200 LFW faces as 25x25 PNGs), DIR/glyphs (every third darknet
+           label glyph), DIR/photos (every darknet .jpg and scikit-image .jpg/.png), whole,
+           for `glimpse-train train --negatives DIR`
 """
 import glob, gzip, os, sys
 
+import shutil
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 from PIL import Image
-from sklearn.cluster import KMeans
-from sklearn.metrics import roc_auc_score
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FM = "/usr/share/datasets/fashion-mnist"
@@ -57,7 +60,26 @@ def unseen_sets():
     return [("faces", faces), ("glyphs", glyphs), ("photos", np.stack(crops))]
 
 
+def write_unseen(out):
+    for d in ("faces", "glyphs", "photos"):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    for i, f in enumerate(np.load(os.path.join(SKIMAGE, "lfw_subset.npy"))):
+        face = np.clip(np.round(f * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(face).save(os.path.join(out, "faces", f"{i}.png"))
+    for p in sorted(glob.glob("/usr/share/darknet/data/labels/*"))[::3]:
+        shutil.copy(p, os.path.join(out, "glyphs"))
+    for folder in ("/usr/share/darknet/data", SKIMAGE):
+        for p in glob.glob(os.path.join(folder, "*.jpg")) + glob.glob(os.path.join(folder, "*.png")):
+            shutil.copy(p, os.path.join(out, "photos"))
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-unseen":
+        return write_unseen(sys.argv[2])
+    import onnx
+    import onnxruntime as ort
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import roc_auc_score
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "fashion-mnist.onnx")
     model = onnx.load(path)
     meta = {p.key: p.value for p in model.metadata_props}
