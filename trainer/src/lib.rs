@@ -12,6 +12,7 @@ pub mod augment;
 pub mod balance;
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod import;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::Augment;
 use crate::data::Example;
+use crate::device::{Accelerator, TrainDevice};
 use crate::model::{Classifier, ModelConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -86,6 +87,9 @@ pub struct OptimConfig {
     /// Draw every class equally often in an epoch (`--balanced-sampling`).
     #[config(default = false)]
     pub balanced_sampling: bool,
+    /// What the steps run on (`--device`). A checkpoint resumes on either.
+    #[config(default = "Accelerator::Cpu")]
+    pub device: Accelerator,
 }
 
 impl OptimConfig {
@@ -279,6 +283,8 @@ pub struct Outcome {
     pub best_epoch: usize,
     pub stopped_early: bool,
     pub seconds: f64,
+    /// What it trained on: `cpu` or `gpu: ADAPTER`.
+    pub device: String,
 }
 
 /// Format 2: the parts, then the sha256 of everything before it (hex). Format 1 had no
@@ -443,27 +449,27 @@ pub fn channel_stats(examples: &[Example], pp: &Preprocess) -> (Vec<f32>, Vec<f3
     (mean, std)
 }
 
-/// Validation loss (plain cross-entropy) and accuracy of the inference copy of `model`.
+/// Validation loss (plain cross-entropy) and accuracy of the inference copy of `model`,
+/// on `device` (the model's, without autodiff).
 fn validate(
     model: &Classifier,
     inputs: &[Vec<f32>],
     labels: &[usize],
     pp: &Preprocess,
-    batch: usize,
+    device: &Device,
 ) -> (f64, f64) {
     if inputs.is_empty() {
         return (f64::NAN, f64::NAN);
     }
-    let device = Device::flex();
     let eval = model.valid();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let (mut loss, mut correct) = (0f64, 0usize);
-    for (xs, ys) in inputs.chunks(batch).zip(labels.chunks(batch)) {
+    for (xs, ys) in inputs.chunks(256).zip(labels.chunks(256)) {
         let n = xs.len();
-        let x = Tensor::<4>::from_data(TensorData::new(xs.concat(), pp.shape(n)), &device);
+        let x = Tensor::<4>::from_data(TensorData::new(xs.concat(), pp.shape(n)), device);
         let y = Tensor::<1, Int>::from_data(
             TensorData::new(ys.iter().map(|l| *l as i64).collect::<Vec<_>>(), [n]),
-            &device,
+            device,
         );
         let logits = eval.forward(x);
         let l: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
@@ -523,7 +529,9 @@ pub fn train(
         "batch size must be at least 2 (batch norm needs a batch), got {}",
         cfg.optim.batch_size
     );
-    let device = Device::flex().autodiff();
+    let on = TrainDevice::open(cfg.optim.device)?;
+    log::info!("training on {}", on.name());
+    let device = on.autodiff();
     device.seed(cfg.optim.seed);
     let data = DataFingerprint::of(train, val);
     let (mut model, optim, mut progress, mut best_bytes) =
@@ -549,7 +557,8 @@ pub fn train(
         let totals;
         (model, totals) = train_epoch(cfg, train, model, &mut opt, epoch, &device)?;
         let train_secs = t0.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy) = validate(&model, &val_inputs, &val_labels, pp, 256);
+        let (val_loss, val_accuracy) =
+            validate(&model, &val_inputs, &val_labels, pp, &on.inference());
         let stats = EpochStats {
             epoch: epoch + 1,
             lr: totals.lr,
@@ -589,6 +598,7 @@ pub fn train(
         best_epoch: progress.best_epoch,
         stopped_early,
         seconds: started.elapsed().as_secs_f64(),
+        device: on.name().to_string(),
     })
 }
 
@@ -601,7 +611,7 @@ fn start(
     data: DataFingerprint,
     device: &Device,
 ) -> Result<(Classifier, ModuleOptimizer, Progress, Vec<u8>)> {
-    let config_json = burn::config::config_to_json(cfg);
+    let config_json = resume_key(cfg);
     let model = cfg.model.init(device);
     let optim = cfg.optim.optimizer();
     if !resume {
@@ -657,6 +667,14 @@ fn start(
         cfg.optim.epochs
     );
     Ok((model, optim, progress, best))
+}
+
+/// The configuration a checkpoint must match to be resumed: all of it but the device,
+/// since the same steps can go on on the CPU or a GPU.
+fn resume_key(cfg: &TrainingConfig) -> String {
+    let mut cfg = cfg.clone();
+    cfg.optim.device = Accelerator::default();
+    burn::config::config_to_json(&cfg)
 }
 
 /// The settings that differ between two training configurations (JSON), as
@@ -817,5 +835,27 @@ mod tests {
         assert_ne!(a, image_seed(1, 1, 1));
         assert_ne!(a, image_seed(2, 0, 1));
         assert_eq!(a, image_seed(1, 0, 1));
+    }
+
+    #[test]
+    fn a_checkpoint_resumes_on_either_device_but_not_with_other_settings() {
+        let pp = Preprocess {
+            width: 16,
+            height: 16,
+            resize: glimpse_runtime::Resize::Stretch,
+            mean: vec![127.5],
+            std: vec![127.5],
+            channels: glimpse_runtime::Channels::Gray,
+            layout: glimpse_runtime::Layout::Nchw,
+        };
+        let model = ModelConfig::new(crate::model::Arch::SmallCnn, 2, 1, [16, 16]);
+        let optim = OptimConfig::new(Optimizer::Adamw, Schedule::Constant);
+        let cpu = TrainingConfig::new(model, pp, Augment::NONE, optim);
+        let mut gpu = cpu.clone();
+        gpu.optim.device = Accelerator::Gpu;
+        assert_eq!(resume_key(&cpu), resume_key(&gpu));
+        gpu.optim.epochs += 1;
+        let changes = setting_changes(&resume_key(&cpu), &resume_key(&gpu));
+        assert_eq!(changes, "optim.epochs: 10 then, 11 now");
     }
 }

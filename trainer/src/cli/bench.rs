@@ -10,6 +10,7 @@ use fast_image_resize::Resizer;
 use glimpse_runtime::classifier::percentile;
 use glimpse_runtime::{Channels, Layout, Preprocess, Resize};
 use glimpse_trainer::data::{self, Format, LoadOptions};
+use glimpse_trainer::device::{Accelerator, TrainDevice};
 use glimpse_trainer::model::{Arch, ModelConfig};
 use glimpse_trainer::training::{OptimConfig, Optimizer, Schedule};
 
@@ -33,6 +34,9 @@ pub struct Args {
     /// Timed steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
+    /// What to train on (as `glimpse-train train --device`).
+    #[arg(long, value_enum, default_value_t = Accelerator::Cpu)]
+    device: Accelerator,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .num_threads(n)
             .build_global();
     }
+    let device = TrainDevice::open(args.device)?;
     let ds = data::load(&args.data, &LoadOptions::default())?;
     ensure!(
         ds.train.len() >= args.batch_size,
@@ -103,6 +108,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let times = glimpse_trainer::bench::training_steps(
         &model,
         &optim,
+        &device,
         x,
         shape,
         y,
@@ -115,7 +121,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| percentile(&ms, q);
     let report = serde_json::json!({
-        "framework": "burn 0.22 (flex CPU backend)",
+        "framework": "burn 0.22",
+        "device": device.name(),
         "arch": args.arch,
         "width": args.width,
         "input": shape,
@@ -130,10 +137,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Output::Json => println!("{report:#}"),
         Output::Table => {
             println!(
-                "{:?} width {} on {:?} (batch, channels, height, width), {} threads, {} timed steps",
+                "{:?} width {} on {:?} (batch, channels, height, width), {}, {} threads, {} timed steps",
                 args.arch,
                 args.width,
                 shape,
+                device.name(),
                 rayon::current_num_threads(),
                 args.steps
             );

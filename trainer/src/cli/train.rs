@@ -11,6 +11,7 @@ use glimpse_runtime::Channels;
 use glimpse_trainer::augment::Augment;
 use glimpse_trainer::balance::{self, WeightsSpec};
 use glimpse_trainer::data::{self, Dataset, LoadOptions};
+use glimpse_trainer::device::{Accelerator, TrainDevice};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 use glimpse_trainer::export;
 use glimpse_trainer::model::Arch;
@@ -139,6 +140,11 @@ pub struct Args {
     quantize: bool,
     #[command(flatten)]
     quant: QuantArgs,
+    /// What to train on: the CPU, or a GPU through wgpu (Vulkan, Metal, DX12; in a build
+    /// with the `gpu` feature). The same seed gives a model of the same quality on
+    /// either, not the same bits.
+    #[arg(long, value_enum, default_value_t = Accelerator::Cpu)]
+    device: Accelerator,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -176,6 +182,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .num_threads(n)
             .build_global();
     }
+    // Before any work: a missing GPU is refused at once, not after loading the data.
+    TrainDevice::open(args.device)?;
     let base = args.base.as_deref().map(base_config).transpose()?;
     let mut datasets = base.as_ref().map_or_else(Vec::new, |b| b.data.clone());
     let data = std::fs::canonicalize(&args.data)
@@ -241,13 +249,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let m = &report.metrics;
     println!(
-        "test accuracy {:.2}% (top-5 {:.2}%, macro F1 {:.3}) on {} images; trained {} epochs in {:.0} s",
+        "test accuracy {:.2}% (top-5 {:.2}%, macro F1 {:.3}) on {} images; trained {} epochs in {:.0} s on {}",
         m.accuracy * 100.0,
         m.top5 * 100.0,
         m.macro_avg.f1,
         m.images,
         trained.history.len(),
-        trained.seconds
+        trained.seconds,
+        trained.device
     );
     println!("lowest recall: {}", lowest_recall(&m.per_class, 3));
     if args.quantize {
@@ -435,6 +444,7 @@ fn optim_config(args: &Args, ds: &Dataset) -> Result<OptimConfig> {
         seed: args.data_args.seed,
         class_weights,
         balanced_sampling: args.balanced_sampling,
+        device: args.device,
     })
 }
 
@@ -458,6 +468,7 @@ fn report(
         "best_epoch": trained.best_epoch,
         "stopped_early": trained.stopped_early,
         "wall_seconds": trained.seconds,
+        "device": trained.device,
         "images_per_second": last.as_ref().map(|l| l.images_per_second),
         "history": trained.history,
         "export_parity": trained.parity,

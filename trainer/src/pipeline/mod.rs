@@ -113,6 +113,8 @@ pub struct Trained {
     pub best_epoch: usize,
     pub stopped_early: bool,
     pub seconds: f64,
+    /// What it trained on: `cpu` or `gpu: ADAPTER`.
+    pub device: String,
     /// The training configuration as saved next to the model.
     pub config: serde_json::Value,
     /// Feature extraction work (transfer learning only).

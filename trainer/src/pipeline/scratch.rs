@@ -106,6 +106,7 @@ pub fn scratch(run: &Run, opts: &Scratch) -> Result<Trained> {
         best_epoch: outcome.best_epoch,
         stopped_early: outcome.stopped_early,
         seconds: outcome.seconds,
+        device: outcome.device,
         config,
         extraction: None,
     })

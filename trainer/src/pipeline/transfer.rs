@@ -116,6 +116,7 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
         best_epoch: outcome.best_epoch,
         stopped_early: outcome.stopped_early,
         seconds: outcome.seconds + extraction.seconds,
+        device: outcome.device,
         config,
         extraction: Some(extraction),
     })

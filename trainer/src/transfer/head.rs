@@ -12,6 +12,7 @@ use burn::prelude::*;
 use glimpse_runtime::Preprocess;
 
 use crate::augment::Augment;
+use crate::device::TrainDevice;
 use crate::training::{count_correct, image_seed, EpochStats, OptimConfig, Optimization};
 
 #[derive(Config, Debug)]
@@ -105,6 +106,8 @@ pub struct HeadOutcome {
     pub best_epoch: usize,
     pub stopped_early: bool,
     pub seconds: f64,
+    /// What it trained on: `cpu` or `gpu: ADAPTER`.
+    pub device: String,
 }
 
 fn batch(features: &[Vec<f32>], idx: &[usize], device: &Device) -> Tensor<2> {
@@ -121,18 +124,18 @@ fn labels(labels: &[usize], idx: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(ys, [idx.len()]), device)
 }
 
-/// Validation loss (plain cross-entropy) and accuracy of an inference copy.
-fn validate(head: &Head, features: &[Vec<f32>], ys: &[usize]) -> (f64, f64) {
+/// Validation loss (plain cross-entropy) and accuracy of an inference copy, on `device`
+/// (the head's, without autodiff).
+fn validate(head: &Head, features: &[Vec<f32>], ys: &[usize], device: &Device) -> (f64, f64) {
     if features.is_empty() {
         return (f64::NAN, f64::NAN);
     }
-    let device = Device::flex();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let (mut loss, mut correct) = (0f64, 0usize);
     let all: Vec<usize> = (0..features.len()).collect();
     for idx in all.chunks(1024) {
-        let logits = head.forward(batch(features, idx, &device));
-        let y = labels(ys, idx, &device);
+        let logits = head.forward(batch(features, idx, device));
+        let y = labels(ys, idx, device);
         let l: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
         loss += l as f64 * idx.len() as f64;
         correct += count_correct(logits, y);
@@ -158,7 +161,9 @@ pub fn train(
         "expected feature vectors of length {}",
         cfg.head.features
     );
-    let device = Device::flex().autodiff();
+    let on = TrainDevice::open(cfg.optim.device)?;
+    log::info!("training the head on {}", on.name());
+    let device = on.autodiff();
     device.seed(cfg.optim.seed);
     let mut model = cfg.head.init(&device);
     let steps_per_epoch = xs.len().div_ceil(cfg.optim.batch_size);
@@ -194,7 +199,7 @@ pub fn train(
         }
         let train_secs = t0.elapsed().as_secs_f64();
         let current = model.valid();
-        let (val_loss, val_accuracy) = validate(&current, val.0, val.1);
+        let (val_loss, val_accuracy) = validate(&current, val.0, val.1, &on.inference());
         let stats = EpochStats {
             epoch: epoch + 1,
             lr,
@@ -235,10 +240,12 @@ pub fn train(
         anyhow::bail!("no epoch was trained (is --epochs 0?)");
     };
     Ok(HeadOutcome {
-        model,
+        // Back on the CPU, where the graft and its parity check run.
+        model: model.to_device(&Device::flex()),
         history,
         best_epoch,
         stopped_early,
         seconds: started.elapsed().as_secs_f64(),
+        device: on.name().to_string(),
     })
 }
