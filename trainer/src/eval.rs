@@ -280,7 +280,18 @@ pub fn markdown(r: &Report) -> String {
     if let Some(t) = &r.training {
         let secs = t["wall_seconds"].as_f64().unwrap_or(f64::NAN);
         let device = t["device"].as_str().unwrap_or("cpu");
-        s += &format!("Trained in {secs:.0} s on {device}.\n\n");
+        s += &format!("Trained in {secs:.0} s on {device}.");
+        if let Some(ft) = t["config"].get("fine_tune").filter(|f| !f.is_null()) {
+            let mb = t["feature_extraction"]["cache_bytes"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e6;
+            s += &format!(
+                " Fine-tuned the backbone's last {} blocks (above `{}`, learning rate × {}); activation cache {mb:.0} MB.",
+                ft["blocks"], ft["cut"].as_str().unwrap_or("?"), ft["backbone_lr_scale"]
+            );
+        }
+        s += "\n\n";
     }
     s += &format!("| metric | value |\n|---|---|\n| accuracy (top-1) | {:.2}% |\n| top-5 accuracy | {:.2}% |\n", m.accuracy * 100.0, m.top5 * 100.0);
     s += &format!(

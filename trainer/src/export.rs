@@ -18,7 +18,8 @@ use crate::onnx::{self, attr_ints, ConvOpts, GraphBuilder, Weights};
 /// Largest accepted difference between burn's and tract's logits.
 pub const PARITY_TOLERANCE: f32 = 1e-3;
 
-fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+/// A tensor's shape and values.
+pub fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
     let shape = t.dims().to_vec();
     (shape, t.try_into_vec_as::<f32>().expect("float tensor"))
 }

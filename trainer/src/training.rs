@@ -16,7 +16,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use burn::tensor::{Bytes, Gradients};
 use fast_image_resize::Resizer;
 use glimpse_runtime::Preprocess;
 use rand::SeedableRng;
@@ -194,6 +194,20 @@ impl Optimization {
         epoch: usize,
         batch: usize,
     ) -> Result<Stepped<M>> {
+        self.step_parts(model, logits, y, (epoch, batch), |_, _| None)
+    }
+
+    /// `step`, where `slow` may take some parameters' gradients out, with a factor: those
+    /// parameters are updated at the schedule's rate times the factor (a pretrained
+    /// backbone's blocks, fine-tuned under a new head).
+    pub fn step_parts<M: Module>(
+        &mut self,
+        model: M,
+        logits: Tensor<2>,
+        y: Tensor<1, Int>,
+        (epoch, batch): (usize, usize),
+        slow: impl FnOnce(&M, &mut Gradients) -> Option<(GradientsParams, f64)>,
+    ) -> Result<Stepped<M>> {
         let loss = self.loss_fn.forward(logits.clone(), y.clone());
         let l: f32 = loss.clone().into_scalar();
         ensure!(
@@ -203,11 +217,17 @@ impl Optimization {
             epoch + 1
         );
         let correct = count_correct(logits, y);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = loss.backward();
+        let slow = slow(&model, &mut grads);
+        let rest = GradientsParams::from_grads(grads, &model);
         let lr = self
             .cfg
             .learning_rate(epoch * self.steps_per_epoch + batch, self.steps_per_epoch);
-        let model = self.optim.step(lr, model, grads);
+        let mut model = model;
+        if let Some((grads, factor)) = slow {
+            model = self.optim.step(lr * factor, model, grads);
+        }
+        let model = self.optim.step(lr, model, rest);
         Ok(Stepped {
             model,
             loss: l,

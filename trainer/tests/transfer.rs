@@ -202,6 +202,129 @@ fn transfer_learns_grafts_and_reuses_cached_features() {
     );
 }
 
+/// The initializers of the ONNX file at `path`, by name, as raw bytes.
+fn initializers(path: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let file = glimpse_runtime::OnnxFile::read(path).unwrap();
+    let graph = file.proto.graph.unwrap();
+    graph
+        .initializer
+        .into_iter()
+        .map(|t| {
+            let bytes = if t.raw_data.is_empty() {
+                t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            } else {
+                t.raw_data
+            };
+            (t.name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn fine_tuning_trains_the_last_blocks_and_grafts_them_back() {
+    if fashion_mnist().is_none() {
+        skip(
+            "fine_tuning_trains_the_last_blocks_and_grafts_them_back",
+            "Debian package dataset-fashion-mnist is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("clothes");
+    write_folder_dataset(&data, 0, 16);
+    let (cache, out) = (dir.path().join("cache"), dir.path().join("tuned.onnx"));
+    let backbone = shipped_model();
+    let run = || {
+        let o = train(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--backbone",
+            backbone.to_str().unwrap(),
+            "--fine-tune",
+            "2",
+            "--epochs",
+            "4",
+            "--feature-cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        println!("{}", stdout(&o));
+        stdout(&o)
+    };
+    let first = run();
+    assert!(first.contains("fine-tuning: 2 blocks above"), "{first}");
+    let (computed, _) = extraction(&first);
+    let r = report(&out);
+    let training = &r["training"];
+    let ft = &training["config"]["fine_tune"];
+    assert_eq!(ft["blocks"], 2, "{ft}");
+    assert_eq!(ft["backbone_lr_scale"], 0.3, "{ft}");
+    let cut = ft["cut"].as_str().unwrap().to_string();
+    // The last epoch is kept, not the one with the lowest validation loss.
+    assert_eq!(training["best_epoch"], 4, "{training}");
+    // The cache holds the activations at the cut: 192 x 7 x 7 floats per image for
+    // EfficientNet-Lite0 under its last two blocks.
+    let bytes = training["feature_extraction"]["cache_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        bytes >= computed as u64 * 192 * 49 * 4,
+        "{bytes} bytes for {computed} images"
+    );
+    let parity = training["export_parity"]["max_abs_logit_diff"]
+        .as_f64()
+        .unwrap();
+    assert!(parity < 1e-3, "graft parity {parity}");
+    let acc = r["metrics"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.5, "fine-tuned test accuracy {acc}");
+    let md = std::fs::read_to_string(out.with_extension("report.md")).unwrap();
+    assert!(
+        md.contains("Fine-tuned the backbone's last 2 blocks"),
+        "{md}"
+    );
+
+    // The blocks above the cut changed; everything under it is the backbone's, bit for bit.
+    let (ours, theirs) = (initializers(&out), initializers(&backbone));
+    let changed: Vec<&String> = theirs
+        .iter()
+        .filter(|(name, w)| ours.get(*name).is_some_and(|o| o != *w))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        changed.iter().any(|n| n.starts_with("head.conv"))
+            && changed.iter().any(|n| n.starts_with("_blocks.15."))
+            && changed
+                .iter()
+                .all(|n| n.starts_with("head.conv") || n.starts_with("_blocks.15.")),
+        "cut at {cut}; changed: {changed:?}"
+    );
+    assert!(ours.contains_key("_blocks.0.depthwise.weight"));
+
+    // The board runs it like any bundle, and ONNX Runtime agrees with tract.
+    let unseen = write_folder_dataset(&dir.path().join("unseen"), 5000, 1);
+    let classifier = Classifier::load(&out, &Overrides::default()).unwrap();
+    for (photo, _) in unseen.iter().take(3) {
+        let rec = classify_json(&out, photo);
+        assert!(rec["label"].is_string() || rec["rejected"] == true, "{rec}");
+        match tract_and_onnxruntime(&classifier, &out, photo) {
+            Some((a, b)) => {
+                let (diff, same_top1) = compare(&a, &b);
+                assert!(diff < 1e-4 && same_top1, "tract vs ONNX Runtime: {diff}");
+            }
+            None => skip(
+                "fine-tuning (ONNX Runtime part)",
+                "libonnxruntime.so is not unpacked",
+            ),
+        }
+    }
+    // A second run takes every activation from the cache.
+    let (computed2, cached2) = extraction(&run());
+    assert_eq!((computed2, cached2), (0, computed));
+}
+
 #[test]
 fn transfer_refuses_bad_inputs_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,6 +383,19 @@ fn transfer_refuses_bad_inputs_clearly() {
         e.contains("bogus.onnx") && e.contains("not an ONNX model"),
         "{e}"
     );
+    // More blocks than the backbone has, a zero learning-rate scale.
+    let e = base(shipped, &["--min-per-class", "2", "--fine-tune", "99"]);
+    assert!(
+        e.contains("--fine-tune 99")
+            && e.contains("has 16 blocks")
+            && e.contains("expected 1 to 16"),
+        "{e}"
+    );
+    let e = base(shipped, &["--fine-tune", "1", "--backbone-lr-scale", "0"]);
+    assert!(e.contains("expected a number above 0, got 0"), "{e}");
+    // Early stopping by validation loss would end fine-tuning before the blocks move.
+    let e = base(shipped, &["--fine-tune", "1", "--patience", "2"]);
+    assert!(e.contains("cannot be used with"), "{e}");
     // Flags of from-scratch training make no sense with a backbone.
     let o = train(&[
         "train",

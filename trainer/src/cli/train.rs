@@ -15,7 +15,7 @@ use glimpse_trainer::device::{Accelerator, TrainDevice};
 use glimpse_trainer::eval::{self, Report, ReportPaths};
 use glimpse_trainer::export;
 use glimpse_trainer::model::Arch;
-use glimpse_trainer::pipeline::{self, BaseModel, Run, Scratch, Trained, Transfer};
+use glimpse_trainer::pipeline::{self, BaseModel, FineTune, Run, Scratch, Trained, Transfer};
 use glimpse_trainer::plot::{self, Series};
 use glimpse_trainer::reject::{self, RejectConfig};
 use glimpse_trainer::training::{self, EpochStats, OptimConfig, Optimizer, Schedule};
@@ -54,6 +54,14 @@ pub struct Args {
     /// besides the plain one (cached like the plain features).
     #[arg(long, default_value_t = 0, requires = "backbone")]
     feature_views: usize,
+    /// Transfer learning: also train the backbone's last N blocks with the head (its final
+    /// 1x1 conv counts as one; EfficientNet-Lite0 has 16). The cache then holds each
+    /// image's activations under them; 0: the head alone.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "backbone", conflicts_with_all = ["base", "patience"])]
+    fine_tune: usize,
+    /// With --fine-tune: the blocks' learning rate as a fraction of the head's.
+    #[arg(long, value_name = "F", default_value_t = 0.3, value_parser = positive, requires = "fine_tune")]
+    backbone_lr_scale: f64,
     /// Transfer learning: where extracted features are cached (default:
     /// $XDG_CACHE_HOME/glimpse/features or ~/.cache/glimpse/features).
     #[arg(long, value_name = "DIR", requires = "backbone")]
@@ -418,6 +426,19 @@ fn transfer_options(args: &Args, spec: &str, base: Option<Base>) -> Transfer {
         feature_views: args.feature_views,
         feature_cache: args.feature_cache.clone(),
         base: base.map(|b| b.model),
+        fine_tune: (args.fine_tune > 0).then_some(FineTune {
+            blocks: args.fine_tune,
+            backbone_lr_scale: args.backbone_lr_scale,
+        }),
+    }
+}
+
+/// A number above 0, for a command-line value.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("expected a number above 0, got {v}")),
+        Err(e) => Err(format!("expected a number above 0, got {s:?} ({e})")),
     }
 }
 

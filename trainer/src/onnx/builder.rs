@@ -49,6 +49,11 @@ pub fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
     }
 }
 
+/// A node's attribute `name`, where it has one.
+pub fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
 impl GraphBuilder {
     /// Continues an existing graph: new nodes run after its nodes, new weights sit next to
     /// its own (used to graft a new classifier head onto a pretrained backbone).

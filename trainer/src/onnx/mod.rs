@@ -3,7 +3,9 @@
 mod builder;
 mod tensor;
 
-pub use builder::{attr_int, attr_ints, same_padding, value_info, ConvOpts, GraphBuilder, Weights};
+pub use builder::{
+    attr, attr_int, attr_ints, same_padding, value_info, ConvOpts, GraphBuilder, Weights,
+};
 pub use tensor::{f32_tensor, floats, i32_tensor, i64_tensor, i8_tensor, u8_tensor};
 
 use glimpse_runtime::BundleMeta;

@@ -16,7 +16,7 @@ use crate::training::{EpochStats, OptimConfig};
 use crate::transfer::features::Extraction;
 
 pub use scratch::{scratch, Scratch};
-pub use transfer::{transfer, BaseModel, Transfer};
+pub use transfer::{transfer, BaseModel, FineTune, Transfer};
 
 /// What every run is given.
 pub struct Run<'a> {

@@ -1,17 +1,23 @@
 //! Transfer learning: features from a frozen pretrained backbone (cached), a head trained
-//! on them, and the head grafted onto the backbone as one bundle.
+//! on them (with the backbone's last blocks, `--fine-tune`), and one bundle out.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
+use burn::prelude::Device;
 use glimpse_runtime::{Preprocess, Resize};
 
 use super::{save_config, Run, Trained};
 use crate::export;
 use crate::training;
+use crate::transfer::backbone::Cut;
+use crate::transfer::blocks::Split;
 use crate::transfer::features::{self, Extraction, View};
-use crate::transfer::{backbone, cache, graft, head, Backbone, FeatureCache};
-use crate::transfer::{HeadConfig, HeadTrainingConfig};
+use crate::transfer::tail::{Tail, Tuned};
+use crate::transfer::{backbone, blocks, cache, graft, head, Backbone, FeatureCache};
+use crate::transfer::{
+    FineTuneConfig, Head, HeadConfig, HeadOutcome, HeadTrainingConfig, OnFeatures,
+};
 
 /// The settings of a transfer run.
 pub struct Transfer {
@@ -26,6 +32,16 @@ pub struct Transfer {
     pub feature_cache: Option<PathBuf>,
     /// `--base`: the model trained again.
     pub base: Option<BaseModel>,
+    /// `--fine-tune`: the backbone's last blocks trained with the head.
+    pub fine_tune: Option<FineTune>,
+}
+
+/// How many of the backbone's last blocks to train, and how fast.
+#[derive(Debug, Clone, Copy)]
+pub struct FineTune {
+    pub blocks: usize,
+    /// Their learning rate, as a fraction of the head's.
+    pub backbone_lr_scale: f64,
 }
 
 /// The model `--base` names, as its configuration describes it.
@@ -39,9 +55,9 @@ pub struct BaseModel {
 }
 
 /// Transfer learning: features from the frozen backbone (cached), a head trained on them,
-/// the head grafted onto the backbone as one bundle.
+/// the head grafted onto the backbone as one bundle. With `--fine-tune N`, the cache holds
+/// the activations N blocks lower, and those blocks train with the head.
 pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
-    let ds = run.ds;
     let backbone = load_backbone(&opts.backbone, run.uniform_small, opts.base.as_ref())?;
     if let Some(base) = &opts.base {
         anyhow::ensure!(
@@ -53,17 +69,68 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
             opts.backbone
         );
     }
-    let pp = backbone.preprocess.clone();
-    let cfg = HeadTrainingConfig {
+    let (backbone, split) = match opts.fine_tune {
+        Some(ft) => {
+            let (b, split, [c, h, w]) = backbone.split_off(ft.blocks)?;
+            println!(
+                "fine-tuning: {} blocks above {:?} ({c}×{h}×{w} values cached per image), at {} times the head's learning rate",
+                ft.blocks, split.at, ft.backbone_lr_scale
+            );
+            (b, Some((split, [c, h, w])))
+        }
+        None => (backbone, None),
+    };
+    let cfg = config_of(run, opts, &backbone, split.as_ref().map(|(s, _)| s));
+    let config = save_config(&cfg, &run.config_path)?;
+    // 1. Features (or activations), from the cache where it has them; 2. the training.
+    let (train, val, extraction) = extract(run, opts, &backbone, &cfg)?;
+    let (train, val) = ((&train.0[..], &train.1[..]), (&val.0[..], &val.1[..]));
+    let parts = Parts {
+        run,
+        opts,
+        backbone: &backbone,
+        cfg: &cfg,
+        config,
+        extraction,
+    };
+    match split {
+        None => {
+            let outcome = head::train(&cfg, train, val)?;
+            parts.finish(&backbone.cut, outcome, |m| m)
+        }
+        Some((split, shape)) => {
+            let init = |device: &Device| {
+                Ok(Tuned::new(
+                    Tail::new(&split, shape, device)?,
+                    &cfg.head,
+                    device,
+                ))
+            };
+            let outcome = head::train_model(&cfg, init, backbone.dim(), train, val)?;
+            let whole = blocks::with_weights(&split.whole, &outcome.model.tail.initializers())?;
+            parts.finish(&whole, outcome, |m| &m.head)
+        }
+    }
+}
+
+/// The run's configuration, as saved next to the model.
+fn config_of(
+    run: &Run,
+    opts: &Transfer,
+    backbone: &Backbone,
+    split: Option<&Split>,
+) -> HeadTrainingConfig {
+    HeadTrainingConfig {
         head: HeadConfig {
-            features: backbone.dim(),
-            classes: ds.classes.len(),
+            // The head's input: the pooled features, under fine-tuned blocks or not.
+            features: split.map_or(backbone.dim(), |s| s.whole.dim),
+            classes: run.ds.classes.len(),
             hidden: (opts.hidden > 0).then_some(opts.hidden),
             dropout: run.dropout.unwrap_or(0.2),
         },
         backbone: backbone.name.clone(),
         backbone_sha256: backbone.sha256.clone(),
-        preprocess: pp.clone(),
+        preprocess: backbone.preprocess.clone(),
         feature_views: opts.feature_views,
         augment: run.augment(),
         optim: run.optim(30),
@@ -73,53 +140,80 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
             .map(|d| d.display().to_string())
             .collect(),
         reject: run.reject.clone(),
-    };
-    let config = save_config(&cfg, &run.config_path)?;
-    // 1. Features, from the cache where it has them; 2. the head.
-    let (train, val, extraction) = extract(run, opts, &backbone, &cfg)?;
-    let outcome = head::train(&cfg, (&train.0, &train.1), (&val.0, &val.1))?;
+        fine_tune: opts.fine_tune.zip(split).map(|(ft, s)| FineTuneConfig {
+            blocks: ft.blocks,
+            cut: s.at.clone(),
+            backbone_lr_scale: ft.backbone_lr_scale,
+        }),
+    }
+}
 
-    // 3. One bundle, proven against backbone + head on real images.
-    let source = format!(
-        "glimpse-train {} train --data {} --backbone {}{} --epochs {} --seed {} (head {}, best epoch {} of {}); backbone: {}; config in {}",
-        env!("CARGO_PKG_VERSION"),
-        run.data.display(),
-        opts.backbone,
-        opts.base
-            .as_ref()
-            .map_or_else(String::new, |b| format!(" --base {}", b.path.display())),
-        cfg.optim.epochs,
-        cfg.optim.seed,
-        cfg.head.hidden.map_or_else(|| "linear".to_string(), |h| format!("hidden {h}")),
-        outcome.best_epoch,
-        outcome.history.len(),
-        backbone.file.meta.source.as_deref().unwrap_or(&backbone.name),
-        run.config_file_name()
-    );
-    let mut meta = export::bundle_meta(&pp, ds.classes.clone(), &run.name, source);
-    // The weights derive from the backbone's: its license travels with them.
-    meta.license = backbone.file.meta.license.clone();
-    let proto = graft::graft(&backbone, &outcome.model, &meta);
-    let bytes = prost::Message::encode_to_vec(&proto);
-    let mut resizer = fast_image_resize::Resizer::new();
-    let fitted: Vec<_> = run
-        .probe()
-        .iter()
-        .map(|e| pp.fit(&e.image, &mut resizer))
-        .collect();
-    let (classifier, parity) = graft::check_parity(&backbone, &outcome.model, &bytes, &fitted)?;
-    Ok(Trained {
-        bytes,
-        classifier,
-        parity,
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        stopped_early: outcome.stopped_early,
-        seconds: outcome.seconds + extraction.seconds,
-        device: outcome.device,
-        config,
-        extraction: Some(extraction),
-    })
+/// What a transfer run has once its model is trained.
+struct Parts<'a> {
+    run: &'a Run<'a>,
+    opts: &'a Transfer,
+    backbone: &'a Backbone,
+    cfg: &'a HeadTrainingConfig,
+    /// The configuration as saved.
+    config: serde_json::Value,
+    extraction: Extraction,
+}
+
+impl Parts<'_> {
+    /// Step 3: one bundle (`features` then the model's head, which `head` picks), proven
+    /// against backbone + the trained model on real images.
+    fn finish<M: OnFeatures>(
+        self,
+        features: &Cut,
+        outcome: HeadOutcome<M>,
+        head: impl Fn(&M) -> &Head,
+    ) -> Result<Trained> {
+        let (run, opts, backbone, cfg) = (self.run, self.opts, self.backbone, self.cfg);
+        let pp = &backbone.preprocess;
+        let source = format!(
+            "glimpse-train {} train --data {} --backbone {}{}{} --epochs {} --seed {} (head {}, best epoch {} of {}); backbone: {}; config in {}",
+            env!("CARGO_PKG_VERSION"),
+            run.data.display(),
+            opts.backbone,
+            opts.base
+                .as_ref()
+                .map_or_else(String::new, |b| format!(" --base {}", b.path.display())),
+            cfg.fine_tune
+                .as_ref()
+                .map_or_else(String::new, |f| format!(" --fine-tune {}", f.blocks)),
+            cfg.optim.epochs,
+            cfg.optim.seed,
+            cfg.head.hidden.map_or_else(|| "linear".to_string(), |h| format!("hidden {h}")),
+            outcome.best_epoch,
+            outcome.history.len(),
+            backbone.file.meta.source.as_deref().unwrap_or(&backbone.name),
+            run.config_file_name()
+        );
+        let mut meta = export::bundle_meta(pp, run.ds.classes.clone(), &run.name, source);
+        // The weights derive from the backbone's: its license travels with them.
+        meta.license = backbone.file.meta.license.clone();
+        let proto = graft::graft(backbone, features, head(&outcome.model), &meta);
+        let bytes = prost::Message::encode_to_vec(&proto);
+        let mut resizer = fast_image_resize::Resizer::new();
+        let fitted: Vec<_> = run
+            .probe()
+            .iter()
+            .map(|e| pp.fit(&e.image, &mut resizer))
+            .collect();
+        let (classifier, parity) = graft::check_parity(backbone, &outcome.model, &bytes, &fitted)?;
+        Ok(Trained {
+            bytes,
+            classifier,
+            parity,
+            history: outcome.history,
+            best_epoch: outcome.best_epoch,
+            stopped_early: outcome.stopped_early,
+            seconds: outcome.seconds + self.extraction.seconds,
+            device: outcome.device,
+            config: self.config,
+            extraction: Some(self.extraction),
+        })
+    }
 }
 
 /// The backbone named by `spec`. Small uniform images (28x28 clothes, say) are stretched
@@ -197,13 +291,15 @@ fn extract(
         computed: a.computed + b.computed,
         from_cache: a.from_cache + b.from_cache,
         seconds: a.seconds + b.seconds,
+        cache_bytes: cache.file_bytes(),
     };
     println!(
-        "features: {} extracted, {} from cache in {:.1} s ({})",
+        "features: {} extracted, {} from cache in {:.1} s ({}, {:.1} MB)",
         extraction.computed,
         extraction.from_cache,
         extraction.seconds,
-        cache.path().display()
+        cache.path().display(),
+        extraction.cache_bytes as f64 / 1e6
     );
     Ok(((train_x, labels), (val_x, val_labels), extraction))
 }

@@ -13,7 +13,8 @@ use glimpse_runtime::{OnnxFile, Overrides, Plan, Preprocess};
 use image::RgbImage;
 use tract_onnx::pb;
 
-use crate::onnx::value_info;
+use super::blocks::Split;
+use crate::onnx::{attr, value_info};
 
 /// The names `--backbone` accepts besides a path to an ONNX bundle, with their file names.
 pub const KNOWN: &[(&str, &str)] = &[("efficientnet-lite0", "efficientnet-lite0.onnx")];
@@ -62,10 +63,6 @@ pub struct Cut {
     pub dim: usize,
 }
 
-fn attr_i(node: &pb::NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
-}
-
 /// Removes the classifier's last layer: the `Gemm` producing the output (after an optional
 /// trailing `Softmax`), and the weights only it used (and a rejection glimpse-train added).
 pub fn cut(graph: &pb::GraphProto) -> Result<Cut> {
@@ -97,7 +94,7 @@ pub fn cut(graph: &pb::GraphProto) -> Result<Cut> {
         gemm.name
     );
     ensure!(
-        attr_i(gemm, "transA").unwrap_or(0) == 0,
+        attr(gemm, "transA").map(|a| a.i).unwrap_or(0) == 0,
         "expected a Gemm without transA (node {:?})",
         gemm.name
     );
@@ -116,7 +113,7 @@ pub fn cut(graph: &pb::GraphProto) -> Result<Cut> {
         "expected a 2-D weight for the last Gemm, got shape {:?}",
         weight.dims
     );
-    let dim = if attr_i(gemm, "transB").unwrap_or(0) == 1 {
+    let dim = if attr(gemm, "transB").map(|a| a.i).unwrap_or(0) == 1 {
         weight.dims[1]
     } else {
         weight.dims[0]
@@ -229,6 +226,33 @@ impl Backbone {
             name,
             plan,
         })
+    }
+
+    /// This backbone cut `blocks` blocks lower (`--fine-tune`): it then computes the
+    /// activations there, `[C, H, W]` flattened, and the split says what lies above.
+    pub fn split_off(mut self, blocks: usize) -> Result<(Backbone, Split, [usize; 3])> {
+        let split = super::blocks::split(&self.cut, blocks, &self.name)?;
+        let proto = pb::ModelProto {
+            graph: Some(split.below.clone()),
+            ..self.file.proto.clone()
+        };
+        let plan = Plan::new(&proto, self.preprocess.shape(1))
+            .with_context(|| format!("{}: the graph under {:?}", self.name, split.at))?;
+        let shape = match plan.output_shapes().first() {
+            Some(Some(s)) if s.len() == 4 && s[0] == 1 => [s[1], s[2], s[3]],
+            other => bail!(
+                "{}: expected [1, C, H, W] activations at {:?}, got shape {other:?}",
+                self.name,
+                split.at
+            ),
+        };
+        self.cut = Cut {
+            graph: split.below.clone(),
+            features: split.at.clone(),
+            dim: shape.iter().product(),
+        };
+        self.plan = plan;
+        Ok((self, split, shape))
     }
 
     pub fn dim(&self) -> usize {

@@ -87,6 +87,11 @@ impl FeatureCache {
         &self.path
     }
 
+    /// The size of the file on disk (0 before the first save).
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

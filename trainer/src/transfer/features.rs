@@ -41,6 +41,8 @@ pub struct Extraction {
     pub computed: usize,
     pub from_cache: usize,
     pub seconds: f64,
+    /// The cache file's size after the run.
+    pub cache_bytes: u64,
 }
 
 /// Save the cache at least this often during a long extraction.
@@ -107,6 +109,7 @@ pub fn extract(
             computed: missing.len(),
             from_cache,
             seconds: started.elapsed().as_secs_f64(),
+            cache_bytes: cache.file_bytes(),
         },
     ))
 }

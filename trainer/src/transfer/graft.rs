@@ -7,17 +7,24 @@ use anyhow::{Context, Result};
 use glimpse_runtime::{BundleMeta, Classifier as RuntimeClassifier, OnnxFile, Overrides};
 use tract_onnx::pb;
 
-use super::backbone::Backbone;
-use super::head::Head;
+use super::backbone::{Backbone, Cut};
+use super::head::{Head, OnFeatures};
 use crate::export::{input_tensor, linear_weights, parity, Parity};
 use crate::onnx::{value_info, GraphBuilder};
 
-/// The bundle: input as the backbone's, output `logits` `[batch, classes]`.
-pub fn graft(backbone: &Backbone, head: &Head, meta: &BundleMeta) -> pb::ModelProto {
-    let cut = &backbone.cut.graph;
+/// The bundle: `features`, the backbone graph up to its pooled features (`backbone.cut`,
+/// or the graph with fine-tuned blocks), then the head; input as the backbone's, output
+/// `logits` `[batch, classes]`.
+pub fn graft(
+    backbone: &Backbone,
+    features: &Cut,
+    head: &Head,
+    meta: &BundleMeta,
+) -> pb::ModelProto {
+    let cut = &features.graph;
     let mut g = GraphBuilder::continuing(cut);
     // [N, dim] -> ([N, hidden] -> ReLU) -> [N, classes]; dropout is training-only.
-    let mut x = backbone.cut.features.clone();
+    let mut x = features.features.clone();
     if let Some(hidden) = &head.hidden {
         let (w, b) = linear_weights(hidden);
         let y = g.linear("glimpse_head.hidden", &x, &w, &b);
@@ -50,10 +57,11 @@ pub fn graft(backbone: &Backbone, head: &Head, meta: &BundleMeta) -> pb::ModelPr
 }
 
 /// Runs `fitted` images (already fitted to the input size) through the bundle in `bytes`
-/// and through backbone + head; fails above the tolerance.
-pub fn check_parity(
+/// and through backbone + `model` (the head, or fine-tuned blocks + head); fails above the
+/// tolerance.
+pub fn check_parity<M: OnFeatures>(
     backbone: &Backbone,
-    head: &Head,
+    model: &M,
     bytes: &[u8],
     fitted: &[image::RgbImage],
 ) -> Result<(RuntimeClassifier, Parity)> {
@@ -66,12 +74,15 @@ pub fn check_parity(
         .iter()
         .map(|img| {
             let features = backbone.features_of_fitted(img)?;
-            let ours = head.logits(&[&features]).remove(0);
+            let ours = model.logits(&[&features]).remove(0);
             let mut input = vec![0f32; shape.iter().product()];
             pp.normalize_into(img, &mut input);
             Ok((ours, runtime.run_raw(input_tensor(shape, input))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let parity = parity(&pairs, "graft parity check (bundle vs backbone + head)")?;
+    let parity = parity(
+        &pairs,
+        "graft parity check (bundle vs backbone + trained layers)",
+    )?;
     Ok((runtime, parity))
 }
