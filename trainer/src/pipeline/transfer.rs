@@ -15,9 +15,7 @@ use crate::transfer::blocks::Split;
 use crate::transfer::features::{self, Extraction, View};
 use crate::transfer::tail::{Tail, Tuned};
 use crate::transfer::{backbone, blocks, cache, graft, head, Backbone, FeatureCache};
-use crate::transfer::{
-    FineTuneConfig, Head, HeadConfig, HeadOutcome, HeadTrainingConfig, OnFeatures,
-};
+use crate::transfer::{FineTuneConfig, HeadConfig, HeadOutcome, HeadTrainingConfig, OnFeatures};
 
 /// The settings of a transfer run.
 pub struct Transfer {
@@ -96,7 +94,7 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
     match split {
         None => {
             let outcome = head::train(&cfg, train, val)?;
-            parts.finish(&backbone.cut, outcome, |m| m)
+            parts.finish(&backbone.cut, outcome)
         }
         Some((split, shape)) => {
             let init = |device: &Device| {
@@ -108,7 +106,7 @@ pub fn transfer(run: &Run, opts: &Transfer) -> Result<Trained> {
             };
             let outcome = head::train_model(&cfg, init, backbone.dim(), train, val)?;
             let whole = blocks::with_weights(&split.whole, &outcome.model.tail.initializers())?;
-            parts.finish(&whole, outcome, |m| &m.head)
+            parts.finish(&whole, outcome)
         }
     }
 }
@@ -160,14 +158,9 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// Step 3: one bundle (`features` then the model's head, which `head` picks), proven
-    /// against backbone + the trained model on real images.
-    fn finish<M: OnFeatures>(
-        self,
-        features: &Cut,
-        outcome: HeadOutcome<M>,
-        head: impl Fn(&M) -> &Head,
-    ) -> Result<Trained> {
+    /// Step 3: one bundle (`features` then the model's head), proven against backbone +
+    /// the trained model on real images.
+    fn finish<M: OnFeatures>(self, features: &Cut, outcome: HeadOutcome<M>) -> Result<Trained> {
         let (run, opts, backbone, cfg) = (self.run, self.opts, self.backbone, self.cfg);
         let pp = &backbone.preprocess;
         let source = format!(
@@ -192,7 +185,7 @@ impl Parts<'_> {
         let mut meta = export::bundle_meta(pp, run.ds.classes.clone(), &run.name, source);
         // The weights derive from the backbone's: its license travels with them.
         meta.license = backbone.file.meta.license.clone();
-        let proto = graft::graft(backbone, features, head(&outcome.model), &meta);
+        let proto = graft::graft(backbone, features, outcome.model.head(), &meta);
         let bytes = prost::Message::encode_to_vec(&proto);
         let mut resizer = fast_image_resize::Resizer::new();
         let fitted: Vec<_> = run
@@ -291,7 +284,8 @@ fn extract(
         computed: a.computed + b.computed,
         from_cache: a.from_cache + b.from_cache,
         seconds: a.seconds + b.seconds,
-        cache_bytes: cache.file_bytes(),
+        // The size after the last save, which the second extraction made.
+        cache_bytes: b.cache_bytes,
     };
     println!(
         "features: {} extracted, {} from cache in {:.1} s ({}, {:.1} MB)",

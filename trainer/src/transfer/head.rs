@@ -67,6 +67,9 @@ pub trait OnFeatures: Module {
     /// `[N, cached values]` -> `[N, classes]` logits.
     fn forward(&self, x: Tensor<2>) -> Tensor<2>;
 
+    /// The head on the pooled features: what is grafted after them.
+    fn head(&self) -> &Head;
+
     /// The backbone blocks it trains, at `--backbone-lr-scale` times the head's rate.
     fn backbone(&self) -> Option<&Tail> {
         None
@@ -93,6 +96,10 @@ pub trait OnFeatures: Module {
 impl OnFeatures for Head {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         Head::forward(self, x)
+    }
+
+    fn head(&self) -> &Head {
+        self
     }
 }
 
@@ -136,7 +143,8 @@ pub struct HeadTrainingConfig {
 
 /// What head training produced.
 pub struct HeadOutcome<M = Head> {
-    /// The inference copy of the best model (lowest validation loss).
+    /// The inference copy of the best model (lowest validation loss), or of the last epoch
+    /// when fine-tuning.
     pub model: M,
     pub history: Vec<EpochStats>,
     pub best_epoch: usize,
@@ -163,7 +171,7 @@ fn labels(labels: &[usize], idx: &[usize], device: &Device) -> Tensor<1, Int> {
 /// Validation loss (plain cross-entropy) and accuracy of an inference copy, on `device`
 /// (the head's, without autodiff).
 fn validate<M: OnFeatures>(
-    head: &M,
+    model: &M,
     features: &[Vec<f32>],
     ys: &[usize],
     device: &Device,
@@ -175,7 +183,7 @@ fn validate<M: OnFeatures>(
     let (mut loss, mut correct) = (0f64, 0usize);
     let all: Vec<usize> = (0..features.len()).collect();
     for idx in all.chunks(1024) {
-        let logits = head.forward(batch(features, idx, device));
+        let logits = model.forward(batch(features, idx, device));
         let y = labels(ys, idx, device);
         let l: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
         loss += l as f64 * idx.len() as f64;

@@ -28,12 +28,12 @@ enum Op {
     Pool,
 }
 
-/// One node: its op, the value slots it reads and the slot it writes.
+/// One node: its op and the value slots it reads. Slot 0 holds the input; step `i` writes
+/// slot `i + 1`.
 #[derive(Debug, Clone)]
 struct Step {
     op: Op,
     inputs: Vec<usize>,
-    output: usize,
 }
 
 /// The layers above the cut: `[N, C, H, W]` activations to `[N, features]`.
@@ -45,9 +45,6 @@ pub struct Tail {
     names: Vec<(String, Option<String>)>,
     #[module(skip)]
     steps: Vec<Step>,
-    /// Slot 0 holds the input; step `i` writes slot `i + 1`.
-    #[module(skip)]
-    slots: usize,
     /// The cached activations' `[C, H, W]`.
     #[module(skip)]
     pub shape: [usize; 3],
@@ -78,9 +75,10 @@ fn conv(
     weights: &HashMap<String, pb::TensorProto>,
     device: &Device,
 ) -> Result<(Conv2d, (String, Option<String>))> {
-    let w = weight(weights, node, &node.input[1])?;
+    let w_name = node.input.get(1).map_or("", String::as_str);
+    let w = weight(weights, node, w_name)?;
     ensure!(
-        w.dims.len() == 4,
+        w.dims.len() == 4 && w.dims.iter().all(|&d| d > 0),
         "node {:?}: expected a 2-D convolution (a 4-D weight), got weight shape {:?}",
         node.name,
         w.dims
@@ -99,6 +97,17 @@ fn conv(
         ints(node, "dilations", &[1, 1]),
     );
     let pads = ints(node, "pads", &[0, 0, 0, 0]);
+    ensure!(
+        stride.len() == 2 && dilation.len() == 2 && pads.len() == 4,
+        "node {:?}: expected 2 strides, 2 dilations and 4 pads, got {stride:?}, {dilation:?}, {pads:?}",
+        node.name
+    );
+    ensure!(
+        group > 0 && dims[0].is_multiple_of(group),
+        "node {:?}: expected a group count dividing {} output channels, got {group}",
+        node.name,
+        dims[0]
+    );
     let bias_name = node.input.get(2).filter(|b| !b.is_empty()).cloned();
     let mut conv = Conv2dConfig::new([dims[1] * group, dims[0]], [dims[2], dims[3]])
         .with_stride([stride[0], stride[1]])
@@ -120,7 +129,7 @@ fn conv(
             device,
         )));
     }
-    Ok((conv, (node.input[1].clone(), bias_name)))
+    Ok((conv, (w_name.to_string(), bias_name)))
 }
 
 /// A `Clip` bound: from its input `k` (opset 11 on) or its attribute (before).
@@ -152,6 +161,10 @@ impl Tail {
         let mut slot: HashMap<&str, usize> = HashMap::from([(split.at.as_str(), 0)]);
         let (mut convs, mut names, mut steps) = (Vec::new(), Vec::new(), Vec::new());
         for (i, node) in split.above.iter().enumerate() {
+            let output = node
+                .output
+                .first()
+                .with_context(|| format!("node {:?}: expected an output, got none", node.name))?;
             let input = |k: usize| -> Result<usize> {
                 let name = node.input.get(k).map_or("", String::as_str);
                 slot.get(name).copied().with_context(|| {
@@ -181,7 +194,7 @@ impl Tail {
                 // The pooled [N, C, 1, 1] is flattened once, at the end.
                 "Flatten" if i + 1 == split.above.len() => {
                     let from = input(0)?;
-                    slot.insert(&node.output[0], from);
+                    slot.insert(output, from);
                     continue;
                 }
                 other => bail!(
@@ -189,12 +202,8 @@ impl Tail {
                     node.name
                 ),
             };
-            steps.push(Step {
-                op,
-                inputs,
-                output: steps.len() + 1,
-            });
-            slot.insert(&node.output[0], steps.len());
+            steps.push(Step { op, inputs });
+            slot.insert(output, steps.len());
         }
         ensure!(
             matches!(steps.last(), Some(Step { op: Op::Pool, .. })),
@@ -203,7 +212,6 @@ impl Tail {
         Ok(Tail {
             convs,
             names,
-            slots: steps.len() + 1,
             steps,
             shape,
         })
@@ -211,9 +219,9 @@ impl Tail {
 
     /// `[N, C, H, W]` activations at the cut -> `[N, features]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut values: Vec<Option<Tensor<4>>> = vec![None; self.slots];
+        let mut values: Vec<Option<Tensor<4>>> = vec![None; self.steps.len() + 1];
         values[0] = Some(x);
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
             let arg = |k: usize| values[step.inputs[k]].clone().expect("an earlier step");
             let y = match step.op {
                 Op::Conv(c) => self.convs[c].forward(arg(0)),
@@ -231,9 +239,9 @@ impl Tail {
                 Op::Add => arg(0) + arg(1),
                 Op::Pool => arg(0).mean_dim(3).mean_dim(2),
             };
-            values[step.output] = Some(y);
+            values[i + 1] = Some(y);
         }
-        let pooled = values[self.slots - 1].take().expect("the last step");
+        let pooled = values.pop().flatten().expect("the last step");
         pooled.flatten(1, 3)
     }
 
@@ -269,6 +277,10 @@ impl Tuned {
 }
 
 impl OnFeatures for Tuned {
+    fn head(&self) -> &Head {
+        &self.head
+    }
+
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [c, h, w] = self.tail.shape;
         let n = x.dims()[0];
