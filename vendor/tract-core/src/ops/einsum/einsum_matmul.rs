@@ -31,8 +31,11 @@ fn merge_same_role_axes_rule(
     node_name: &str,
     op: &EinSum,
 ) -> TractResult<Option<TypedModelPatch>> {
-    // Only handle 2-input EinSums (matmul-like)
-    rule_if!(node.inputs.len() == 2);
+    // Matmul-like EinSums: 2 inputs, or 9 for a quantized one (the operands, then bias,
+    // zero points and scales). The quantized parameters never carry the axes merged here
+    // (checked below), so they are passed through as they are.
+    let quantized = op.q_params.is_some() && node.inputs.len() == 9;
+    rule_if!(node.inputs.len() == 2 || quantized);
 
     // Compute role signature for each axis: (in_input_0, in_input_1, in_output)
     type Role = (bool, bool, bool);
@@ -134,7 +137,7 @@ fn merge_same_role_axes_rule(
         // Decline merges that combine fewer than two non-unit axes: they don't
         // shrink the matmul loop count, they only add reshapes / a MoveAxis.
         let worth_merging = group.iter().filter(|c| is_non_unit(c)).count() >= 2;
-        if !dims_match || !worth_merging {
+        if !dims_match || !worth_merging || (quantized && !q_params_merge_ok(op, group)) {
             best_group = None;
         }
     }
@@ -190,12 +193,13 @@ fn merge_same_role_axes_rule(
             }
         }
 
-        // Rebuild EinSum formula with adjusted output and dropped axes
+        // Rebuild EinSum formula with adjusted output and dropped axes (a quantized one
+        // keeps its mapping: its output needs no reordering, see q_params_merge_ok)
         let in0: String = a_order.iter().collect();
         let in1: String = b_order.iter().collect();
         let out: String = adjusted_c_order.iter().collect();
-        let expr = format!("{in0},{in1}->{out}");
-        let mut new_axes: AxesMapping = expr.parse()?;
+        let mut new_axes: AxesMapping =
+            if quantized { op.axes.clone() } else { format!("{in0},{in1}->{out}").parse()? };
         for &drop in &drop_set {
             new_axes = new_axes.remove_axis(drop)?;
         }
@@ -255,6 +259,7 @@ fn merge_same_role_axes_rule(
 
     // Second pass: look for same-role pairs separated by exactly one k-like axis
     // in a single input. Insert a MoveAxis to push the separator to the end.
+    rule_if!(!quantized);
     let k_role: Role = (true, true, false); // present in both inputs, absent from output
     let role_of = |c: char| axes.iter().find(|(ch, _)| *ch == c).map(|(_, r)| *r);
 
@@ -367,6 +372,23 @@ fn merge_same_role_axes_rule(
     }
 
     Ok(None)
+}
+
+/// Whether the axes of `group` can be merged in a quantized EinSum without touching its
+/// quantization inputs: none of them appears in the bias, zero points or scales, and they
+/// are already consecutive, in order, in the output (so the mapping of every other axis,
+/// theirs included, stays as it is).
+fn q_params_merge_ok(op: &EinSum, group: &[char]) -> bool {
+    let c_positions: Vec<Option<usize>> = group
+        .iter()
+        .map(|c| op.axes.axes(InOut::Out(0)).position(|a| a.repr == *c))
+        .collect();
+    let consecutive_in_output = c_positions.iter().all(Option::is_some)
+        && c_positions.windows(2).all(|w| w[1] == w[0].map(|p| p + 1));
+    let outside_q_inputs = group.iter().all(|c| {
+        op.axes.axis(*c).is_ok_and(|axis| axis.inputs.iter().skip(2).all(|slot| slot.is_empty()))
+    });
+    consecutive_in_output && outside_q_inputs
 }
 
 /// Slides a `Reshape` past a following binary so a matmul's epilogue — the
@@ -1034,4 +1056,103 @@ fn optimized_mat_mul(
     let output = patch.wire_node(name, opt, &[pa, pb])?[0];
     patch.shunt_outside(model, node.id.into(), output)?;
     Ok(Some(patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cnn::conv::{Conv, KernelFormat};
+    use crate::ops::cnn::{PaddingSpec, PoolSpec};
+    use crate::ops::nn::DataFormat;
+
+    /// Deterministic values in `lo..=hi`.
+    fn values(seed: u64, len: usize, lo: i32, hi: i32) -> Vec<i32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                lo + ((s >> 33) % (hi - lo + 1) as u64) as i32
+            })
+            .collect()
+    }
+
+    /// A quantized 1x1 convolution (u8 activations, symmetric i8 weights, per-channel
+    /// scales, u8 output) on an `h` x `w` image of `ci` channels, `co` out.
+    fn pointwise(fmt: DataFormat, h: usize, w: usize, ci: usize, co: usize) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let shape = if fmt == DataFormat::NHWC { [1, h, w, ci] } else { [1, ci, h, w] };
+        let x = model.add_source("x", u8::fact(shape))?;
+        let kernel: Vec<i8> = values(1, co * ci, -127, 127).iter().map(|v| *v as i8).collect();
+        let k_scale: Vec<f32> = values(3, co, 1, 100).iter().map(|v| *v as f32 * 1e-3).collect();
+        let inputs = [
+            model.add_const("kernel", Tensor::from_shape(&[co, ci, 1, 1], &kernel)?)?,
+            model.add_const("bias", Tensor::from_shape(&[co], &values(2, co, -3000, 3000))?)?,
+            model.add_const("x0", tensor0(131i32))?,
+            model.add_const("x_scale", tensor0(0.021f32))?,
+            model.add_const("k0", tensor0(0i32))?,
+            model.add_const("k_scale", Tensor::from_shape(&[co], &k_scale)?)?,
+            model.add_const("y0", tensor0(119i32))?,
+            model.add_const("y_scale", tensor0(0.047f32))?,
+        ];
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: fmt,
+                kernel_shape: tvec!(1, 1),
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: None,
+                input_channels: ci,
+                output_channels: co,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: Some(u8::datum_type()),
+        };
+        let mut wires = vec![x];
+        wires.extend(inputs);
+        let y = model.wire_node("conv", conv, &wires)?;
+        model.select_output_outlets(&y)?;
+        Ok(model)
+    }
+
+    fn run(model: TypedModel, x: &Tensor) -> TractResult<(Tensor, Vec<String>)> {
+        let optimized = model.into_optimized()?;
+        let products = optimized
+            .nodes
+            .iter()
+            .filter(|n| n.op_is::<crate::ops::matmul::optimized::OptMatMul>())
+            .map(|n| n.op.info().map(|i| i.join(" ")))
+            .collect::<TractResult<_>>()?;
+        let y = SimplePlan::new(optimized)?.run(tvec!(x.clone().into_tvalue()))?;
+        Ok((y[0].clone().into_tensor(), products))
+    }
+
+    /// A quantized pointwise convolution runs as one product over every position, as a
+    /// float one does, not one product per image row: same values as row by row (a one-row
+    /// image has a single spatial axis, nothing to merge), in both layouts, with positions
+    /// (5 x 6 = 30) that do not fill the last tile.
+    #[test]
+    fn quantized_pointwise_conv_merges_its_spatial_axes() -> TractResult<()> {
+        let (h, w, ci, co) = (5, 6, 12, 20);
+        for fmt in [DataFormat::NHWC, DataFormat::NCHW] {
+            let nhwc = fmt == DataFormat::NHWC;
+            let shape = if nhwc { [1, h, w, ci] } else { [1, ci, h, w] };
+            let x: Vec<u8> = values(4, h * w * ci, 0, 255).iter().map(|v| *v as u8).collect();
+            let x = Tensor::from_shape(&shape, &x)?;
+            let (y, products) = run(pointwise(fmt, h, w, ci, co)?, &x)?;
+            assert_eq!(products.len(), 1, "{products:?}");
+            assert!(products[0].contains(&format!(":{}", h * w)), "{fmt:?}: {products:?}");
+            let h_axis = if nhwc { 1 } else { 2 };
+            let rows = (0..h)
+                .map(|r| {
+                    let row = x.slice(h_axis, r, r + 1)?;
+                    Ok(run(pointwise(fmt, 1, w, ci, co)?, &row)?.0)
+                })
+                .collect::<TractResult<Vec<_>>>()?;
+            let by_rows = Tensor::stack_tensors(h_axis, &rows)?;
+            y.close_enough(&by_rows, Approximation::Exact)
+                .with_context(|| format!("{fmt:?}"))?;
+        }
+        Ok(())
+    }
 }
