@@ -219,7 +219,7 @@ pub fn optimize(model: InferenceModel) -> Result<TypedModel> {
 /// 4 MB (it keeps int8 weights small in memory): EfficientNet-Lite0's int8 classifier
 /// weights (1000x1280) were cast to float, scaled and packed at every inference, ~3.8 M
 /// ARM instructions per image. A classifier's weights are worth their float size once.
-pub fn fold_constants(model: &mut TypedModel) -> TractResult<()> {
+fn fold_constants(model: &mut TypedModel) -> TractResult<()> {
     for id in model.eval_order()? {
         if let Some(patch) = folded(model, id)? {
             patch.apply(model)?;
