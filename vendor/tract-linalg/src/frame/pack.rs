@@ -1270,7 +1270,10 @@ impl PackedI8K4 {
         let panels = mn.div_ceil(self.r);
         let st = t.strides();
         let mut blob = unsafe { Blob::new_for_size_and_align(panels * pl, self.align) };
-        blob.as_bytes_mut().fill(0);
+        // Both paths below write every byte of the matrix: only padding needs zeros.
+        if k % self.k_pad != 0 || mn % self.r != 0 {
+            blob.as_bytes_mut().fill(0);
+        }
         let (ks, ms) = (st[k_axis], st[mn_axis]);
         let kblocks = k.div_ceil(4);
         unsafe {
@@ -1318,18 +1321,71 @@ impl PackedI8K4 {
     unsafe fn pack_k_contiguous(&self, src: *const i8, dst: *mut i8, k: usize, mn: usize, ms: isize) {
         let pl = self.panel(k);
         let whole = k / 4;
+        // Rows and K-blocks already moved by the vector path: whole panels of 8 rows,
+        // 16 K at a time.
+        #[allow(unused_mut)]
+        let (mut vector_rows, mut vector_blocks) = (0, 0);
         unsafe {
+            #[cfg(target_arch = "aarch64")]
+            if self.r == 8 && whole >= 4 {
+                (vector_rows, vector_blocks) = (mn / 8 * 8, whole / 4 * 4);
+                for p in 0..mn / 8 {
+                    for kb in (0..vector_blocks).step_by(4) {
+                        let rows = src.offset((p * 8) as isize * ms).add(kb * 4);
+                        neon::eight_rows_16k(rows, ms, dst.add(p * pl + kb * 32));
+                    }
+                }
+            }
             for m in 0..mn {
                 let (p, lm) = (m / self.r, m % self.r);
                 let row = src.offset(m as isize * ms);
                 let col = dst.add(p * pl + lm * 4);
-                for kb in 0..whole {
+                let first = if m < vector_rows { vector_blocks } else { 0 };
+                for kb in first..whole {
                     let word = (row.add(kb * 4) as *const [i8; 4]).read_unaligned();
                     (col.add(kb * self.r * 4) as *mut [i8; 4]).write_unaligned(word);
                 }
                 for kk in whole * 4..k {
                     *col.add(whole * self.r * 4 + kk % 4) = *row.add(kk);
                 }
+            }
+        }
+    }
+}
+
+/// The K=4-inner packing of channel-last int8 rows in NEON: 4x4 transposes of 32-bit words.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// Packs 16 K of 8 rows (`src`, `src + ms`, ... each 16 contiguous bytes) into the 4
+    /// K-blocks of an 8-wide panel at `dst`: block `j` holds word `j` (K `4j..4j+4`) of
+    /// rows 0 to 7, 32 bytes. 8 loads, 16 permutes and 8 stores for 128 bytes, where the
+    /// word-by-word loop takes a load, a store and the address arithmetic per 4 bytes.
+    ///
+    /// # Safety
+    /// The 8 rows are readable for 16 bytes, `dst` is writable for 128.
+    #[inline(always)]
+    pub unsafe fn eight_rows_16k(src: *const i8, ms: isize, dst: *mut i8) {
+        unsafe {
+            let row = |i: isize| vreinterpretq_u32_s8(vld1q_s8(src.offset(i * ms)));
+            // Rows a, b, c, d of 4 words each -> word j of the four rows, for j in 0..4.
+            let words = |a, b, c, d| {
+                let ab = [vtrn1q_u32(a, b), vtrn2q_u32(a, b)].map(|v| vreinterpretq_u64_u32(v));
+                let cd = [vtrn1q_u32(c, d), vtrn2q_u32(c, d)].map(|v| vreinterpretq_u64_u32(v));
+                [
+                    vtrn1q_u64(ab[0], cd[0]),
+                    vtrn1q_u64(ab[1], cd[1]),
+                    vtrn2q_u64(ab[0], cd[0]),
+                    vtrn2q_u64(ab[1], cd[1]),
+                ]
+            };
+            let top = words(row(0), row(1), row(2), row(3));
+            let bottom = words(row(4), row(5), row(6), row(7));
+            for j in 0..4 {
+                let block = dst.add(32 * j) as *mut u64;
+                vst1q_u64(block, top[j]);
+                vst1q_u64(block.add(2), bottom[j]);
             }
         }
     }
@@ -1865,6 +1921,16 @@ mod test {
         for k in [1, 2, 3, 5, 6, 7, 9] {
             k4(k, 4, 4, false).check();
             k4(k, 7, 8, true).check();
+        }
+    }
+
+    #[test]
+    fn i8k4_eight_wide_panels_of_channel_last_rows() {
+        // What the SDOT kernel's activations are: [mn, k] rows, K contiguous, 8-wide
+        // panels. K past 16 and mn past 8 take the vector path (aarch64) for whole panels
+        // and 16-K groups, the word and byte loops for the rest; both must agree.
+        for (k, mn) in [(16, 8), (32, 16), (48, 24), (20, 8), (35, 19), (64, 9), (17, 40)] {
+            PackI8K4Problem { k, mn, r: 8, k_pad: 4, is_a: true }.check();
         }
     }
 
