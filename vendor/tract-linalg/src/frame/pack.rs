@@ -879,7 +879,28 @@ unsafe fn pack_k_major<T: Copy>(
             let dst = packed.add(panel * panel_len);
             let tiled_mn = if tile { panel_width / 4 * 4 } else { 0 };
             let tiled_k = k_len / 4 * 4;
-            for k in (0..tiled_k).step_by(4) {
+            // Bytes on aarch64 (int8 activations) go 8x8 at a time where the panel
+            // allows: a 4x4 byte tile has no vector form worth its set-up.
+            let bytes_k = if cfg!(target_arch = "aarch64")
+                && std::mem::size_of::<T>() == 1
+                && tiled_mn % 8 == 0
+            {
+                k_len / 8 * 8
+            } else {
+                0
+            };
+            #[cfg(target_arch = "aarch64")]
+            for k in (0..bytes_k).step_by(8) {
+                for x in (0..tiled_mn).step_by(8) {
+                    transpose_8x8_neon_8(
+                        src.offset(x as isize * mn_stride + k as isize) as _,
+                        mn_stride,
+                        dst.add(k * r + x) as _,
+                        r,
+                    );
+                }
+            }
+            for k in (bytes_k..tiled_k).step_by(4) {
                 for x in (0..tiled_mn).step_by(4) {
                     transpose_4x4(
                         src.offset(x as isize * mn_stride + k as isize),
@@ -973,6 +994,36 @@ unsafe fn transpose_4x4_neon_32(
         vst1q_u32(dst.add(dst_stride), vreinterpretq_u32_u64(vtrn1q_u64(ab_odd, cd_odd)));
         vst1q_u32(dst.add(2 * dst_stride), vreinterpretq_u32_u64(vtrn2q_u64(ab_even, cd_even)));
         vst1q_u32(dst.add(3 * dst_stride), vreinterpretq_u32_u64(vtrn2q_u64(ab_odd, cd_odd)));
+    }
+}
+
+/// 8x8 transpose of bytes, on 64-bit halves of the vector registers: eight `ld1`, three
+/// rounds of eight `trn` (bytes, then pairs, then quads), eight `st1`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn transpose_8x8_neon_8(src: *const u8, src_stride: isize, dst: *mut u8, dst_stride: usize) {
+    use std::arch::aarch64::*;
+    unsafe {
+        let row = |i: isize| vld1_u8(src.offset(i * src_stride));
+        // Rows 2i and 2i + 1 -> their even columns paired, their odd columns paired.
+        let bytes = |a, b| [vtrn1_u8(a, b), vtrn2_u8(a, b)].map(|v| vreinterpret_u16_u8(v));
+        let [r01, r23, r45, r67] = [0, 2, 4, 6].map(|i| bytes(row(i), row(i + 1)));
+        // Four rows -> columns (j, j + 4) of them, for j in 0..4.
+        let pairs = |ab: [uint16x4_t; 2], cd: [uint16x4_t; 2]| {
+            [
+                vtrn1_u16(ab[0], cd[0]),
+                vtrn1_u16(ab[1], cd[1]),
+                vtrn2_u16(ab[0], cd[0]),
+                vtrn2_u16(ab[1], cd[1]),
+            ]
+            .map(|v| vreinterpret_u32_u16(v))
+        };
+        let (top, bottom) = (pairs(r01, r23), pairs(r45, r67));
+        for j in 0..4 {
+            let column = |v| vreinterpret_u8_u32(v);
+            vst1_u8(dst.add(j * dst_stride), column(vtrn1_u32(top[j], bottom[j])));
+            vst1_u8(dst.add((j + 4) * dst_stride), column(vtrn2_u32(top[j], bottom[j])));
+        }
     }
 }
 
