@@ -13,7 +13,7 @@ use crate::ops::matmul::optimized::{
 };
 use crate::ops::matmul::pack::{OptMatMulPack, OptSimpleMatMulPack};
 use crate::ops::matmul::quant::{
-    combine_scales, compensate_zero_points, requant, wire_ensure_q8_flavour,
+    combine_scales, compensate_zero_points, is_zero_constant, requant, wire_ensure_q8_flavour,
 };
 use crate::ops::nn::{Reduce, Reducer};
 
@@ -901,11 +901,23 @@ fn dequant(
 
     let abc_scale = combine_scales(&mut patch, name, a_scale, b_scale, c_scale)?;
 
-    output = patch.wire_node(format!("{name}.add_bias"), add(), &[output[0], bias[0]])?;
-
     let k = model.outlet_fact(node.inputs[0])?.shape[k_axis.inputs[0][0]].clone();
-    let output = compensate_zero_points(&mut patch, name, output[0], k, a0, b0, sum_a[0], sum_b[0])
-        .context("Zero point compensation")?;
+    // Constant weights with a zero point of 0 (symmetric, what quantizers write) leave one
+    // compensation term: the activations' zero point times the weights' sums over k, a
+    // constant along the weights' axes like the bias. Taken off the bias, it folds into
+    // the one constant the product adds, instead of a second op on every output tile.
+    let konst = |slot: usize| Ok::<_, TractError>(model.outlet_fact(node.inputs[slot])?.konst.is_some());
+    let on_bias = (konst(1)? && is_zero_constant(&patch, b0)?)
+        || (konst(0)? && is_zero_constant(&patch, a0)?);
+    let output = if on_bias {
+        let bias = compensate_zero_points(&mut patch, name, bias[0], k, a0, b0, sum_a[0], sum_b[0])
+            .context("Zero point compensation")?;
+        patch.wire_node(format!("{name}.add_bias"), add(), &[output[0], bias])?[0]
+    } else {
+        output = patch.wire_node(format!("{name}.add_bias"), add(), &[output[0], bias[0]])?;
+        compensate_zero_points(&mut patch, name, output[0], k, a0, b0, sum_a[0], sum_b[0])
+            .context("Zero point compensation")?
+    };
     let output = requant(&mut patch, name, output, op.q_params.unwrap(), abc_scale, c0)?;
     patch.shunt_outside(model, node.id.into(), output)?;
     Ok(patch)
@@ -1154,5 +1166,34 @@ mod tests {
                 .with_context(|| format!("{fmt:?}"))?;
         }
         Ok(())
+    }
+
+    /// Symmetric constant weights: the activations' zero point is compensated in the bias,
+    /// so the product adds one constant per output channel and nothing else, and the values
+    /// are the quantized convolution's, computed here term by term.
+    #[test]
+    fn quantized_pointwise_conv_compensates_its_zero_point_in_the_bias() -> TractResult<()> {
+        let (h, w, ci, co) = (3, 7, 12, 20);
+        let x: Vec<u8> = values(4, h * w * ci, 0, 255).iter().map(|v| *v as u8).collect();
+        let (y, products) =
+            run(pointwise(DataFormat::NHWC, h, w, ci, co)?, &Tensor::from_shape(&[1, h, w, ci], &x)?)?;
+        assert_eq!(products.len(), 1, "{products:?}");
+        let ops = products[0].split("Ops:").nth(1).unwrap_or_default();
+        assert_eq!(ops.matches(">>>").count(), 2, "expected matmul >>> add >>> store, got {ops}");
+        assert!(ops.contains("Add >>> store"), "expected one add before the store, got {ops}");
+        let kernel = values(1, co * ci, -127, 127);
+        let bias = values(2, co, -3000, 3000);
+        let k_scale = values(3, co, 1, 100);
+        let expected: Vec<u8> = (0..h * w * co)
+            .map(|i| {
+                let (p, o) = (i / co, i % co);
+                let acc = (0..ci).fold(bias[o], |acc, c| {
+                    acc + (x[p * ci + c] as i32 - 131) * kernel[o * ci + c]
+                });
+                let scale = 0.021f32 * (k_scale[o] as f32 * 1e-3) / 0.047f32;
+                ((acc as f32 * scale).round_ties_even() as i32 + 119).clamp(0, 255) as u8
+            })
+            .collect();
+        y.close_enough(&Tensor::from_shape(&[1, h, w, co], &expected)?, Approximation::Exact)
     }
 }

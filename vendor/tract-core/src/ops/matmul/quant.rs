@@ -165,7 +165,7 @@ pub(crate) fn compensate_zero_points(
 
 /// Whether `zero_point` is a constant (possibly computed from constants) that is zero in
 /// every element.
-fn is_zero_constant(model: &TypedModel, zero_point: OutletId) -> TractResult<bool> {
+pub(crate) fn is_zero_constant(model: &TypedModel, zero_point: OutletId) -> TractResult<bool> {
     match constant_value(model, zero_point, 8)? {
         Some(value) => value.cast_to::<i32>()?.is_all_zero(),
         None => Ok(false),
