@@ -1337,7 +1337,19 @@ impl PackedI8K4 {
                     let pw = self.r.min(mn - p * self.r);
                     let panel = dst.add(p * pl);
                     let mn0 = (p * self.r) as isize;
-                    for kb in 0..kblocks {
+                    // Whole K-blocks of a whole 8-wide panel of contiguous mn (a layer
+                    // whose output is channel-major): four rows interleaved by one store.
+                    #[allow(unused_mut)]
+                    let mut first = 0;
+                    #[cfg(target_arch = "aarch64")]
+                    if self.r == 8 && pw == 8 && ms == 1 {
+                        first = k / 4;
+                        for kb in 0..first {
+                            let row = src.offset((kb * 4) as isize * ks + mn0);
+                            neon::four_rows_8mn(row, ks, panel.add(kb * 32));
+                        }
+                    }
+                    for kb in first..kblocks {
                         for kr in 0..4 {
                             let kk = kb * 4 + kr;
                             if kk >= k {
@@ -1438,6 +1450,20 @@ mod neon {
                 vst1q_u64(block, top[j]);
                 vst1q_u64(block.add(2), bottom[j]);
             }
+        }
+    }
+
+    /// Packs 4 K of an 8-wide panel when mn is the contiguous axis: rows `src`, `src + ks`,
+    /// `src + 2ks`, `src + 3ks` of 8 bytes each, interleaved into the K-block at `dst` (32
+    /// bytes, 4 K of each column in turn) by one `st4`.
+    ///
+    /// # Safety
+    /// The 4 rows are readable for 8 bytes, `dst` is writable for 32.
+    #[inline(always)]
+    pub unsafe fn four_rows_8mn(src: *const i8, ks: isize, dst: *mut i8) {
+        unsafe {
+            let row = |i: isize| vld1_s8(src.offset(i * ks));
+            vst4_s8(dst, int8x8x4_t(row(0), row(1), row(2), row(3)));
         }
     }
 }
@@ -1982,6 +2008,16 @@ mod test {
         // and 16-K groups, the word and byte loops for the rest; both must agree.
         for (k, mn) in [(16, 8), (32, 16), (48, 24), (20, 8), (35, 19), (64, 9), (17, 40)] {
             PackI8K4Problem { k, mn, r: 8, k_pad: 4, is_a: true }.check();
+        }
+    }
+
+    #[test]
+    fn i8k4_eight_wide_panels_of_channel_major_rows() {
+        // A [k, mn] tensor, mn contiguous (a layer whose output is channel-major): whole
+        // K-blocks of whole 8-wide panels take the interleaving store (aarch64), the rest
+        // the byte loop.
+        for (k, mn) in [(4, 8), (16, 16), (12, 24), (18, 8), (35, 19), (8, 9), (17, 40)] {
+            PackI8K4Problem { k, mn, r: 8, k_pad: 4, is_a: false }.check();
         }
     }
 
