@@ -4,7 +4,8 @@
 //! Without it, a quantized depthwise convolution runs as im2col and an int8 matrix product
 //! with one output channel per group: every input value is copied once per tap into the
 //! packed buffer, and the product's tiles are 1/8 full. Here each output position reads its
-//! taps in place, 16 channels at a time, and writes its quantized values directly.
+//! taps in place, 16 channels at a time (three positions of a row at once on aarch64, which
+//! share each load of the weights), and writes its quantized values directly.
 
 use crate::internal::*;
 use crate::ops::cnn::Patch;
@@ -15,6 +16,11 @@ use num_traits::AsPrimitive;
 
 /// Channels per step of the inner loops: 16 i8 lanes, one NEON or SSE register.
 const BLOCK: usize = 16;
+
+/// Output positions computed together on aarch64, sharing each load of the kernel: 12
+/// accumulators and 12 temporaries of the 32 vector registers.
+#[cfg(target_arch = "aarch64")]
+const GROUP: usize = 3;
 
 /// `QDepthWise` computes, for each output position `p` and channel `c`,
 /// `requant(bias[c] + sum over the taps t inside the input of (x[p + t][c] - x0) * k[t][c])`
@@ -188,26 +194,34 @@ impl QDepthWise {
         for ni in 0..n as isize {
             for (zi, zone) in self.patch.zones.iter().enumerate() {
                 taps.clear();
-                taps.extend(zone.values_offsets.iter().copied());
+                taps.extend(zone.values_offsets.iter().map(|&(t, offset)| (t * c, offset)));
                 let bias = &self.zone_bias[zi * c..][..c];
                 let mut scanner = ZoneScanner::new(zone, &self.patch);
                 while !scanner.done {
-                    for i in 0..scanner.inner_loop_len as isize {
-                        let at = n_stride_i * ni
+                    let at = |i: usize| {
+                        n_stride_i * ni
                             + scanner.input_center_offset
-                            + scanner.inner_loop_input_full_stride * i;
+                            + scanner.inner_loop_input_full_stride * i as isize
+                    };
+                    // SAFETY: this is the output position `i` of the inner loop, of `c`
+                    // values; this call's channels of it are not touched by any other call.
+                    let out = |i: usize| unsafe {
                         let out = n_stride_o * ni
                             + scanner.output_offset
-                            + scanner.inner_loop_output_stride * i;
-                        // SAFETY: `out` is the offset of an output position, of `c` values;
-                        // this call's channels of it are not touched by any other call.
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                y.offset(out).add(channels.start),
-                                channels.len(),
-                            )
-                        };
-                        self.position(x, at, &taps, bias, out, channels.start, lo, hi);
+                            + scanner.inner_loop_output_stride * i as isize;
+                        std::slice::from_raw_parts_mut(y.offset(out).add(channels.start), channels.len())
+                    };
+                    let len = scanner.inner_loop_len;
+                    #[allow(unused_mut)]
+                    let mut i = 0;
+                    #[cfg(target_arch = "aarch64")]
+                    while i + GROUP <= len {
+                        let positions: [_; GROUP] = std::array::from_fn(|g| (at(i + g), out(i + g)));
+                        self.positions(x, positions, &taps, bias, channels.start, lo, hi);
+                        i += GROUP;
+                    }
+                    for i in i..len {
+                        self.positions(x, [(at(i), out(i))], &taps, bias, channels.start, lo, hi);
                     }
                     // SAFETY: the scanner walks the zone it was made for, of this patch.
                     unsafe { scanner.next_non_inner_axis() };
@@ -216,21 +230,22 @@ impl QDepthWise {
         }
     }
 
-    /// One output position, the channels from `first` on that `out` holds: blocks of
-    /// [`BLOCK`], then the remainder.
+    /// `G` output positions of one zone (their taps are the same), the channels from
+    /// `first` on that their `out` hold: blocks of [`BLOCK`] for all of them at once on
+    /// aarch64, then, for each, the portable blocks and the remainder.
     ///
     /// The taps are read through pointers into fixed-size arrays, so that each block is
     /// straight-line vector code: `taps` comes from the patch of this input shape, checked
     /// by `eval_t`, so `at + offset` and the channels after it lie inside `x`.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn position<T: Datum + Copy>(
+    // `positions` and `c0` change on aarch64 only.
+    #[allow(clippy::too_many_arguments, unused_mut)]
+    fn positions<T: Datum + Copy, const G: usize>(
         &self,
         x: &[i8],
-        at: isize,
+        mut positions: [(isize, &mut [T]); G],
         taps: &[(usize, isize)],
         bias: &[i32],
-        out: &mut [T],
         first: usize,
         lo: i32,
         hi: i32,
@@ -238,28 +253,58 @@ impl QDepthWise {
         i32: AsPrimitive<T>,
     {
         let c = self.scale.len();
-        let end = first + out.len();
-        debug_assert!(taps.iter().all(|(_, o)| at + o >= 0 && (at + o) as usize + c <= x.len()));
-        // SAFETY: see above; the kernel holds `taps * c` values, `t < taps`.
-        let tap = |t: usize, offset: isize, c0: usize| unsafe {
-            (
-                &*(x.as_ptr().offset(at + offset).add(c0) as *const [i8; BLOCK]),
-                &*(self.kernel.as_ptr().add(t * c + c0) as *const [i8; BLOCK]),
-            )
-        };
+        debug_assert!(positions.iter().all(|(at, _)| {
+            taps.iter().all(|(_, o)| at + o >= 0 && (at + o) as usize + c <= x.len())
+        }));
         let mut c0 = first;
         #[cfg(target_arch = "aarch64")]
-        while c0 + BLOCK <= end {
-            // SAFETY: as for `tap`; `bias` and `scale` hold `c` values, `out` from `first`.
-            unsafe {
-                let out = out.as_mut_ptr().add(c0 - first) as *mut i8;
-                let (x, k) = (x.as_ptr().offset(at), self.kernel.as_ptr());
-                let (b, s) = (bias.as_ptr().add(c0), self.scale.as_ptr().add(c0));
-                let unsigned = T::datum_type() == u8::datum_type();
-                neon::block(x, k, c, c0, taps, b, s, self.y0, unsigned, out);
+        {
+            let end = first + positions[0].1.len();
+            let unsigned = T::datum_type() == u8::datum_type();
+            while c0 + BLOCK <= end {
+                // SAFETY: as for the taps above; `bias` and `scale` hold `c` values, each
+                // `out` holds the channels from `first` on.
+                unsafe {
+                    let xs = positions.each_ref().map(|(at, _)| x.as_ptr().offset(*at));
+                    let outs = positions.each_mut().map(|(_, out)| out.as_mut_ptr().add(c0 - first) as *mut i8);
+                    let k = self.kernel.as_ptr().add(c0);
+                    let (b, s) = (bias.as_ptr().add(c0), self.scale.as_ptr().add(c0));
+                    neon::block(xs, k, c0, taps, b, s, self.y0, unsigned, outs);
+                }
+                c0 += BLOCK;
             }
-            c0 += BLOCK;
         }
+        for (at, out) in positions {
+            self.rest(x, at, taps, bias, out, first, c0, lo, hi);
+        }
+    }
+
+    /// One output position's channels from `c0` on, `out` holding those from `first` on:
+    /// portable blocks of [`BLOCK`], then one channel at a time.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn rest<T: Datum + Copy>(
+        &self,
+        x: &[i8],
+        at: isize,
+        taps: &[(usize, isize)],
+        bias: &[i32],
+        out: &mut [T],
+        first: usize,
+        mut c0: usize,
+        lo: i32,
+        hi: i32,
+    ) where
+        i32: AsPrimitive<T>,
+    {
+        let end = first + out.len();
+        // SAFETY: as for `positions`; the kernel holds `taps * c` values, `k < taps * c`.
+        let tap = |k: usize, offset: isize, c0: usize| unsafe {
+            (
+                &*(x.as_ptr().offset(at + offset).add(c0) as *const [i8; BLOCK]),
+                &*(self.kernel.as_ptr().add(k + c0) as *const [i8; BLOCK]),
+            )
+        };
         while c0 + BLOCK <= end {
             let mut acc: [i32; BLOCK] = bias[c0..][..BLOCK].try_into().unwrap();
             let mut pairs = taps.chunks_exact(2);
@@ -271,8 +316,8 @@ impl QDepthWise {
                     acc[l] = acc[l].wrapping_add(p as i32);
                 }
             }
-            if let [(t, offset)] = pairs.remainder() {
-                let (x0, k0) = tap(*t, *offset, c0);
+            if let [(k, offset)] = pairs.remainder() {
+                let (x0, k0) = tap(*k, *offset, c0);
                 for l in 0..BLOCK {
                     acc[l] = acc[l].wrapping_add((x0[l] as i16 * k0[l] as i16) as i32);
                 }
@@ -283,8 +328,8 @@ impl QDepthWise {
         }
         for ch in c0..end {
             let mut acc = bias[ch];
-            for &(t, offset) in taps {
-                acc = acc.wrapping_add(x[(at + offset) as usize + ch] as i32 * self.kernel[t * c + ch] as i32);
+            for &(k, offset) in taps {
+                acc = acc.wrapping_add(x[(at + offset) as usize + ch] as i32 * self.kernel[k + ch] as i32);
             }
             out[ch - first] = round_to_range(acc as f32 * self.scale[ch], self.y0, lo, hi).as_();
         }
@@ -298,53 +343,59 @@ impl QDepthWise {
 mod neon {
     use std::arch::aarch64::*;
 
-    /// `out[0..16] = requant(bias + sum over taps of x[offset + c0..] * k[t * c + c0..])`:
-    /// two taps' products summed in i16 (`smull`, `smlal`), widened into i32 (`saddw`),
-    /// then requantized by `requant::neon::requant16`.
+    /// For each of the `G` positions `g`, `out[g][0..16] = requant(bias + sum over the
+    /// taps of x[g][offset + c0..] * kernel[k..])`: two taps' products summed in i16
+    /// (`smull`, `smlal`), widened into i32 (`saddw`), then requantized by
+    /// `requant::neon::requant16`. Each pair of kernel vectors is loaded once for the `G`
+    /// positions.
     ///
     /// # Safety
-    /// `x.offset(offset) + c0 + 16`, `kernel + t * c + c0 + 16`, `bias + 16`, `scale + 16`
-    /// and `out + 16` are in bounds for every tap.
+    /// `x[g].offset(offset) + c0 + 16`, `kernel + k + 16`, `bias + 16`, `scale + 16` and
+    /// `out[g] + 16` are in bounds for every tap and position.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block(
-        x: *const i8,
+    pub unsafe fn block<const G: usize>(
+        x: [*const i8; G],
         kernel: *const i8,
-        c: usize,
         c0: usize,
         taps: &[(usize, isize)],
         bias: *const i32,
         scale: *const f32,
         y0: i32,
         unsigned: bool,
-        out: *mut i8,
+        out: [*mut i8; G],
     ) {
         unsafe {
-            let load = |t: usize, offset: isize| {
-                (vld1q_s8(x.offset(offset).add(c0)), vld1q_s8(kernel.add(t * c + c0)))
-            };
-            let mut acc =
-                [vld1q_s32(bias), vld1q_s32(bias.add(4)), vld1q_s32(bias.add(8)), vld1q_s32(bias.add(12))];
-            let mut add = |lo: int16x8_t, hi: int16x8_t| {
+            let bias = [0, 4, 8, 12].map(|i| vld1q_s32(bias.add(i)));
+            let mut acc = [bias; G];
+            let add = |acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t| {
                 acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
                 acc[1] = vaddw_high_s16(acc[1], lo);
                 acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
                 acc[3] = vaddw_high_s16(acc[3], hi);
             };
+            let input = |g: usize, offset: isize| vld1q_s8(x[g].offset(offset).add(c0));
             let mut pairs = taps.chunks_exact(2);
             for pair in &mut pairs {
-                let (xa, ka) = load(pair[0].0, pair[0].1);
-                let (xb, kb) = load(pair[1].0, pair[1].1);
-                let lo = vmlal_s8(vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vget_low_s8(xb), vget_low_s8(kb));
-                let hi = vmlal_high_s8(vmull_high_s8(xa, ka), xb, kb);
-                add(lo, hi);
+                let (ka, kb) = (vld1q_s8(kernel.add(pair[0].0)), vld1q_s8(kernel.add(pair[1].0)));
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let (xa, xb) = (input(g, pair[0].1), input(g, pair[1].1));
+                    let lo = vmlal_s8(vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vget_low_s8(xb), vget_low_s8(kb));
+                    let hi = vmlal_high_s8(vmull_high_s8(xa, ka), xb, kb);
+                    add(acc, lo, hi);
+                }
             }
-            if let [(t, offset)] = pairs.remainder() {
-                let (xa, ka) = load(*t, *offset);
-                add(vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vmull_high_s8(xa, ka));
+            if let [(k, offset)] = pairs.remainder() {
+                let ka = vld1q_s8(kernel.add(*k));
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let xa = input(g, *offset);
+                    add(acc, vmull_s8(vget_low_s8(xa), vget_low_s8(ka)), vmull_high_s8(xa, ka));
+                }
             }
             let scale = [0, 4, 8, 12].map(|i| vld1q_f32(scale.add(i)));
-            crate::ops::requant::neon::requant16(acc, scale, y0, unsigned, out);
+            for (acc, out) in acc.into_iter().zip(out) {
+                crate::ops::requant::neon::requant16(acc, scale, y0, unsigned, out);
+            }
         }
     }
 }
