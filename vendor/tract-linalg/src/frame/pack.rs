@@ -1174,6 +1174,12 @@ where
     kr: usize, // k % 4
     panel: usize,
     local_mn: usize,
+    /// The current panel's width.
+    width: usize,
+    /// Where the next value goes: `base` + the offset of (panel, kb, local_mn, kr), kept
+    /// as the writes go instead of computed for each (the stem convolution's im2col
+    /// writes its patches one byte at a time).
+    cursor: *mut T,
     _phantom: PhantomData<&'p T>,
 }
 
@@ -1195,28 +1201,37 @@ where
             kr: 0,
             panel: 0,
             local_mn: 0,
+            width: if panels == 1 { last_panel_width } else { r },
+            cursor: base,
             _phantom: PhantomData,
         }
     }
     #[inline(always)]
-    fn panel_width(&self) -> usize {
-        if self.panel == self.panels - 1 { self.last_panel_width } else { self.panel_width }
-    }
-    #[inline(always)]
     fn advance(&mut self, by: usize) {
         self.local_mn += by;
-        if self.local_mn >= self.panel_width() {
-            self.local_mn = 0;
-            self.panel += 1;
-            if self.panel == self.panels {
-                self.panel = 0;
-                self.kr += 1;
-                if self.kr == 4 {
-                    self.kr = 0;
-                    self.kb += 1;
-                }
+        if self.local_mn < self.width {
+            self.cursor = self.cursor.wrapping_add(4 * by);
+        } else {
+            self.next_panel();
+        }
+    }
+    /// The current panel is full: on to the next one, or to the next K of the first.
+    fn next_panel(&mut self) {
+        self.local_mn = 0;
+        self.panel += 1;
+        if self.panel == self.panels {
+            self.panel = 0;
+            self.kr += 1;
+            if self.kr == 4 {
+                self.kr = 0;
+                self.kb += 1;
             }
         }
+        self.width =
+            if self.panel == self.panels - 1 { self.last_panel_width } else { self.panel_width };
+        // Past the last K this points beyond the buffer; it is not written through then.
+        self.cursor =
+            self.base.wrapping_add(self.panel * self.panel_len + self.kb * self.r4 + self.kr);
     }
 }
 
@@ -1226,10 +1241,7 @@ where
 {
     #[inline(always)]
     fn write(&mut self, t: T) {
-        unsafe {
-            let off = self.panel * self.panel_len + self.kb * self.r4 + self.local_mn * 4 + self.kr;
-            *self.base.add(off) = t;
-        }
+        unsafe { *self.cursor = t };
         self.advance(1);
     }
 
@@ -1239,13 +1251,10 @@ where
         if n == 0 {
             return;
         }
-        let pw = self.panel_width();
-        if self.local_mn + n <= pw {
+        if self.local_mn + n <= self.width {
             // Whole slice stays inside the current (panel, k): tight stride-4 store.
             unsafe {
-                let mut d = self.base.add(
-                    self.panel * self.panel_len + self.kb * self.r4 + self.local_mn * 4 + self.kr,
-                );
+                let mut d = self.cursor;
                 for &t in ts {
                     *d = t;
                     d = d.add(4);
