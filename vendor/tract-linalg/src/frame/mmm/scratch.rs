@@ -87,6 +87,11 @@ struct LocDependent {
     // offset of its associated dynamic-size buffers
     buffer_a: Option<usize>,
     buffer_b: Option<usize>,
+    // What every valid tile reads, resolved once by `prepare`: the address of a per-row or
+    // per-column operand's data (an address, not a pointer, for the space to stay `Sync`),
+    // the depth of a product.
+    data: usize,
+    k: usize,
 }
 
 impl<TI: LADatum> ScratchSpace for ScratchSpaceImpl<TI> {}
@@ -161,7 +166,8 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
         let mut offset = 0;
         let mut align = std::mem::size_of::<*const ()>();
         fn ld(spec: usize, uspec: usize, loc: usize) -> LocDependent {
-            LocDependent { spec, ker_spec: uspec, loc, buffer_a: None, buffer_b: None }
+            let (data, k) = (0, 0);
+            LocDependent { spec, ker_spec: uspec, loc, buffer_a: None, buffer_b: None, data, k }
         }
         for (ix, spec) in specs.iter().enumerate() {
             offset = offset.next_multiple_of(&align);
@@ -177,13 +183,15 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
                 FS::ShiftLeft(s) => FKS::ShiftLeft(*s),
                 FS::RoundingShiftRight(s, rp) => FKS::RoundingShiftRight(*s, *rp),
                 FS::QScale(s, rp, m) => FKS::QScale(*s, *rp, *m),
-                FS::BinPerRow(_, _) => {
-                    self.loc_dependent.push(ld(ix, self.ker_specs.len(), offset));
+                FS::BinPerRow(v, _) => {
+                    let data = unsafe { v.as_ptr_unchecked::<TI>() } as usize;
+                    self.loc_dependent.push(LocDependent { data, ..ld(ix, self.ker_specs.len(), offset) });
                     offset += TI::datum_type().size_of() * ker.mr();
                     FusedKerSpec::Done
                 }
-                FS::BinPerCol(_, _) => {
-                    self.loc_dependent.push(ld(ix, self.ker_specs.len(), offset));
+                FS::BinPerCol(v, _) => {
+                    let data = unsafe { v.as_ptr_unchecked::<TI>() } as usize;
+                    self.loc_dependent.push(LocDependent { data, ..ld(ix, self.ker_specs.len(), offset) });
                     offset += TI::datum_type().size_of() * ker.nr();
                     FusedKerSpec::Done
                 }
@@ -219,7 +227,7 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
                 }
                 FS::LeakyRelu(t) => FKS::LeakyRelu(*t.try_as_plain_ram()?.to_scalar()?),
                 FS::AddMatMul { a, b, packing } => {
-                    let mut ld = ld(ix, self.ker_specs.len(), offset);
+                    let mut ld = LocDependent { k: b.k(), ..ld(ix, self.ker_specs.len(), offset) };
                     offset += std::mem::size_of::<AddMatMulTemp>();
                     if let Some(tmp) = a.scratch_panel_buffer_layout() {
                         align = tmp.align().lcm(&align);
@@ -335,11 +343,11 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
             use FusedSpec as FS;
             let ScratchSpaceImpl { ker_specs, loc_dependent, .. } = self;
             debug_assert!(specs.len() + 2 == ker_specs.len());
-            for LocDependent { spec, ker_spec, loc, buffer_a, buffer_b } in loc_dependent {
+            for LocDependent { spec, ker_spec, loc, buffer_a, buffer_b, data, k } in loc_dependent {
                 let spec = specs.get_unchecked(*spec);
                 let it = match spec {
-                    FS::BinPerRow(v, op) => {
-                        let v = v.as_ptr_unchecked::<TI>().add(down * ker.mr());
+                    FS::BinPerRow(_, op) => {
+                        let v = (*data as *const TI).add(down * ker.mr());
                         match op {
                             BinOp::Min => FKS::PerRowMin(v),
                             BinOp::Max => FKS::PerRowMax(v),
@@ -349,8 +357,8 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
                             BinOp::SubF => FKS::PerRowSubF(v),
                         }
                     }
-                    FS::BinPerCol(v, op) => {
-                        let v = v.as_ptr_unchecked::<TI>().add(right * ker.nr());
+                    FS::BinPerCol(_, op) => {
+                        let v = (*data as *const TI).add(right * ker.nr());
                         match op {
                             BinOp::Min => FKS::PerColMin(v),
                             BinOp::Max => FKS::PerColMax(v),
@@ -386,7 +394,7 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
                             scratch.panel_b_id = right;
                         }
                         FKS::AddMatMul {
-                            k: b.k(),
+                            k: *k,
                             pa: scratch.ptr_a,
                             pb: scratch.ptr_b,
                             packing: *packing,
@@ -421,7 +429,7 @@ impl<TI: LADatum> ScratchSpaceImpl<TI> {
             // is skipped for the same tile. Every other kernel and every
             // short-N or non-contiguous store stays on the scratch path.
             let direct = partial_m_direct(ker, specs, m_remnant, n_remnant);
-            for LocDependent { spec, ker_spec: uspec, loc, buffer_a, buffer_b } in
+            for LocDependent { spec, ker_spec: uspec, loc, buffer_a, buffer_b, .. } in
                 &self.loc_dependent
             {
                 let loc = tls.blob.as_mut_ptr().add(*loc);
