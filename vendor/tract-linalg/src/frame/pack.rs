@@ -982,18 +982,33 @@ unsafe fn transpose_4x4_neon_32(
 ) {
     use std::arch::aarch64::*;
     unsafe {
-        let a = vld1q_u32(src);
-        let b = vld1q_u32(src.offset(src_stride));
-        let c = vld1q_u32(src.offset(2 * src_stride));
-        let d = vld1q_u32(src.offset(3 * src_stride));
-        let ab_even = vreinterpretq_u64_u32(vtrn1q_u32(a, b));
-        let ab_odd = vreinterpretq_u64_u32(vtrn2q_u32(a, b));
-        let cd_even = vreinterpretq_u64_u32(vtrn1q_u32(c, d));
-        let cd_odd = vreinterpretq_u64_u32(vtrn2q_u32(c, d));
-        vst1q_u32(dst, vreinterpretq_u32_u64(vtrn1q_u64(ab_even, cd_even)));
-        vst1q_u32(dst.add(dst_stride), vreinterpretq_u32_u64(vtrn1q_u64(ab_odd, cd_odd)));
-        vst1q_u32(dst.add(2 * dst_stride), vreinterpretq_u32_u64(vtrn2q_u64(ab_even, cd_even)));
-        vst1q_u32(dst.add(3 * dst_stride), vreinterpretq_u32_u64(vtrn2q_u64(ab_odd, cd_odd)));
+        let row = |i: isize| vld1q_u32(src.offset(i * src_stride));
+        let columns = transposed_4x4_u32([row(0), row(1), row(2), row(3)]);
+        for (j, column) in columns.into_iter().enumerate() {
+            vst1q_u32(dst.add(j * dst_stride), column);
+        }
+    }
+}
+
+/// The columns of the 4x4 matrix of 32-bit lanes whose rows are `rows`: `trn` of lanes,
+/// then of 64-bit halves.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn transposed_4x4_u32(
+    [a, b, c, d]: [std::arch::aarch64::uint32x4_t; 4],
+) -> [std::arch::aarch64::uint32x4_t; 4] {
+    use std::arch::aarch64::*;
+    // SAFETY: NEON is part of every aarch64 target.
+    unsafe {
+        let ab = [vtrn1q_u32(a, b), vtrn2q_u32(a, b)].map(|v| vreinterpretq_u64_u32(v));
+        let cd = [vtrn1q_u32(c, d), vtrn2q_u32(c, d)].map(|v| vreinterpretq_u64_u32(v));
+        [
+            vtrn1q_u64(ab[0], cd[0]),
+            vtrn1q_u64(ab[1], cd[1]),
+            vtrn2q_u64(ab[0], cd[0]),
+            vtrn2q_u64(ab[1], cd[1]),
+        ]
+        .map(|v| vreinterpretq_u32_u64(v))
     }
 }
 
@@ -1440,24 +1455,15 @@ mod neon {
     #[inline(always)]
     pub unsafe fn eight_rows_16k(src: *const i8, ms: isize, dst: *mut i8) {
         unsafe {
+            // Bytes loaded as bytes: the rows of a strided view need not be 4-aligned.
             let row = |i: isize| vreinterpretq_u32_s8(vld1q_s8(src.offset(i * ms)));
-            // Rows a, b, c, d of 4 words each -> word j of the four rows, for j in 0..4.
-            let words = |a, b, c, d| {
-                let ab = [vtrn1q_u32(a, b), vtrn2q_u32(a, b)].map(|v| vreinterpretq_u64_u32(v));
-                let cd = [vtrn1q_u32(c, d), vtrn2q_u32(c, d)].map(|v| vreinterpretq_u64_u32(v));
-                [
-                    vtrn1q_u64(ab[0], cd[0]),
-                    vtrn1q_u64(ab[1], cd[1]),
-                    vtrn2q_u64(ab[0], cd[0]),
-                    vtrn2q_u64(ab[1], cd[1]),
-                ]
-            };
-            let top = words(row(0), row(1), row(2), row(3));
-            let bottom = words(row(4), row(5), row(6), row(7));
+            // Word j of rows 0 to 3, then of rows 4 to 7, for j in 0..4.
+            let top = super::transposed_4x4_u32([row(0), row(1), row(2), row(3)]);
+            let bottom = super::transposed_4x4_u32([row(4), row(5), row(6), row(7)]);
             for j in 0..4 {
-                let block = dst.add(32 * j) as *mut u64;
-                vst1q_u64(block, top[j]);
-                vst1q_u64(block.add(2), bottom[j]);
+                let block = dst.add(32 * j) as *mut i8;
+                vst1q_s8(block, vreinterpretq_s8_u32(top[j]));
+                vst1q_s8(block.add(16), vreinterpretq_s8_u32(bottom[j]));
             }
         }
     }
