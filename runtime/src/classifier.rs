@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use fast_image_resize::Resizer;
+use image::metadata::Orientation;
 use image::RgbImage;
 use tract_onnx::prelude::*;
 
@@ -13,7 +14,7 @@ use crate::crop::Crop;
 use crate::decode::{self, Limits};
 use crate::error::{model_error, Error, Result};
 use crate::onnx_file::{Dim, OnnxFile};
-use crate::plan::Plan;
+use crate::plan::{Feed, Plan};
 use crate::preprocess::{Channels, Layout, Preprocess, Resize};
 
 /// Lets tract split each inference's matrix products over `n` threads (1, the default:
@@ -142,6 +143,9 @@ pub fn millis(d: Duration) -> f64 {
 /// A model ready to classify images.
 pub struct Classifier {
     plan: Plan,
+    /// The layout the plan takes its input in: channel-last for a model declared
+    /// channel-first (see [`Feed::ChannelLast`]).
+    fed: Layout,
     pub file: OnnxFile,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
@@ -205,6 +209,8 @@ impl Classifier {
                 release_freed_memory();
                 Ok(Classifier {
                     plan,
+                    // Channel-last whatever the model declares (`build`'s `Feed`).
+                    fed: Layout::Nhwc,
                     output: overrides.output.or(file.meta.output),
                     file,
                     preprocess,
@@ -220,7 +226,11 @@ impl Classifier {
     /// The plan, preprocessing, labels and what was assumed of them.
     fn build(file: &mut OnnxFile, overrides: &Overrides) -> Result<Built> {
         let (preprocess, mut assumed) = Self::check(file, overrides)?;
-        let plan = Plan::for_file(file, preprocess.shape(1))?;
+        let feed = match preprocess.layout {
+            Layout::Nchw => Feed::ChannelLast,
+            Layout::Nhwc => Feed::Declared,
+        };
+        let plan = Plan::for_file(file, preprocess.shape(1), feed)?;
         let classes = classes(&plan)?;
         let labels = labels(file, overrides, classes, &mut assumed)?;
         Ok((plan, preprocess, labels, assumed))
@@ -257,12 +267,10 @@ impl Classifier {
         // Turned upright after the downscale: no full-size rotated copy.
         let (img, orientation) = decode::decode_unoriented(bytes, limits)?;
         let t1 = Instant::now();
-        let input = self
-            .preprocess
-            .to_tensor_oriented(&[(&img, orientation)], &mut Resizer::new());
+        let input = self.fed_tensor(&img, orientation, &mut Resizer::new());
         drop(img);
         let t2 = Instant::now();
-        let scores = self.run(input)?;
+        let scores = self.run_fed(input)?;
         let timings = Timings {
             decode: t1 - t0,
             preprocess: t2 - t1,
@@ -295,9 +303,9 @@ impl Classifier {
     /// Classifies decoded pixels.
     pub fn classify(&self, img: &RgbImage) -> Result<(Scores, Timings)> {
         let t0 = Instant::now();
-        let input = self.tensor(img);
+        let input = self.fed_tensor(img, Orientation::NoTransforms, &mut Resizer::new());
         let t1 = Instant::now();
-        let scores = self.run(input)?;
+        let scores = self.run_fed(input)?;
         let timings = Timings {
             decode: Duration::ZERO,
             preprocess: t1 - t0,
@@ -306,14 +314,49 @@ impl Classifier {
         Ok((scores, timings))
     }
 
-    /// The model input for one image, preprocessed as the bundle says.
+    /// The model input for one image, preprocessed as the bundle says and laid out as
+    /// the model declares it (what another runtime would be given).
     pub fn tensor(&self, img: &RgbImage) -> Tensor {
         self.preprocess.to_tensor(&[img], &mut Resizer::new())
     }
 
-    /// Runs the model on an already preprocessed input tensor of one image: one
-    /// probability per class, and the rejection when the bundle calibrated one.
+    /// The input of the plan for one image: [`Self::tensor`] laid out as the plan takes
+    /// it.
+    pub fn fed_tensor(
+        &self,
+        img: &RgbImage,
+        orientation: Orientation,
+        resizer: &mut Resizer,
+    ) -> Tensor {
+        self.preprocess
+            .to_tensor_in(self.fed, &[(img, orientation)], resizer)
+    }
+
+    /// An input laid out as the model declares it, laid out as the plan takes it.
+    fn to_fed(&self, input: Tensor) -> Result<Tensor> {
+        if self.fed != self.preprocess.layout {
+            if input.rank() != 4 {
+                return Err(Error::Inference(format!(
+                    "expected a [N, C, H, W] input, got shape {:?}",
+                    input.shape()
+                )));
+            }
+            return input
+                .move_axis(1, 3)
+                .map_err(|e| Error::Inference(format!("laying out the input: {e}")));
+        }
+        Ok(input)
+    }
+
+    /// Runs the model on an already preprocessed input tensor of one image, laid out as
+    /// the model declares it ([`Self::tensor`]): one probability per class, and the
+    /// rejection when the bundle calibrated one.
     pub fn run(&self, input: Tensor) -> Result<Scores> {
+        self.run_fed(self.to_fed(input)?)
+    }
+
+    /// [`Self::run`] on an input laid out as the plan takes it ([`Self::fed_tensor`]).
+    pub fn run_fed(&self, input: Tensor) -> Result<Scores> {
         let outputs = self.plan.run(input)?;
         let raw = output_values(&outputs, 0)?;
         if !raw.iter().all(|v| v.is_finite()) {
@@ -336,7 +379,7 @@ impl Classifier {
 
     /// The model's raw class scores (logits or probabilities, as the model gives them).
     pub fn run_raw(&self, input: Tensor) -> Result<Vec<f32>> {
-        output_values(&self.plan.run(input)?, 0)
+        output_values(&self.plan.run(self.to_fed(input)?)?, 0)
     }
 
     fn to_probabilities(&self, raw: Vec<f32>) -> Vec<f32> {

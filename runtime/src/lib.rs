@@ -31,7 +31,7 @@ pub use crop::{Crop, CropError};
 pub use decode::{decode, DecodeError, Limits};
 pub use error::{Error, Result};
 pub use onnx_file::OnnxFile;
-pub use plan::Plan;
+pub use plan::{Feed, Plan};
 pub use preprocess::{Channels, Layout, Preprocess, Resize};
 
 /// Keeps error values from capturing backtraces (`RUST_LIB_BACKTRACE=0`) unless the user

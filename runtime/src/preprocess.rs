@@ -73,12 +73,17 @@ impl Channels {
 impl Preprocess {
     /// Shape of one image's tensor with a leading batch dimension of `batch`.
     pub fn shape(&self, batch: usize) -> [usize; 4] {
+        self.shape_in(self.layout, batch)
+    }
+
+    /// [`Self::shape`] in `layout` rather than the model's.
+    pub fn shape_in(&self, layout: Layout, batch: usize) -> [usize; 4] {
         let (c, h, w) = (
             self.channels.count(),
             self.height as usize,
             self.width as usize,
         );
-        match self.layout {
+        match layout {
             Layout::Nchw => [batch, c, h, w],
             Layout::Nhwc => [batch, h, w, c],
         }
@@ -230,31 +235,56 @@ impl Preprocess {
     /// Normalizes fitted RGB8 pixels (exactly `width` x `height`) into `out`, one image's
     /// worth of the input tensor (`C*H*W` values) in the model's layout and channel order.
     pub fn normalize_into(&self, fitted: &RgbImage, out: &mut [f32]) {
-        let (w, h) = (self.width as usize, self.height as usize);
+        self.normalize_in(self.layout, fitted, out)
+    }
+
+    /// [`Self::normalize_into`] in `layout` rather than the model's. Each layout and
+    /// channel count has its own loop, with no branch per value, so that it vectorizes;
+    /// every value is `(v - mean) * (1 / std)` in all of them.
+    pub fn normalize_in(&self, layout: Layout, fitted: &RgbImage, out: &mut [f32]) {
         let c = self.channels.count();
         assert_eq!(
             fitted.dimensions(),
             (self.width, self.height),
             "image not fitted to the input size"
         );
-        assert_eq!(out.len(), c * h * w, "output slice does not hold one image");
+        assert_eq!(
+            out.len(),
+            c * fitted.len() / 3,
+            "output slice does not hold one image"
+        );
         // Precompute 1/std so the inner loop multiplies instead of dividing.
         let inv: Vec<f32> = self.std.iter().map(|s| 1.0 / s).collect();
+        let pixels = fitted.as_raw().chunks_exact(3);
         let order: [usize; 3] = match self.channels {
+            Channels::Gray => {
+                for (o, px) in out.iter_mut().zip(pixels) {
+                    *o = (luma([px[0], px[1], px[2]].map(f32::from)) - self.mean[0]) * inv[0];
+                }
+                return;
+            }
             Channels::Bgr => [2, 1, 0],
-            _ => [0, 1, 2],
+            Channels::Rgb => [0, 1, 2],
         };
-        for (i, px) in fitted.as_raw().chunks_exact(3).enumerate() {
-            for ch in 0..c {
-                let v = match self.channels {
-                    Channels::Gray => luma([px[0], px[1], px[2]].map(f32::from)),
-                    _ => px[order[ch]] as f32,
-                };
-                let idx = match self.layout {
-                    Layout::Nchw => ch * h * w + i,
-                    Layout::Nhwc => i * c + ch,
-                };
-                out[idx] = (v - self.mean[ch]) * inv[ch];
+        let (mean, inv): ([f32; 3], [f32; 3]) = (
+            std::array::from_fn(|ch| self.mean[ch]),
+            std::array::from_fn(|ch| inv[ch]),
+        );
+        match layout {
+            Layout::Nhwc => {
+                for (o, px) in out.chunks_exact_mut(3).zip(pixels) {
+                    for ch in 0..3 {
+                        o[ch] = (px[order[ch]] as f32 - mean[ch]) * inv[ch];
+                    }
+                }
+            }
+            Layout::Nchw => {
+                let planes = out.chunks_exact_mut(out.len() / 3);
+                for (ch, plane) in planes.enumerate() {
+                    for (o, px) in plane.iter_mut().zip(pixels.clone()) {
+                        *o = (px[order[ch]] as f32 - mean[ch]) * inv[ch];
+                    }
+                }
             }
         }
     }
@@ -275,12 +305,22 @@ impl Preprocess {
         images: &[(&RgbImage, Orientation)],
         resizer: &mut Resizer,
     ) -> Tensor {
-        let shape = self.shape(images.len());
+        self.to_tensor_in(self.layout, images, resizer)
+    }
+
+    /// [`Self::to_tensor_oriented`] in `layout` rather than the model's.
+    pub fn to_tensor_in(
+        &self,
+        layout: Layout,
+        images: &[(&RgbImage, Orientation)],
+        resizer: &mut Resizer,
+    ) -> Tensor {
+        let shape = self.shape_in(layout, images.len());
         let per = shape[1..].iter().product::<usize>();
         let mut data = vec![0f32; per * images.len()];
         for ((img, orientation), chunk) in images.iter().zip(data.chunks_exact_mut(per)) {
             let fitted = self.fit_oriented(img, *orientation, resizer);
-            self.normalize_into(&fitted, chunk);
+            self.normalize_in(layout, &fitted, chunk);
         }
         tract_ndarray::Array4::from_shape_vec(shape, data)
             .expect("buffer length matches the shape by construction")
@@ -485,6 +525,38 @@ mod tests {
         p.normalize_into(&img, &mut out);
         // pixel (1, 0): r = 22, g = 20, b = 30
         assert_eq!(&out[3..6], &[6.0, 5.0, 10.0]);
+    }
+
+    /// The channel-last loop the classifier feeds its plan with and the channel-first one
+    /// write the same values, bit for bit, each at its place.
+    #[test]
+    fn both_layouts_hold_the_same_values() {
+        let img = RgbImage::from_fn(4, 2, |x, y| {
+            image::Rgb([(x * 61 + y * 7) as u8, (x * 13 + 200) as u8, (y * 97) as u8])
+        });
+        for channels in [Channels::Rgb, Channels::Bgr, Channels::Gray] {
+            let mut p = pp(Resize::Stretch, channels, Layout::Nchw);
+            p.mean = [123.7, 116.3, 103.5][..channels.count()].to_vec();
+            p.std = [58.4, 57.1, 57.4][..channels.count()].to_vec();
+            let c = channels.count();
+            let (mut first, mut last) = (vec![0.0; 8 * c], vec![0.0; 8 * c]);
+            p.normalize_in(Layout::Nchw, &img, &mut first);
+            p.normalize_in(Layout::Nhwc, &img, &mut last);
+            for i in 0..8 {
+                for ch in 0..c {
+                    assert_eq!(first[ch * 8 + i].to_bits(), last[i * c + ch].to_bits());
+                }
+            }
+            let px = img.as_raw()[3..6].to_vec();
+            let v = |ch: usize| match channels {
+                Channels::Rgb => px[ch] as f32,
+                Channels::Bgr => px[2 - ch] as f32,
+                Channels::Gray => luma([px[0], px[1], px[2]].map(f32::from)),
+            };
+            for ch in 0..c {
+                assert_eq!(last[c + ch], (v(ch) - p.mean[ch]) * (1.0 / p.std[ch]));
+            }
+        }
     }
 
     #[test]

@@ -45,3 +45,50 @@ fn example_names_the_file_it_cannot_read() {
         stderr(&out)
     );
 }
+
+/// A model declared channel-first (`[N, C, H, W]`, EfficientNet-Lite0) runs its input
+/// channel-last inside the classifier (`Feed::ChannelLast`: preprocessing writes it so and
+/// no transpose runs at the input): the same scores, within float rounding (the stem sums
+/// its taps in another order), as a plan fed as declared, on every photo in `samples/`.
+#[test]
+fn a_channel_first_model_fed_channel_last_scores_as_fed_as_declared() {
+    use glimpse_runtime::classifier::{argmax, softmax};
+    use glimpse_runtime::{Classifier, OnnxFile, Plan};
+    let model = shipped_model();
+    let c = Classifier::load(&model, &Default::default()).expect("the shipped model loads");
+    assert_eq!(c.preprocess.layout, glimpse_runtime::Layout::Nchw);
+    let file = OnnxFile::read(&model).expect("the shipped model reads");
+    let declared = Plan::new(&file.proto, c.preprocess.shape(1)).expect("a plan as declared");
+    let photos = glimpse_runtime::decode::image_files_in(&root().join("samples")).unwrap();
+    assert!(photos.len() >= 4, "{photos:?}");
+    for photo in photos {
+        let bytes = std::fs::read(&photo).unwrap();
+        let img = glimpse_runtime::decode(&bytes, &Default::default()).unwrap();
+        let fed = c.classify(&img).expect("classifies").0.probs;
+        let out = declared.run(c.tensor(&img)).expect("runs as declared");
+        let logits: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let want = softmax(&logits);
+        let diff = fed
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-5,
+            "{}: largest difference {diff}",
+            photo.display()
+        );
+        assert_eq!(argmax(&fed), argmax(&want), "{}", photo.display());
+        // `run` takes the declared layout and lays it out for the plan.
+        let moved = c
+            .run(c.tensor(&img))
+            .expect("runs the declared tensor")
+            .probs;
+        assert_eq!(moved, fed, "{}", photo.display());
+    }
+}

@@ -14,6 +14,7 @@ use fast_image_resize::Resizer;
 use glimpse_runtime::classifier::percentile;
 use glimpse_runtime::decode::image_files_in;
 use glimpse_runtime::{decode, Classifier, Limits};
+use image::metadata::Orientation;
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -109,9 +110,9 @@ fn timed(c: &Classifier, bytes: &[u8], resizer: &mut Resizer) -> Result<[Duratio
     let t0 = Instant::now();
     let img = decode(bytes, &Limits::default())?;
     let t1 = Instant::now();
-    let input = c.preprocess.to_tensor(&[&img], resizer);
+    let input = c.fed_tensor(&img, Orientation::NoTransforms, resizer);
     let t2 = Instant::now();
-    c.run(input)?;
+    c.run_fed(input)?;
     Ok([t1 - t0, t2 - t1, t2.elapsed()])
 }
 
