@@ -143,9 +143,6 @@ pub fn millis(d: Duration) -> f64 {
 /// A model ready to classify images.
 pub struct Classifier {
     plan: Plan,
-    /// The layout the plan takes its input in: channel-last for a model declared
-    /// channel-first (see [`Feed::ChannelLast`]).
-    fed: Layout,
     pub file: OnnxFile,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
@@ -158,6 +155,10 @@ pub struct Classifier {
     /// `glimpse.reject`: which plan output carries the score, and its threshold.
     reject: Option<(usize, f32)>,
 }
+
+/// The layout a classifier's plan takes its input in, whatever the model declares:
+/// `build` plans a channel-first model for a channel-last input ([`Feed::ChannelLast`]).
+const FED: Layout = Layout::Nhwc;
 
 /// What `Classifier::build` makes of a file.
 type Built = (Plan, Preprocess, Vec<String>, Vec<String>);
@@ -209,8 +210,6 @@ impl Classifier {
                 release_freed_memory();
                 Ok(Classifier {
                     plan,
-                    // Channel-last whatever the model declares (`build`'s `Feed`).
-                    fed: Layout::Nhwc,
                     output: overrides.output.or(file.meta.output),
                     file,
                     preprocess,
@@ -329,12 +328,12 @@ impl Classifier {
         resizer: &mut Resizer,
     ) -> Tensor {
         self.preprocess
-            .to_tensor_in(self.fed, &[(img, orientation)], resizer)
+            .to_tensor_in(FED, &[(img, orientation)], resizer)
     }
 
     /// An input laid out as the model declares it, laid out as the plan takes it.
     fn to_fed(&self, input: Tensor) -> Result<Tensor> {
-        if self.fed != self.preprocess.layout {
+        if FED != self.preprocess.layout {
             if input.rank() != 4 {
                 return Err(Error::Inference(format!(
                     "expected a [N, C, H, W] input, got shape {:?}",
