@@ -30,11 +30,9 @@ const ROUND: f32 = 12582912.0;
 /// `clamp(round_ties_even(v) + zero_point, lo, hi)` for `v = x * scale`: what `scale_by`
 /// (`round(|x| * scale) * sign(x)`, the same value since IEEE multiplication and
 /// ties-to-even rounding are both symmetric in sign), the zero-point `Add` and the
-/// clamping `Min`/`Max` give, and what `QuantizeLinear` computes. `v` is first clamped to
-/// just outside what can reach `[lo, hi]` after the zero point: inside, the rounding is
-/// exact; outside, both saturate (the same values wherever `round(v) + zero_point` fits in
-/// an i32). Written so that a loop over it vectorizes: no libm call, no
-/// branch, no saturating float-to-int conversion.
+/// clamping `Min`/`Max` give, and what `QuantizeLinear` computes (the same values
+/// wherever `round(v) + zero_point` fits in an i32), in the form that costs least on the
+/// target.
 #[inline(always)]
 pub(crate) fn round_to_range(v: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
     if cfg!(target_arch = "arm") {
@@ -44,7 +42,9 @@ pub(crate) fn round_to_range(v: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
     }
 }
 
-/// [`round_to_range`] as a vectorizing loop wants it: clamps as float `max`/`min`.
+/// [`round_to_range`] as a vectorizing loop wants it. `v` is first clamped to just outside
+/// what can reach `[lo, hi]` after the zero point: inside, the rounding is exact; outside,
+/// both saturate. No libm call, no branch, no saturating float-to-int conversion.
 #[inline(always)]
 fn round_to_range_simd(v: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
     // NaN maps to the zero point, as `NaN as i32` (0) did; then v is finite and below
