@@ -28,7 +28,10 @@ fn cpu_part() -> Option<usize> {
     })
 }
 
-pub(crate) fn has_neon() -> bool {
+/// Whether the CPU has NEON: read from `/proc/cpuinfo` once, or forced by the knob
+/// `TRACT_CPU_ARM32_NEON`. Public for the NEON code of other tract crates (tract-core's
+/// int8 loops), which must make the same choice as the kernels here.
+pub fn has_neon() -> bool {
     if let Some(forced) = crate::knobs::TRACT_CPU_ARM32_NEON.get() {
         return forced;
     }
