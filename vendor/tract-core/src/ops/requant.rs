@@ -88,14 +88,17 @@ pub(crate) enum Scales<'a> {
 /// `ys[i] = round_to_range(xs[i] as f32 * scale_i, zp, lo, hi)`, `[lo, hi]` the range of `T`
 /// (u8 or i8). On aarch64, 16 values at a time in NEON ([`neon::requant16`]): LLVM
 /// vectorizes the portable loop with the NaN test and both clamps spelled out, about
-/// twice the instructions.
+/// twice the instructions. On 32-bit ARM with NEON, 8 at a time ([`armv7neon::requant`]):
+/// there nothing vectorizes the portable loop.
 #[inline]
 pub(crate) fn requant_run<T: Datum + Copy>(xs: &[i32], scales: Scales, zp: i32, lo: i32, hi: i32, ys: &mut [T])
 where
     i32: AsPrimitive<T>,
 {
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
     let done = 0;
+    #[cfg(target_arch = "arm")]
+    let done = armv7neon::requant(xs, scales, zp, T::datum_type() == u8::datum_type(), ys);
     #[cfg(target_arch = "aarch64")]
     let done = {
         use std::arch::aarch64::*;
@@ -155,6 +158,94 @@ pub(crate) mod neon {
                 vst1q_s8(out, vqmovn_high_s16(vqmovn_s16(lo), hi));
             }
         }
+    }
+}
+
+/// The requantization on 32-bit ARM with NEON, in assembly: Rust's ARMv7 NEON intrinsics
+/// are unstable, and LLVM does not vectorize f32 for ARMv7 NEON, so the portable loop runs
+/// one value at a time in VFP (~25 instructions per value; 2.6 here).
+#[cfg(target_arch = "arm")]
+pub(crate) mod armv7neon {
+    use super::{ROUND, Scales};
+
+    /// `ys[i] = round_to_range(xs[i] as f32 * scale_i, zp, lo, hi)` for the first
+    /// `xs.len() / 8 * 8` values, `[lo, hi]` the range of u8 (`unsigned`) or i8, 8 at a time;
+    /// returns how many values it did (0 without NEON). The same values as
+    /// [`super::round_to_range`]: `vcvt` and NEON arithmetic round to nearest even; NEON
+    /// flushes denormals to zero, which round to 0 either way; `(v + ROUND) - ROUND` is exact
+    /// below 2^22 and keeps the sign and a magnitude that saturates beyond; `vcvt` to i32
+    /// saturates and maps NaN to 0 (the zero point, as there), and the zero-point addition
+    /// and both narrowings saturate, which is the clamp.
+    pub fn requant<T: Copy>(xs: &[i32], scales: Scales, zp: i32, unsigned: bool, ys: &mut [T]) -> usize {
+        assert!(size_of::<T>() == 1 && ys.len() >= xs.len());
+        let n = xs.len() / 8;
+        if n == 0 || !tract_linalg::arm32::has_neon() {
+            return 0;
+        }
+        let one: [f32; 8];
+        // The scales' address and how far it moves per 8 values: 0 for one scale, read
+        // from an array of 8 copies.
+        let (scale, step) = match scales {
+            Scales::PerValue(s) => {
+                assert!(s.len() >= n * 8);
+                (s.as_ptr(), 32usize)
+            }
+            Scales::One(s) => {
+                one = [s; 8];
+                (one.as_ptr(), 0)
+            }
+        };
+        macro_rules! run {
+            ($narrow:literal) => {
+                // SAFETY: NEON is there; 8n values from `xs`, `ys` and a per-value `scale`
+                // are in bounds (asserted above), 8 from `one`. d0-d11 are declared clobbered.
+                unsafe {
+                    core::arch::asm!(
+                        ".fpu neon",
+                        "vdup.32 q4, {round}",
+                        "vdup.32 q5, {zp}",
+                        "2:",
+                        "vld1.32 {{d0-d3}}, [{xs}]!",
+                        "vld1.32 {{d4-d7}}, [{scale}], {step}",
+                        "vcvt.f32.s32 q0, q0",
+                        "vcvt.f32.s32 q1, q1",
+                        "vmul.f32 q0, q0, q2",
+                        "vmul.f32 q1, q1, q3",
+                        "vadd.f32 q0, q0, q4",
+                        "vadd.f32 q1, q1, q4",
+                        "vsub.f32 q0, q0, q4",
+                        "vsub.f32 q1, q1, q4",
+                        "vcvt.s32.f32 q0, q0",
+                        "vcvt.s32.f32 q1, q1",
+                        "vqadd.s32 q0, q0, q5",
+                        "vqadd.s32 q1, q1, q5",
+                        "vqmovn.s32 d0, q0",
+                        "vqmovn.s32 d1, q1",
+                        concat!($narrow, " d0, q0"),
+                        "vst1.8 {{d0}}, [{ys}]!",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        xs = inout(reg) xs.as_ptr() => _,
+                        scale = inout(reg) scale => _,
+                        step = in(reg) step,
+                        ys = inout(reg) ys.as_mut_ptr() => _,
+                        n = inout(reg) n => _,
+                        round = in(reg) ROUND.to_bits(),
+                        zp = in(reg) zp,
+                        out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                        out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                        out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                        options(nostack),
+                    )
+                }
+            };
+        }
+        if unsigned {
+            run!("vqmovun.s16")
+        } else {
+            run!("vqmovn.s16")
+        }
+        n * 8
     }
 }
 
@@ -354,6 +445,57 @@ mod tests {
                 assert_eq!(round_to_range_vfp(v, zp, lo, hi), want, "{v} zero point {zp}, ARM form");
             }
         }
+    }
+
+    /// `requant_run` against `round_to_range` value by value: on aarch64 and 32-bit ARM with
+    /// NEON, the vector paths, on products that are ties, near 2^22 and 2^23, huge, infinite,
+    /// NaN and denormal (which NEON on 32-bit ARM flushes to zero), per value and with one
+    /// scale, runs of 8 and 16 and their tails.
+    #[test]
+    fn requant_run_is_round_to_range_value_by_value() {
+        let xs: Vec<i32> = [0, 1, -1, 3, -3, 5, 7, -7, 4194303, -4194303, 8388607, -8388607, 8388609, 16777215]
+            .into_iter()
+            .chain([i32::MAX, i32::MIN, i32::MIN + 1, 1 << 22, -(1 << 22), 255, -255, 12345])
+            .chain((-300..300).map(|v| v * 131))
+            .collect();
+        let special = [0.5f32, 1.0, 1.0 / 3.0, 0.0123, 1e-45, f32::MIN_POSITIVE, -0.75, f32::INFINITY, f32::NAN, 3e38, 2.5];
+        let per_value: Vec<f32> = special.iter().cycle().take(xs.len()).copied().collect();
+        for len in [7, 8, 16, 23, xs.len()] {
+            let xs = &xs[..len];
+            let mut cases = vec![(Scales::PerValue(&per_value[..len]), per_value[..len].to_vec())];
+            cases.extend(special.iter().map(|&s| (Scales::One(s), vec![s; len])));
+            for (scales, each) in cases {
+                for (zp, lo, hi) in [(0, 0, 255), (128, 0, 255), (-7, -128, 127), (127, -128, 127)] {
+                    let want: Vec<i32> = xs.iter().zip(&each).map(|(&x, &s)| round_to_range(x as f32 * s, zp, lo, hi)).collect();
+                    let got: Vec<i32> = if lo == 0 {
+                        let mut ys = vec![0u8; len];
+                        requant_run(xs, scales, zp, lo, hi, &mut ys);
+                        ys.into_iter().map(i32::from).collect()
+                    } else {
+                        let mut ys = vec![0i8; len];
+                        requant_run(xs, scales, zp, lo, hi, &mut ys);
+                        ys.into_iter().map(i32::from).collect()
+                    };
+                    assert_eq!(got, want, "{len} values, scales {each:?}, zero point {zp}");
+                }
+            }
+        }
+    }
+
+    /// On 32-bit ARM, the NEON path is the one tested above: it takes every whole 8 values.
+    /// (Under qemu-user, tract reads the host's /proc/cpuinfo: run with
+    /// `TRACT_CPU_ARM32_NEON=true`; `false` tests the portable path alone.)
+    #[cfg(target_arch = "arm")]
+    #[test]
+    fn armv7neon_requant_takes_whole_eights() {
+        if std::env::var("TRACT_CPU_ARM32_NEON").as_deref() == Ok("false") {
+            return;
+        }
+        assert!(tract_linalg::arm32::has_neon(), "no NEON detected: set TRACT_CPU_ARM32_NEON=true (or false to skip)");
+        let xs: Vec<i32> = (0..21).collect();
+        let mut ys = vec![0i8; 21];
+        assert_eq!(armv7neon::requant(&xs, Scales::One(0.5), 0, false, &mut ys), 16);
+        assert_eq!(&ys[..16], &[0, 0, 1, 2, 2, 2, 3, 4, 4, 4, 5, 6, 6, 6, 7, 8]);
     }
 
     #[test]
