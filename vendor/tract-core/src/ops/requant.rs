@@ -168,6 +168,14 @@ pub(crate) mod neon {
 pub(crate) mod armv7neon {
     use super::{ROUND, Scales};
 
+    /// Whether the CPU has NEON, as tract-linalg decides for its kernels, asked once:
+    /// `has_neon` reads its knob from the environment at every call, which cost more than the
+    /// NEON saves when asked at every run of values.
+    pub fn available() -> bool {
+        static NEON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *NEON.get_or_init(tract_linalg::arm32::has_neon)
+    }
+
     /// `ys[i] = round_to_range(xs[i] as f32 * scale_i, zp, lo, hi)` for the first
     /// `xs.len() / 8 * 8` values, `[lo, hi]` the range of u8 (`unsigned`) or i8, 8 at a time;
     /// returns how many values it did (0 without NEON). The same values as
@@ -179,7 +187,7 @@ pub(crate) mod armv7neon {
     pub fn requant<T: Copy>(xs: &[i32], scales: Scales, zp: i32, unsigned: bool, ys: &mut [T]) -> usize {
         assert!(size_of::<T>() == 1 && ys.len() >= xs.len());
         let n = xs.len() / 8;
-        if n == 0 || !tract_linalg::arm32::has_neon() {
+        if n == 0 || !available() {
             return 0;
         }
         let one: [f32; 8];

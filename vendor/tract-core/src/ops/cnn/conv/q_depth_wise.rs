@@ -306,7 +306,7 @@ impl QDepthWise {
             )
         };
         #[cfg(target_arch = "arm")]
-        let neon = tract_linalg::arm32::has_neon();
+        let neon = crate::ops::requant::armv7neon::available();
         while c0 + BLOCK <= end {
             let mut acc: [i32; BLOCK] = bias[c0..][..BLOCK].try_into().unwrap();
             #[cfg(target_arch = "arm")]
